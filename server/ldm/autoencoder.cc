@@ -1,0 +1,252 @@
+#include "server/ldm/autoencoder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "server/ldm/layers.h"
+#include "server/ldm/sampler.h"
+
+namespace ldm {
+namespace {
+
+constexpr double kNormEps = 1e-6;  // model.Normalize
+
+at::Tensor Swish(const at::Tensor& x) { return at::silu(x); }
+
+class ResnetBlock {
+ public:
+  ResnetBlock(const ParamScope& scope, int64_t in_channels,
+              int64_t out_channels)
+      : norm1_(scope.Sub("norm1"), 32, in_channels, kNormEps),
+        conv1_(scope.Sub("conv1"), in_channels, out_channels, 3, 1, 1),
+        norm2_(scope.Sub("norm2"), 32, out_channels, kNormEps),
+        conv2_(scope.Sub("conv2"), out_channels, out_channels, 3, 1, 1) {
+    if (in_channels != out_channels) {
+      nin_shortcut_ = std::make_unique<Conv2d>(scope.Sub("nin_shortcut"),
+                                               in_channels, out_channels, 1);
+    }
+  }
+
+  at::Tensor Forward(const at::Tensor& x) const {
+    at::Tensor h = conv1_.Forward(Swish(norm1_.Forward(x)));
+    h = conv2_.Forward(Swish(norm2_.Forward(h)));
+    return (nin_shortcut_ ? nin_shortcut_->Forward(x) : x) + h;
+  }
+
+ private:
+  GroupNorm norm1_;
+  Conv2d conv1_;
+  GroupNorm norm2_;
+  Conv2d conv2_;
+  std::unique_ptr<Conv2d> nin_shortcut_;
+};
+
+// Single-head spatial self-attention with scale C^-1/2.
+class AttnBlock {
+ public:
+  AttnBlock(const ParamScope& scope, int64_t channels)
+      : norm_(scope.Sub("norm"), 32, channels, kNormEps),
+        q_(scope.Sub("q"), channels, channels, 1),
+        k_(scope.Sub("k"), channels, channels, 1),
+        v_(scope.Sub("v"), channels, channels, 1),
+        proj_out_(scope.Sub("proj_out"), channels, channels, 1) {}
+
+  at::Tensor Forward(const at::Tensor& x) const {
+    const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+    at::Tensor normed = norm_.Forward(x);
+    at::Tensor q = q_.Forward(normed).reshape({b, c, h * w}).transpose(1, 2);
+    at::Tensor k = k_.Forward(normed).reshape({b, c, h * w}).transpose(1, 2);
+    at::Tensor v = v_.Forward(normed).reshape({b, c, h * w}).transpose(1, 2);
+    at::Tensor attended =
+        Attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(c)));
+    return x +
+           proj_out_.Forward(attended.transpose(1, 2).reshape({b, c, h, w}));
+  }
+
+ private:
+  GroupNorm norm_;
+  Conv2d q_, k_, v_, proj_out_;
+};
+
+// One resolution level: blocks, optional attention after each block, and a
+// resampling conv (`downsample`/`upsample`) except at the last level.
+struct Level {
+  std::vector<std::unique_ptr<ResnetBlock>> blocks;
+  std::vector<std::unique_ptr<AttnBlock>> attentions;
+  std::unique_ptr<Conv2d> resample;
+};
+
+struct Middle {
+  Middle(const ParamScope& scope, int64_t channels)
+      : block_1(scope.Sub("block_1"), channels, channels),
+        attn_1(scope.Sub("attn_1"), channels),
+        block_2(scope.Sub("block_2"), channels, channels) {}
+  at::Tensor Forward(const at::Tensor& x) const {
+    return block_2.Forward(attn_1.Forward(block_1.Forward(x)));
+  }
+  ResnetBlock block_1;
+  AttnBlock attn_1;
+  ResnetBlock block_2;
+};
+
+bool Contains(const std::vector<int64_t>& values, int64_t value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
+}
+
+}  // namespace
+
+class AutoencoderKL::Encoder {
+ public:
+  Encoder(const AutoencoderConfig& c, const ParamScope& scope)
+      : conv_in_(scope.Sub("conv_in"), c.in_channels, c.ch, 3, 1, 1) {
+    int64_t resolution = c.resolution;
+    int64_t block_in = c.ch;
+    const int levels = static_cast<int>(c.ch_mult.size());
+    for (int level = 0; level < levels; ++level) {
+      const ParamScope level_scope = scope.Sub("down").Sub(level);
+      Level& current = levels_.emplace_back();
+      const int64_t block_out = c.ch * c.ch_mult[level];
+      for (int i = 0; i < c.num_res_blocks; ++i) {
+        current.blocks.push_back(std::make_unique<ResnetBlock>(
+            level_scope.Sub("block").Sub(i), block_in, block_out));
+        block_in = block_out;
+        if (Contains(c.attn_resolutions, resolution)) {
+          current.attentions.push_back(std::make_unique<AttnBlock>(
+              level_scope.Sub("attn").Sub(i), block_in));
+        }
+      }
+      if (level != levels - 1) {
+        current.resample =
+            std::make_unique<Conv2d>(level_scope.Sub("downsample").Sub("conv"),
+                                     block_in, block_in, 3, 2, 0);
+        resolution /= 2;
+      }
+    }
+    mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in);
+    norm_out_ = std::make_unique<GroupNorm>(scope.Sub("norm_out"), 32, block_in,
+                                            kNormEps);
+    conv_out_ = std::make_unique<Conv2d>(
+        scope.Sub("conv_out"), block_in,
+        c.double_z ? 2 * c.z_channels : c.z_channels, 3, 1, 1);
+  }
+
+  at::Tensor Forward(const at::Tensor& x) const {
+    at::Tensor h = conv_in_.Forward(x);
+    for (const Level& level : levels_) {
+      for (size_t i = 0; i < level.blocks.size(); ++i) {
+        h = level.blocks[i]->Forward(h);
+        if (!level.attentions.empty()) h = level.attentions[i]->Forward(h);
+      }
+      if (level.resample) {
+        // The reference pads right and bottom only, then convolves with
+        // stride 2 and no padding.
+        h = level.resample->Forward(at::constant_pad_nd(h, {0, 1, 0, 1}, 0));
+      }
+    }
+    h = mid_->Forward(h);
+    return conv_out_->Forward(Swish(norm_out_->Forward(h)));
+  }
+
+ private:
+  Conv2d conv_in_;
+  std::vector<Level> levels_;
+  std::unique_ptr<Middle> mid_;
+  std::unique_ptr<GroupNorm> norm_out_;
+  std::unique_ptr<Conv2d> conv_out_;
+};
+
+class AutoencoderKL::Decoder {
+ public:
+  Decoder(const AutoencoderConfig& c, const ParamScope& scope) {
+    const int levels = static_cast<int>(c.ch_mult.size());
+    int64_t block_in = c.ch * c.ch_mult[levels - 1];
+    int64_t resolution = c.resolution >> (levels - 1);
+    conv_in_ = std::make_unique<Conv2d>(scope.Sub("conv_in"), c.z_channels,
+                                        block_in, 3, 1, 1);
+    mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in);
+    levels_.resize(levels);
+    // Declared from the lowest resolution up, as the reference builds them;
+    // stored by level index (up.0 is the highest resolution).
+    for (int level = levels - 1; level >= 0; --level) {
+      const ParamScope level_scope = scope.Sub("up").Sub(level);
+      Level& current = levels_[level];
+      const int64_t block_out = c.ch * c.ch_mult[level];
+      for (int i = 0; i <= c.num_res_blocks; ++i) {
+        current.blocks.push_back(std::make_unique<ResnetBlock>(
+            level_scope.Sub("block").Sub(i), block_in, block_out));
+        block_in = block_out;
+        if (Contains(c.attn_resolutions, resolution)) {
+          current.attentions.push_back(std::make_unique<AttnBlock>(
+              level_scope.Sub("attn").Sub(i), block_in));
+        }
+      }
+      if (level != 0) {
+        current.resample =
+            std::make_unique<Conv2d>(level_scope.Sub("upsample").Sub("conv"),
+                                     block_in, block_in, 3, 1, 1);
+        resolution *= 2;
+      }
+    }
+    norm_out_ = std::make_unique<GroupNorm>(scope.Sub("norm_out"), 32, block_in,
+                                            kNormEps);
+    conv_out_ = std::make_unique<Conv2d>(scope.Sub("conv_out"), block_in,
+                                         c.out_ch, 3, 1, 1);
+  }
+
+  at::Tensor Forward(const at::Tensor& z) const {
+    at::Tensor h = mid_->Forward(conv_in_->Forward(z));
+    for (int level = static_cast<int>(levels_.size()) - 1; level >= 0;
+         --level) {
+      const Level& current = levels_[level];
+      for (size_t i = 0; i < current.blocks.size(); ++i) {
+        h = current.blocks[i]->Forward(h);
+        if (!current.attentions.empty()) h = current.attentions[i]->Forward(h);
+      }
+      if (current.resample) {
+        h = current.resample->Forward(
+            at::upsample_nearest2d(h, {h.size(2) * 2, h.size(3) * 2}));
+      }
+    }
+    return conv_out_->Forward(Swish(norm_out_->Forward(h)));
+  }
+
+ private:
+  std::unique_ptr<Conv2d> conv_in_;
+  std::unique_ptr<Middle> mid_;
+  std::vector<Level> levels_;
+  std::unique_ptr<GroupNorm> norm_out_;
+  std::unique_ptr<Conv2d> conv_out_;
+};
+
+at::Tensor DiagonalGaussian::Sample(at::Generator generator) const {
+  return SampleWith(StandardNormal(mean.sizes(), generator, mean.options()));
+}
+
+AutoencoderKL::AutoencoderKL(const AutoencoderConfig& config,
+                             const ParamScope& scope)
+    : config_(config),
+      encoder_(std::make_unique<Encoder>(config, scope.Sub("encoder"))),
+      decoder_(std::make_unique<Decoder>(config, scope.Sub("decoder"))),
+      quant_conv_(std::make_unique<Conv2d>(scope.Sub("quant_conv"),
+                                           2 * config.z_channels,
+                                           2 * config.embed_dim, 1)),
+      post_quant_conv_(std::make_unique<Conv2d>(scope.Sub("post_quant_conv"),
+                                                config.embed_dim,
+                                                config.z_channels, 1)) {}
+
+AutoencoderKL::~AutoencoderKL() = default;
+
+at::Tensor AutoencoderKL::EncodeMoments(const at::Tensor& x) const {
+  return quant_conv_->Forward(encoder_->Forward(x));
+}
+
+DiagonalGaussian AutoencoderKL::Posterior(const at::Tensor& moments) {
+  auto halves = moments.chunk(2, 1);
+  return DiagonalGaussian{halves[0], at::clamp(halves[1], -30.0, 20.0)};
+}
+
+at::Tensor AutoencoderKL::Decode(const at::Tensor& z) const {
+  return decoder_->Forward(post_quant_conv_->Forward(z));
+}
+
+}  // namespace ldm

@@ -1,0 +1,304 @@
+#include "server/ldm/latent_diffusion.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/ldm/safetensors.h"
+#include "server/ldm/status_macros.h"
+#include "server/ldm/torch_boundary.h"
+
+namespace ldm {
+namespace {
+
+constexpr char kUNetPrefix[] = "model.diffusion_model";
+constexpr char kAutoencoderPrefix[] = "first_stage_model";
+constexpr char kTextEncoderPrefix[] = "cond_stage_model";
+
+// DDPM.register_schedule buffers, and scale_factor: in reference state_dicts
+// but not parameters of any module.
+const std::set<std::string>& ScheduleBufferNames() {
+  static const auto* names = new std::set<std::string>{
+      "betas",
+      "alphas_cumprod",
+      "alphas_cumprod_prev",
+      "sqrt_alphas_cumprod",
+      "sqrt_one_minus_alphas_cumprod",
+      "log_one_minus_alphas_cumprod",
+      "sqrt_recip_alphas_cumprod",
+      "sqrt_recipm1_alphas_cumprod",
+      "posterior_variance",
+      "posterior_log_variance_clipped",
+      "posterior_mean_coef1",
+      "posterior_mean_coef2",
+      "scale_factor",
+      "logvar",
+  };
+  return *names;
+}
+
+bool IsKnownExtraKey(const std::string& key) {
+  // EMA copies are skipped; the non-EMA weights are the model's own.
+  return ScheduleBufferNames().count(key) > 0 ||
+         absl::StartsWith(key, "model_ema.");
+}
+
+// A fixed latent -> RGB projection for previews. For 4-channel latents these
+// are the widely used coefficients fitted for SD v1's autoencoder; other
+// channel counts use the channel mean as grey.
+at::Tensor PreviewProjection(int64_t channels) {
+  if (channels == 4) {
+    return at::tensor({0.298f, 0.207f, 0.208f, 0.187f, 0.286f, 0.173f, -0.158f,
+                       0.189f, 0.264f, -0.184f, -0.271f, -0.473f})
+        .reshape({4, 3});
+  }
+  return at::full({channels, 3}, 1.0f / static_cast<float>(channels));
+}
+
+at::Tensor ToUint8Images(const at::Tensor& images) {
+  // The reference truncates: (255 * clamp((x + 1) / 2, 0, 1)).astype(uint8).
+  return (at::clamp((images.to(at::kFloat) + 1.0) / 2.0, 0.0, 1.0) * 255.0)
+      .to(at::kByte)
+      .permute({0, 2, 3, 1})
+      .contiguous()
+      .to(at::kCPU);
+}
+
+}  // namespace
+
+LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options)
+    : config_(std::move(config)), options_(options) {}
+
+LatentDiffusion::~LatentDiffusion() = default;
+
+absl::Status LatentDiffusion::Build() {
+  ParamScope root(&registry_, "");
+  unet_ = std::make_unique<UNetModel>(config_.unet, root.Sub(kUNetPrefix));
+  autoencoder_ =
+      std::make_unique<AutoencoderKL>(config_.ae, root.Sub(kAutoencoderPrefix));
+  if (config_.text_encoder) {
+    if (config_.text_encoder->dim != config_.unet.context_dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: text_encoder.dim ", config_.text_encoder->dim,
+                       " != unet.context_dim ", config_.unet.context_dim));
+    }
+    text_encoder_ = std::make_unique<TextTransformer>(
+        *config_.text_encoder, root.Sub(kTextEncoderPrefix));
+    tokenizer_ = std::make_unique<WordTokenizer>(
+        config_.text_encoder->vocab, config_.text_encoder->max_length);
+  }
+  schedule_ = DiffusionSchedule::Linear(config_.linear_start,
+                                        config_.linear_end, config_.timesteps);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
+    const std::string& config_path, const std::string& weights_path,
+    const LoadOptions& options) {
+  LDM_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(config_path));
+  LDM_ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsFile> file,
+                       SafetensorsFile::Open(weights_path));
+  std::unique_ptr<LatentDiffusion> model(
+      new LatentDiffusion(std::move(config), options));
+  LDM_RETURN_IF_ERROR(CallTorchStatus("load " + weights_path, [&] {
+    c10::InferenceMode inference;
+    LDM_RETURN_IF_ERROR(model->Build());
+    LDM_RETURN_IF_ERROR(model->registry_.LoadFrom(
+        *file, "", options.strict,
+        [](const std::string& key) { return IsKnownExtraKey(key); }));
+    if (file->Contains("alphas_cumprod")) {
+      LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("alphas_cumprod"));
+      at::Tensor values = stored.to(at::kFloat).contiguous();
+      LDM_ASSIGN_OR_RETURN(
+          model->schedule_,
+          DiffusionSchedule::FromAlphasCumprod(
+              std::vector<float>(values.data_ptr<float>(),
+                                 values.data_ptr<float>() + values.numel())));
+    }
+    if (file->Contains("scale_factor")) {
+      LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("scale_factor"));
+      model->config_.scale_factor = stored.to(at::kDouble).item<double>();
+    }
+    model->registry_.To(options.device, options.dtype);
+    return absl::OkStatus();
+  }));
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
+    const ModelConfig& config, uint64_t seed, const LoadOptions& options) {
+  std::unique_ptr<LatentDiffusion> model(new LatentDiffusion(config, options));
+  LDM_RETURN_IF_ERROR(CallTorchStatus("create random model", [&] {
+    c10::InferenceMode inference;
+    LDM_RETURN_IF_ERROR(model->Build());
+    model->registry_.InitRandom(seed);
+    model->registry_.To(options.device, options.dtype);
+    return absl::OkStatus();
+  }));
+  return model;
+}
+
+absl::Status LatentDiffusion::Save(const std::string& weights_path) const {
+  return CallTorchStatus("save " + weights_path, [&] {
+    std::map<std::string, at::Tensor> tensors = registry_.Named("");
+    tensors["alphas_cumprod"] = at::tensor(schedule_->alphas_cumprod());
+    tensors["scale_factor"] =
+        at::tensor(static_cast<float>(config_.scale_factor)).reshape({});
+    return WriteSafetensors(weights_path, tensors,
+                            {{"config", ModelConfigToJson(config_)}});
+  });
+}
+
+absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
+    const std::vector<std::string>& prompts) const {
+  if (!text_encoder_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", config_.name, " has no text encoder"));
+  }
+  return CallTorch("encode text", [&] {
+    c10::InferenceMode inference;
+    TextConditioning result;
+    std::vector<int64_t> ids;
+    for (const std::string& prompt : prompts) {
+      WordTokenizer::Encoding encoding = tokenizer_->Encode(prompt);
+      if (encoding.truncated) {
+        result.warnings.push_back(absl::StrCat("prompt truncated to ",
+                                               config_.text_encoder->max_length,
+                                               " words"));
+      }
+      if (encoding.unknown_words > 0) {
+        result.warnings.push_back(absl::StrCat(
+            encoding.unknown_words, " word(s) not in the model's vocabulary"));
+      }
+      ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
+    }
+    at::Tensor id_tensor =
+        at::tensor(ids, at::TensorOptions().dtype(at::kLong))
+            .reshape({static_cast<int64_t>(prompts.size()), -1})
+            .to(options_.device);
+    result.context = text_encoder_->Forward(id_tensor);
+    return result;
+  });
+}
+
+absl::StatusOr<ImageTask> LatentDiffusion::NewImageTask(
+    uint64_t seed, int64_t latent_height, int64_t latent_width,
+    const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond) const {
+  return CallTorch("new image task", [&] {
+    c10::InferenceMode inference;
+    at::Generator generator = MakeGenerator(seed);
+    at::Tensor x_T = StandardNormal(
+        {1, config_.unet.out_channels, latent_height, latent_width}, generator,
+        at::TensorOptions().dtype(options_.dtype).device(options_.device));
+    ImageTask task;
+    task.sampler = std::make_unique<DdimSampler>(*schedule_, sampler.steps,
+                                                 sampler.eta, x_T, generator);
+    task.cond = std::move(cond);
+    const bool guided = sampler.guidance_scale != 1.0f && uncond.defined();
+    task.uncond = guided ? std::move(uncond) : at::Tensor();
+    task.guidance_scale = sampler.guidance_scale;
+    return task;
+  });
+}
+
+absl::Status LatentDiffusion::DenoiseStep(
+    absl::Span<ImageTask* const> tasks) const {
+  if (tasks.empty()) return absl::OkStatus();
+  return CallTorchStatus("denoise step", [&] {
+    c10::InferenceMode inference;
+    std::vector<at::Tensor> xs, contexts;
+    std::vector<int64_t> timesteps;
+    for (ImageTask* task : tasks) {
+      const at::Tensor& x = task->sampler->latent();
+      const int64_t t = task->sampler->timestep();
+      if (task->uncond.defined()) {
+        // [uncond; cond], the order of the reference's batched CFG call.
+        xs.push_back(x);
+        contexts.push_back(task->uncond);
+        timesteps.push_back(t);
+      }
+      xs.push_back(x);
+      if (task->cond.defined()) contexts.push_back(task->cond);
+      timesteps.push_back(t);
+    }
+    at::Tensor context;
+    if (!contexts.empty()) {
+      if (contexts.size() != xs.size()) {
+        return absl::InvalidArgumentError(
+            "denoise step: some tasks have a context and some do not");
+      }
+      context = at::cat(contexts, 0);
+    }
+    at::Tensor t = at::tensor(timesteps, at::TensorOptions().dtype(at::kLong))
+                       .to(options_.device);
+    at::Tensor out = unet_->Forward(at::cat(xs, 0), t, context);
+    int64_t row = 0;
+    for (ImageTask* task : tasks) {
+      at::Tensor eps;
+      if (task->uncond.defined()) {
+        at::Tensor e_uncond = out.slice(0, row, row + 1);
+        at::Tensor e_cond = out.slice(0, row + 1, row + 2);
+        eps = e_uncond + task->guidance_scale * (e_cond - e_uncond);
+        row += 2;
+      } else {
+        eps = out.slice(0, row, row + 1);
+        row += 1;
+      }
+      task->sampler->Step(eps);
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<at::Tensor> LatentDiffusion::DecodeToImages(
+    const std::vector<at::Tensor>& latents) const {
+  return CallTorch("decode", [&] {
+    c10::InferenceMode inference;
+    at::Tensor z =
+        (1.0 / config_.scale_factor) * at::cat(latents, 0).to(options_.dtype);
+    return ToUint8Images(autoencoder_->Decode(z));
+  });
+}
+
+absl::StatusOr<at::Tensor> LatentDiffusion::PreviewImage(
+    const at::Tensor& latent) const {
+  return CallTorch("preview", [&] {
+    c10::InferenceMode inference;
+    at::Tensor x = latent.to(at::kCPU, at::kFloat)[0];  // [C, h, w]
+    at::Tensor rgb =
+        at::einsum("chw,cr->rhw", {x, PreviewProjection(x.size(0))});
+    return ToUint8Images(rgb.unsqueeze(0)).squeeze(0);
+  });
+}
+
+absl::StatusOr<at::Tensor> RunTextToImage(const LatentDiffusion& model,
+                                          const TextToImageJob& job) {
+  const ModelConfig& config = model.config();
+  const int64_t height =
+      job.latent_height > 0 ? job.latent_height : config.latent_height;
+  const int64_t width =
+      job.latent_width > 0 ? job.latent_width : config.latent_width;
+  LDM_ASSIGN_OR_RETURN(TextConditioning text,
+                       model.EncodeText({job.negative_prompt, job.prompt}));
+  std::vector<ImageTask> tasks;
+  for (int i = 0; i < job.num_images; ++i) {
+    LDM_ASSIGN_OR_RETURN(
+        ImageTask task,
+        model.NewImageTask(job.seed + i, height, width, job.sampler,
+                           text.context.slice(0, 1, 2),
+                           text.context.slice(0, 0, 1)));
+    tasks.push_back(std::move(task));
+  }
+  std::vector<ImageTask*> pointers;
+  for (ImageTask& task : tasks) pointers.push_back(&task);
+  while (!tasks.front().sampler->done()) {
+    LDM_RETURN_IF_ERROR(model.DenoiseStep(pointers));
+  }
+  std::vector<at::Tensor> latents;
+  for (ImageTask& task : tasks) latents.push_back(task.sampler->latent());
+  return model.DecodeToImages(latents);
+}
+
+}  // namespace ldm

@@ -1,0 +1,155 @@
+// A loaded latent diffusion model and its pipeline, cut into the stages the
+// scheduler batches separately:
+//
+//   EncodeText(prompts)            conditioning, once per job
+//   NewImageTask(...)              initial noise + sampler state, per image
+//   DenoiseStep(tasks)             ONE UNet call for any mix of images from
+//                                  different jobs, each at its own timestep,
+//                                  with its own guidance scale and sampler
+//   DecodeToImages(latents)        autoencoder decode to uint8 RGB
+//
+// Each image carries its own sampler and generator (seed + i for image i of a
+// job), so what an image becomes does not depend on what else shares its
+// batch.
+//
+// A LatentDiffusion is immutable after loading; all stage functions are const
+// and safe to call from several threads at once. Every entry point catches
+// LibTorch errors and returns them as statuses.
+//
+// Example:
+//   LDM_ASSIGN_OR_RETURN(auto model, LatentDiffusion::Load(config, weights));
+//   LDM_ASSIGN_OR_RETURN(at::Tensor images,
+//                        RunTextToImage(*model, {.prompt = "a red circle"}));
+#ifndef LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_
+#define LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "server/ldm/autoencoder.h"
+#include "server/ldm/model_config.h"
+#include "server/ldm/parameters.h"
+#include "server/ldm/sampler.h"
+#include "server/ldm/schedule.h"
+#include "server/ldm/text_encoder.h"
+#include "server/ldm/unet.h"
+
+namespace ldm {
+
+struct LoadOptions {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+  bool strict = true;
+};
+
+// One image's progress through the denoising loop.
+struct ImageTask {
+  std::unique_ptr<Sampler> sampler;
+  at::Tensor cond;    // [1, L, D] context (undefined without cross-attention).
+  at::Tensor uncond;  // [1, L, D]; undefined = no guidance.
+  float guidance_scale = 1.0f;
+};
+
+struct TextConditioning {
+  at::Tensor context;  // [B, L, D]
+  std::vector<std::string> warnings;
+};
+
+struct SamplerOptions {
+  int steps = 25;
+  double eta = 0.0;
+  float guidance_scale = 7.5f;
+};
+
+class LatentDiffusion {
+ public:
+  // Builds the model from `config_path` and loads `weights_path` (a
+  // safetensors file with CompVis key names: model.diffusion_model.*,
+  // first_stage_model.*, cond_stage_model.*).
+  static absl::StatusOr<std::unique_ptr<LatentDiffusion>> Load(
+      const std::string& config_path, const std::string& weights_path,
+      const LoadOptions& options = {});
+  // The same model with seeded random weights.
+  static absl::StatusOr<std::unique_ptr<LatentDiffusion>> CreateRandom(
+      const ModelConfig& config, uint64_t seed,
+      const LoadOptions& options = {});
+
+  ~LatentDiffusion();
+
+  // All parameters and the schedule, under the reference key names.
+  absl::Status Save(const std::string& weights_path) const;
+
+  const ModelConfig& config() const { return config_; }
+  const at::Device& device() const { return options_.device; }
+  int64_t NumParameters() const { return registry_.NumElements(); }
+  bool has_text_encoder() const { return text_encoder_ != nullptr; }
+
+  absl::StatusOr<TextConditioning> EncodeText(
+      const std::vector<std::string>& prompts) const;
+
+  // A fresh image task: noise x_T of [1, C, h, w] from `seed`, and a DDIM
+  // sampler. `cond`/`uncond` are rows of EncodeText results.
+  absl::StatusOr<ImageTask> NewImageTask(uint64_t seed, int64_t latent_height,
+                                         int64_t latent_width,
+                                         const SamplerOptions& sampler,
+                                         at::Tensor cond,
+                                         at::Tensor uncond) const;
+
+  // Runs one denoising step for every task in one batched UNet call
+  // (conditional and unconditional rows of guided tasks included) and
+  // advances each task's sampler. Tasks must not be done().
+  absl::Status DenoiseStep(absl::Span<ImageTask* const> tasks) const;
+
+  // Latents, each [n_i, C, h, w] in sampler space, decoded in one batch ->
+  // uint8 RGB [sum n_i, H, W, 3] on the CPU.
+  absl::StatusOr<at::Tensor> DecodeToImages(
+      const std::vector<at::Tensor>& latents) const;
+
+  // A cheap preview of a latent [1, C, h, w]: a fixed linear projection of
+  // the latent channels to RGB, uint8 [h, w, 3], no decoder involved.
+  absl::StatusOr<at::Tensor> PreviewImage(const at::Tensor& latent) const;
+
+  // For tests and tools: the raw UNet and autoencoder.
+  const UNetModel& unet() const { return *unet_; }
+  const AutoencoderKL& autoencoder() const { return *autoencoder_; }
+  const DiffusionSchedule& schedule() const { return *schedule_; }
+
+ private:
+  LatentDiffusion(ModelConfig config, LoadOptions options);
+  absl::Status Build();
+
+  ModelConfig config_;
+  LoadOptions options_;
+  ParameterRegistry registry_;
+  std::unique_ptr<UNetModel> unet_;
+  std::unique_ptr<AutoencoderKL> autoencoder_;
+  std::unique_ptr<TextTransformer> text_encoder_;
+  std::unique_ptr<WordTokenizer> tokenizer_;
+  std::optional<DiffusionSchedule> schedule_;
+};
+
+struct TextToImageJob {
+  std::string prompt;
+  std::string negative_prompt;
+  SamplerOptions sampler;
+  uint64_t seed = 1;
+  int num_images = 1;
+  int64_t latent_height = 0;  // 0 = the model's native size.
+  int64_t latent_width = 0;
+};
+
+// A whole text-to-image job run alone, stage after stage: the reference
+// result that batched serving must reproduce. Returns uint8 [N, H, W, 3].
+absl::StatusOr<at::Tensor> RunTextToImage(const LatentDiffusion& model,
+                                          const TextToImageJob& job);
+
+}  // namespace ldm
+
+#endif  // LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_

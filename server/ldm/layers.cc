@@ -1,0 +1,98 @@
+#include "server/ldm/layers.h"
+
+#include <algorithm>
+
+namespace ldm {
+
+Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
+               int64_t out_channels, int64_t kernel, int64_t stride,
+               int64_t padding)
+    : stride_(stride), padding_(padding) {
+  scope.Declare("weight", {out_channels, in_channels, kernel, kernel},
+                &weight_);
+  scope.Declare("bias", {out_channels}, &bias_);
+}
+
+at::Tensor Conv2d::Forward(const at::Tensor& x) const {
+  return at::conv2d(x, weight_, bias_, {stride_, stride_},
+                    {padding_, padding_});
+}
+
+Conv1x1d::Conv1x1d(const ParamScope& scope, int64_t in_channels,
+                   int64_t out_channels) {
+  scope.Declare("weight", {out_channels, in_channels, 1}, &weight_);
+  scope.Declare("bias", {out_channels}, &bias_);
+}
+
+at::Tensor Conv1x1d::Forward(const at::Tensor& x) const {
+  return at::conv1d(x, weight_, bias_);
+}
+
+Linear::Linear(const ParamScope& scope, int64_t in_features,
+               int64_t out_features, bool bias) {
+  scope.Declare("weight", {out_features, in_features}, &weight_);
+  if (bias) scope.Declare("bias", {out_features}, &bias_);
+}
+
+at::Tensor Linear::Forward(const at::Tensor& x) const {
+  return at::linear(x, weight_, bias_);
+}
+
+GroupNorm::GroupNorm(const ParamScope& scope, int64_t groups, int64_t channels,
+                     double eps)
+    : groups_(groups), eps_(eps) {
+  scope.Declare("weight", {channels}, &weight_, ParameterRegistry::Init::kOnes);
+  scope.Declare("bias", {channels}, &bias_, ParameterRegistry::Init::kZeros);
+}
+
+at::Tensor GroupNorm::Forward(const at::Tensor& x) const {
+  if (x.scalar_type() == at::kFloat) {
+    return at::group_norm(x, groups_, weight_, bias_, eps_);
+  }
+  return at::group_norm(x.to(at::kFloat), groups_, weight_.to(at::kFloat),
+                        bias_.to(at::kFloat), eps_)
+      .to(x.scalar_type());
+}
+
+LayerNorm::LayerNorm(const ParamScope& scope, int64_t features, double eps)
+    : features_(features), eps_(eps) {
+  scope.Declare("weight", {features}, &weight_, ParameterRegistry::Init::kOnes);
+  scope.Declare("bias", {features}, &bias_, ParameterRegistry::Init::kZeros);
+}
+
+at::Tensor LayerNorm::Forward(const at::Tensor& x) const {
+  return at::layer_norm(x, {features_}, weight_, bias_, eps_);
+}
+
+Embedding::Embedding(const ParamScope& scope, int64_t count, int64_t dim) {
+  scope.Declare("weight", {count, dim}, &weight_);
+}
+
+at::Tensor Embedding::Forward(const at::Tensor& ids) const {
+  return at::embedding(weight_, ids);
+}
+
+at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, double scale) {
+  // Bound each chunk's score matrix to about 32M elements.
+  constexpr int64_t kMaxScores = int64_t{1} << 25;
+  const int64_t batch = q.size(0), queries = q.size(1), keys = k.size(1);
+  const int64_t chunk =
+      std::max<int64_t>(1, kMaxScores / std::max<int64_t>(1, batch * keys));
+  const at::Tensor k_t = k.transpose(1, 2);
+  auto attend = [&](const at::Tensor& q_part) {
+    at::Tensor scores = at::baddbmm(
+        at::empty({q_part.size(0), q_part.size(1), keys}, q_part.options()),
+        q_part, k_t, /*beta=*/0, /*alpha=*/scale);
+    return at::bmm(at::softmax(scores, -1), v);
+  };
+  if (queries <= chunk) return attend(q);
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < queries; start += chunk) {
+    parts.push_back(
+        attend(q.slice(1, start, std::min(queries, start + chunk))));
+  }
+  return at::cat(parts, 1);
+}
+
+}  // namespace ldm

@@ -1,0 +1,209 @@
+#include "server/ldm/model_config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace ldm {
+namespace {
+
+using nlohmann::json;
+
+// Reads `key` into `out` when present; a wrong type is an error naming the
+// field.
+template <typename T>
+absl::Status Read(const json& object, const char* key, const char* where,
+                  T* out) {
+  if (!object.contains(key)) return absl::OkStatus();
+  try {
+    *out = object.at(key).get<T>();
+  } catch (const json::exception& error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", where, ".", key, ": ", error.what()));
+  }
+  return absl::OkStatus();
+}
+
+#define LDM_READ(object, key, where, out)                      \
+  do {                                                         \
+    absl::Status read_status_ = Read(object, key, where, out); \
+    if (!read_status_.ok()) return read_status_;               \
+  } while (false)
+
+absl::Status ParseUNet(const json& object, UNetConfig* unet) {
+  LDM_READ(object, "in_channels", "unet", &unet->in_channels);
+  LDM_READ(object, "out_channels", "unet", &unet->out_channels);
+  LDM_READ(object, "model_channels", "unet", &unet->model_channels);
+  LDM_READ(object, "channel_mult", "unet", &unet->channel_mult);
+  LDM_READ(object, "num_res_blocks", "unet", &unet->num_res_blocks);
+  LDM_READ(object, "attention_resolutions", "unet",
+           &unet->attention_resolutions);
+  LDM_READ(object, "num_heads", "unet", &unet->num_heads);
+  LDM_READ(object, "num_head_channels", "unet", &unet->num_head_channels);
+  LDM_READ(object, "context_dim", "unet", &unet->context_dim);
+  LDM_READ(object, "transformer_depth", "unet", &unet->transformer_depth);
+  LDM_READ(object, "use_spatial_transformer", "unet",
+           &unet->use_spatial_transformer);
+  LDM_READ(object, "legacy", "unet", &unet->legacy);
+  LDM_READ(object, "use_scale_shift_norm", "unet", &unet->use_scale_shift_norm);
+  LDM_READ(object, "resblock_updown", "unet", &unet->resblock_updown);
+  LDM_READ(object, "num_classes", "unet", &unet->num_classes);
+  if (unet->channel_mult.empty() || unet->model_channels <= 0 ||
+      unet->num_res_blocks <= 0) {
+    return absl::InvalidArgumentError(
+        "config unet: channel_mult, model_channels and num_res_blocks must be "
+        "positive");
+  }
+  if (unet->num_heads <= 0 && unet->num_head_channels <= 0) {
+    return absl::InvalidArgumentError(
+        "config unet: set num_heads or num_head_channels");
+  }
+  if (unet->use_spatial_transformer && unet->context_dim <= 0) {
+    return absl::InvalidArgumentError(
+        "config unet: use_spatial_transformer needs context_dim");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseAutoencoder(const json& object, AutoencoderConfig* ae) {
+  LDM_READ(object, "embed_dim", "ae", &ae->embed_dim);
+  if (!object.contains("ddconfig")) {
+    return absl::InvalidArgumentError("config ae: missing ddconfig");
+  }
+  const json& dd = object.at("ddconfig");
+  LDM_READ(dd, "ch", "ae.ddconfig", &ae->ch);
+  LDM_READ(dd, "out_ch", "ae.ddconfig", &ae->out_ch);
+  LDM_READ(dd, "in_channels", "ae.ddconfig", &ae->in_channels);
+  LDM_READ(dd, "ch_mult", "ae.ddconfig", &ae->ch_mult);
+  LDM_READ(dd, "num_res_blocks", "ae.ddconfig", &ae->num_res_blocks);
+  LDM_READ(dd, "attn_resolutions", "ae.ddconfig", &ae->attn_resolutions);
+  LDM_READ(dd, "resolution", "ae.ddconfig", &ae->resolution);
+  LDM_READ(dd, "z_channels", "ae.ddconfig", &ae->z_channels);
+  LDM_READ(dd, "double_z", "ae.ddconfig", &ae->double_z);
+  if (ae->ch_mult.empty() || ae->ch <= 0) {
+    return absl::InvalidArgumentError("config ae.ddconfig: bad ch/ch_mult");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
+  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError("config: not a JSON object");
+  }
+  ModelConfig config;
+  LDM_READ(root, "name", "", &config.name);
+  LDM_READ(root, "kind", "", &config.kind);
+  LDM_READ(root, "conditioning_key", "", &config.conditioning_key);
+  LDM_READ(root, "linear_start", "", &config.linear_start);
+  LDM_READ(root, "linear_end", "", &config.linear_end);
+  LDM_READ(root, "timesteps", "", &config.timesteps);
+  LDM_READ(root, "scale_factor", "", &config.scale_factor);
+  LDM_READ(root, "ctx_len", "", &config.ctx_len);
+  if (root.contains("latent_hw")) {
+    std::vector<int64_t> hw;
+    LDM_READ(root, "latent_hw", "", &hw);
+    if (hw.size() != 2 || hw[0] <= 0 || hw[1] <= 0) {
+      return absl::InvalidArgumentError("config latent_hw: need [h, w] > 0");
+    }
+    config.latent_height = hw[0];
+    config.latent_width = hw[1];
+  }
+  if (!root.contains("unet") || !root.contains("ae")) {
+    return absl::InvalidArgumentError("config: needs `unet` and `ae`");
+  }
+  absl::Status status = ParseUNet(root.at("unet"), &config.unet);
+  if (!status.ok()) return status;
+  status = ParseAutoencoder(root.at("ae"), &config.ae);
+  if (!status.ok()) return status;
+  if (root.contains("text_encoder")) {
+    TextEncoderConfig text;
+    const json& object = root.at("text_encoder");
+    LDM_READ(object, "vocab", "text_encoder", &text.vocab);
+    LDM_READ(object, "dim", "text_encoder", &text.dim);
+    LDM_READ(object, "depth", "text_encoder", &text.depth);
+    LDM_READ(object, "heads", "text_encoder", &text.heads);
+    LDM_READ(object, "max_length", "text_encoder", &text.max_length);
+    if (text.vocab.size() < 2 || text.dim % text.heads != 0) {
+      return absl::InvalidArgumentError(
+          "config text_encoder: needs a vocab and dim divisible by heads");
+    }
+    config.text_encoder = std::move(text);
+  }
+  if (config.timesteps <= 0 || config.linear_start <= 0 ||
+      config.linear_end <= config.linear_start) {
+    return absl::InvalidArgumentError(
+        "config: need 0 < linear_start < linear_end and timesteps > 0");
+  }
+  return config;
+}
+
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(text.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+std::string ModelConfigToJson(const ModelConfig& config) {
+  const UNetConfig& u = config.unet;
+  const AutoencoderConfig& a = config.ae;
+  json root = {{"name", config.name},
+               {"kind", config.kind},
+               {"conditioning_key", config.conditioning_key},
+               {"linear_start", config.linear_start},
+               {"linear_end", config.linear_end},
+               {"timesteps", config.timesteps},
+               {"scale_factor", config.scale_factor},
+               {"latent_hw", {config.latent_height, config.latent_width}},
+               {"ctx_len", config.ctx_len},
+               {"unet",
+                {{"in_channels", u.in_channels},
+                 {"out_channels", u.out_channels},
+                 {"model_channels", u.model_channels},
+                 {"channel_mult", u.channel_mult},
+                 {"num_res_blocks", u.num_res_blocks},
+                 {"attention_resolutions", u.attention_resolutions},
+                 {"num_heads", u.num_heads},
+                 {"num_head_channels", u.num_head_channels},
+                 {"context_dim", u.context_dim},
+                 {"transformer_depth", u.transformer_depth},
+                 {"use_spatial_transformer", u.use_spatial_transformer},
+                 {"legacy", u.legacy},
+                 {"use_scale_shift_norm", u.use_scale_shift_norm},
+                 {"resblock_updown", u.resblock_updown},
+                 {"num_classes", u.num_classes}}},
+               {"ae",
+                {{"embed_dim", a.embed_dim},
+                 {"ddconfig",
+                  {{"ch", a.ch},
+                   {"out_ch", a.out_ch},
+                   {"in_channels", a.in_channels},
+                   {"ch_mult", a.ch_mult},
+                   {"num_res_blocks", a.num_res_blocks},
+                   {"attn_resolutions", a.attn_resolutions},
+                   {"resolution", a.resolution},
+                   {"z_channels", a.z_channels},
+                   {"double_z", a.double_z}}}}}};
+  if (config.text_encoder) {
+    const TextEncoderConfig& t = *config.text_encoder;
+    root["text_encoder"] = {{"vocab", t.vocab},
+                            {"dim", t.dim},
+                            {"depth", t.depth},
+                            {"heads", t.heads},
+                            {"max_length", t.max_length}};
+  }
+  return root.dump(1);
+}
+
+}  // namespace ldm

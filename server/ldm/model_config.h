@@ -1,0 +1,98 @@
+// A model's architecture and schedule, as a small JSON file beside its
+// weights. Field names mirror the reference configs (the CompVis YAML's
+// unet_config / first_stage_config params and the golden sets' config.json):
+//
+//   {"kind": "txt2img", "conditioning_key": "crossattn",
+//    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000,
+//    "scale_factor": 0.18215, "latent_hw": [16, 16], "ctx_len": 77,
+//    "unet": {"in_channels": 4, "model_channels": 32, ...},
+//    "ae": {"embed_dim": 4, "ddconfig": {"ch": 32, "ch_mult": [1, 2], ...}},
+//    "text_encoder": {"vocab": ["a", "red", ...], "dim": 32, ...}}
+#ifndef LDMSERVE_SERVER_LDM_MODEL_CONFIG_H_
+#define LDMSERVE_SERVER_LDM_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace ldm {
+
+struct UNetConfig {
+  int64_t in_channels = 4;
+  int64_t out_channels = 4;
+  int64_t model_channels = 32;
+  std::vector<int64_t> channel_mult = {1, 2};
+  int64_t num_res_blocks = 1;
+  std::vector<int64_t> attention_resolutions;  // Downsampling factors.
+  int64_t num_heads = -1;
+  int64_t num_head_channels = -1;
+  int64_t context_dim = 0;  // 0 = no cross-attention.
+  int64_t transformer_depth = 1;
+  bool use_spatial_transformer = false;
+  bool legacy = true;
+  bool use_scale_shift_norm = false;
+  bool resblock_updown = false;
+  int64_t num_classes = 0;  // > 0 enables `label_emb`.
+};
+
+struct AutoencoderConfig {
+  int64_t ch = 32;
+  int64_t out_ch = 3;
+  int64_t in_channels = 3;
+  std::vector<int64_t> ch_mult = {1, 2};
+  int64_t num_res_blocks = 1;
+  std::vector<int64_t> attn_resolutions;
+  int64_t resolution = 64;
+  int64_t z_channels = 4;
+  bool double_z = true;
+  int64_t embed_dim = 4;
+
+  // Pixels per latent element along each side.
+  int64_t DownsamplingFactor() const {
+    return int64_t{1} << (ch_mult.size() - 1);
+  }
+};
+
+// The small word-level text encoder of our own models (the paper trains its
+// text-to-image encoder jointly with the UNet the same way).
+struct TextEncoderConfig {
+  std::vector<std::string> vocab;  // Index = token id; 0 is padding.
+  int64_t dim = 32;
+  int64_t depth = 2;
+  int64_t heads = 2;
+  int64_t max_length = 16;
+};
+
+struct ModelConfig {
+  std::string name;
+  std::string kind = "txt2img";                // txt2img | inpaint | sr
+  std::string conditioning_key = "crossattn";  // crossattn | concat | hybrid
+  double linear_start = 0.00085;
+  double linear_end = 0.012;
+  int64_t timesteps = 1000;
+  double scale_factor = 0.18215;
+  int64_t latent_height = 16;
+  int64_t latent_width = 16;
+  int64_t ctx_len = 77;
+  UNetConfig unet;
+  AutoencoderConfig ae;
+  std::optional<TextEncoderConfig> text_encoder;
+
+  int64_t native_height() const {
+    return latent_height * ae.DownsamplingFactor();
+  }
+  int64_t native_width() const {
+    return latent_width * ae.DownsamplingFactor();
+  }
+};
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text);
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path);
+std::string ModelConfigToJson(const ModelConfig& config);
+
+}  // namespace ldm
+
+#endif  // LDMSERVE_SERVER_LDM_MODEL_CONFIG_H_
