@@ -140,9 +140,11 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
   return model;
 }
 
-absl::Status LatentDiffusion::Save(const std::string& weights_path) const {
+absl::Status LatentDiffusion::Save(const std::string& weights_path,
+                                   at::ScalarType dtype) const {
   return CallTorchStatus("save " + weights_path, [&] {
     std::map<std::string, at::Tensor> tensors = registry_.Named("");
+    for (auto& [name, tensor] : tensors) tensor = tensor.to(dtype);
     tensors["alphas_cumprod"] = at::tensor(schedule_->alphas_cumprod());
     tensors["scale_factor"] =
         at::tensor(static_cast<float>(config_.scale_factor)).reshape({});

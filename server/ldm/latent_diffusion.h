@@ -83,8 +83,10 @@ class LatentDiffusion {
 
   ~LatentDiffusion();
 
-  // All parameters and the schedule, under the reference key names.
-  absl::Status Save(const std::string& weights_path) const;
+  // All parameters (as `dtype`) and the schedule, under the reference key
+  // names, with the config in the file's metadata.
+  absl::Status Save(const std::string& weights_path,
+                    at::ScalarType dtype = at::kFloat) const;
 
   const ModelConfig& config() const { return config_; }
   const at::Device& device() const { return options_.device; }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The one list of Debian 12 packages ldmserve needs. Used by the Makefile,
+# .ci/run and the Dockerfile. Idempotent; prints nothing when all is there.
+#
+#   deploy/install-deps.sh            build + test dependencies (default)
+#   deploy/install-deps.sh --runtime  only what the binaries need to run
+set -euo pipefail
+
+# Run-time libraries. libopenblas0-openmp: without it LibTorch falls back to
+# the reference BLAS and matrix products run ~20x slower.
+RUNTIME_PACKAGES=(
+  libtorch1.13
+  libopenblas0-openmp
+  libgrpc++1.51
+  libgrpc29
+  libprotobuf32
+  libabsl20220623
+  libprometheus-cpp-core1.0
+  libspng0
+  libgoogle-glog0v6
+  ca-certificates
+)
+
+BUILD_PACKAGES=(
+  "${RUNTIME_PACKAGES[@]}"
+  build-essential
+  cmake
+  pkg-config
+  libtorch-dev
+  libgrpc++-dev
+  libprotobuf-dev
+  protobuf-compiler
+  protobuf-compiler-grpc
+  libabsl-dev
+  prometheus-cpp-dev
+  libspng-dev
+  libgoogle-glog-dev
+  nlohmann-json3-dev
+  libgtest-dev
+  libgmock-dev
+  libbenchmark-dev
+  clang-format
+)
+
+mode=build
+[[ "${1:-}" == "--runtime" ]] && mode=runtime
+if [[ $mode == runtime ]]; then
+  packages=("${RUNTIME_PACKAGES[@]}")
+else
+  packages=("${BUILD_PACKAGES[@]}")
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null |
+      grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+# npm runs buf (the proto linter) offline; any Node.js >= 18 will do.
+if [[ $mode == build ]] && ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
+
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO=sudo
+if ((${#missing[@]} > 0)); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ $mode == build ]]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  if [[ ! -x "$root/tools/buf/node_modules/.bin/buf" ]]; then
+    echo "install-deps: installing buf (npm)" >&2
+    (cd "$root/tools/buf" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+fi

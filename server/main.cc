@@ -1,0 +1,135 @@
+// ldmserve: serves latent diffusion models over gRPC.
+//
+//   ldmserve --listen=127.0.0.1:50051 --metrics-listen=127.0.0.1:9464 \
+//            --models=models/registry.json
+//
+// SIGTERM/SIGINT: health turns NOT_SERVING, new calls get UNAVAILABLE,
+// running jobs get --drain-timeout seconds to finish, then the process exits
+// 0.
+#include <ATen/Parallel.h>
+#include <glog/logging.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "server/service/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC address (host:port; port 0 picks a free one)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics address; empty disables it");
+ABSL_FLAG(std::string, models, LDMSERVE_DEFAULT_REGISTRY,
+          "model registry file (JSON)");
+ABSL_FLAG(int, threads, 0, "intra-op threads for LibTorch; 0 = one per core");
+ABSL_FLAG(int, queue_size, 64, "jobs that may wait in the queue");
+ABSL_FLAG(int, max_batch, 8, "images per denoising call");
+ABSL_FLAG(double, drain_timeout, 30,
+          "seconds running jobs get to finish on SIGTERM");
+ABSL_FLAG(std::string, port_file, "",
+          "write the bound gRPC port here once listening (for tests)");
+
+namespace {
+
+// Accepts --metrics-listen as well as --metrics_listen: absl flag names are
+// identifiers, users type dashes.
+std::vector<char*> NormalizeFlagDashes(int argc, char** argv,
+                                       std::vector<std::string>* storage) {
+  storage->reserve(argc);
+  std::vector<char*> normalized;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i > 0 && absl::StartsWith(arg, "--")) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
+      }
+    }
+    storage->push_back(std::move(arg));
+  }
+  for (std::string& arg : *storage) normalized.push_back(arg.data());
+  return normalized;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves latent diffusion models over gRPC (ldm.v1.ImageSynthesisService)."
+      "\nUsage: ldmserve [--listen=HOST:PORT] [--metrics-listen=HOST:PORT] "
+      "[--models=registry.json]");
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeFlagDashes(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+
+  // Signals are taken by sigwait below, never by a handler: block them
+  // before any thread starts so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // LibTorch's thread pools are process-global: set once, here.
+  const int threads = absl::GetFlag(FLAGS_threads);
+  at::set_num_threads(threads > 0
+                          ? threads
+                          : static_cast<int>(std::max(
+                                1u, std::thread::hardware_concurrency())));
+  at::set_num_interop_threads(1);
+
+  auto entries =
+      ldmserve::ModelRegistry::ReadRegistryFile(absl::GetFlag(FLAGS_models));
+  if (!entries.ok()) {
+    std::fprintf(stderr, "ldmserve: %s\n",
+                 std::string(entries.status().message()).c_str());
+    return 2;
+  }
+  ldmserve::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.scheduler.queue_size = absl::GetFlag(FLAGS_queue_size);
+  options.scheduler.max_batch_images = absl::GetFlag(FLAGS_max_batch);
+  auto server = ldmserve::LdmServer::Start(
+      options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
+  if (!server.ok()) {
+    std::fprintf(stderr, "ldmserve: %s\n",
+                 std::string(server.status().message()).c_str());
+    return 2;
+  }
+  LOG(INFO) << "listening on " << options.listen << " (port "
+            << (*server)->port() << "), metrics on port "
+            << (*server)->metrics_port();
+  if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
+      !port_file.empty()) {
+    const std::string temporary = port_file + ".tmp";
+    std::ofstream(temporary) << (*server)->port() << "\n";
+    std::rename(temporary.c_str(), port_file.c_str());
+  }
+  if (absl::Status loaded = (*server)->LoadModels(); !loaded.ok()) {
+    std::fprintf(stderr, "ldmserve: %s\n",
+                 std::string(loaded.message()).c_str());
+    (*server)->Shutdown(absl::ZeroDuration());
+    return 2;
+  }
+  LOG(INFO) << "serving";
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  LOG(INFO) << "signal " << signal_number << ": draining (up to "
+            << absl::GetFlag(FLAGS_drain_timeout) << " s)";
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_drain_timeout)));
+  LOG(INFO) << "stopped";
+  return 0;
+}

@@ -1,0 +1,203 @@
+#include "server/runtime/model_registry.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace ldmserve {
+namespace {
+
+absl::StatusOr<TaskKind> ParseTask(const std::string& name) {
+  for (TaskKind kind : {TaskKind::kTextToImage, TaskKind::kImageToImage,
+                        TaskKind::kInpaint, TaskKind::kSuperResolution}) {
+    if (name == TaskKindName(kind)) return kind;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown task '", name, "'"));
+}
+
+bool Has(const std::vector<TaskKind>& tasks, TaskKind task) {
+  return std::find(tasks.begin(), tasks.end(), task) != tasks.end();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
+    const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json root =
+      nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object() || !root.contains("models") ||
+      !root["models"].is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": expected {\"models\": [...]}"));
+  }
+  const std::filesystem::path base = std::filesystem::path(path).parent_path();
+  auto resolve = [&](const std::string& file) {
+    const std::filesystem::path p(file);
+    return (p.is_absolute() ? p : base / p).lexically_normal().string();
+  };
+  std::vector<ModelEntry> entries;
+  for (const nlohmann::json& item : root["models"]) {
+    ModelEntry entry;
+    try {
+      entry.name = item.at("name").get<std::string>();
+      entry.config_path = resolve(item.at("config").get<std::string>());
+      entry.weights_path = resolve(item.at("weights").get<std::string>());
+      for (const auto& task :
+           item.value("tasks", std::vector<std::string>{"text_to_image"})) {
+        absl::StatusOr<TaskKind> kind = ParseTask(task);
+        if (!kind.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ": model ", entry.name, ": ", kind.status().message()));
+        }
+        entry.tasks.push_back(*kind);
+      }
+      for (const auto& task :
+           item.value("default_for", std::vector<std::string>{})) {
+        absl::StatusOr<TaskKind> kind = ParseTask(task);
+        if (!kind.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ": model ", entry.name, ": ", kind.status().message()));
+        }
+        entry.default_for.push_back(*kind);
+      }
+      entry.devices = item.value("devices", std::vector<std::string>{"cpu"});
+      entry.required = item.value("required", true);
+    } catch (const nlohmann::json::exception& error) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": bad model entry: ", error.what()));
+    }
+    entries.push_back(std::move(entry));
+  }
+  return entries;
+}
+
+ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries) {
+  absl::MutexLock lock(&mu_);
+  for (ModelEntry& entry : entries) {
+    auto model = std::make_unique<Model>();
+    model->entry = std::move(entry);
+    models_.push_back(std::move(model));
+  }
+}
+
+void ModelRegistry::AddLoaded(ModelEntry entry,
+                              std::unique_ptr<ldm::LatentDiffusion> model) {
+  auto loaded = std::make_unique<Model>();
+  loaded->entry = std::move(entry);
+  loaded->state = ModelState::kReady;
+  loaded->model = std::move(model);
+  absl::MutexLock lock(&mu_);
+  models_.push_back(std::move(loaded));
+}
+
+absl::Status ModelRegistry::LoadAll() {
+  std::vector<Model*> pending;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& model : models_) {
+      if (model->state == ModelState::kLoading) pending.push_back(model.get());
+    }
+  }
+  for (Model* model : pending) {
+    const ModelEntry& entry = model->entry;
+    for (const std::string& device : entry.devices) {
+      if (device != "cpu") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("model ", entry.name, ": device ", device,
+                         " is not available in this build (cpu only)"));
+      }
+    }
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
+        ldm::LatentDiffusion::Load(entry.config_path, entry.weights_path);
+    absl::MutexLock lock(&mu_);
+    if (!loaded.ok()) {
+      model->state = ModelState::kFailed;
+      model->error = std::string(loaded.status().message());
+      if (entry.required) {
+        return absl::Status(loaded.status().code(),
+                            absl::StrCat("model ", entry.name, ": ",
+                                         loaded.status().message()));
+      }
+      LOG(ERROR) << "model " << entry.name << " not served: " << model->error;
+      continue;
+    }
+    model->model = std::move(loaded).value();
+    model->state = ModelState::kReady;
+    LOG(INFO) << "model " << entry.name << " ready ("
+              << model->model->NumParameters() << " parameters, "
+              << absl::ToDoubleSeconds(absl::Now() - start) << " s)";
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
+    const std::string& name, TaskKind task) const {
+  absl::MutexLock lock(&mu_);
+  const Model* found = nullptr;
+  for (const auto& model : models_) {
+    if (name.empty() ? Has(model->entry.default_for, task)
+                     : model->entry.name == name) {
+      found = model.get();
+      break;
+    }
+  }
+  if (found == nullptr) {
+    if (name.empty()) {
+      return absl::NotFoundError(absl::StrCat("no default model for task ",
+                                              TaskKindName(task),
+                                              "; name one (see ListModels)"));
+    }
+    return absl::NotFoundError(
+        absl::StrCat("model '", name, "' is not served (see ListModels)"));
+  }
+  if (!Has(found->entry.tasks, task)) {
+    std::vector<std::string> names;
+    for (TaskKind kind : found->entry.tasks)
+      names.push_back(TaskKindName(kind));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", found->entry.name, "' cannot run ", TaskKindName(task),
+        " (its tasks: ", absl::StrJoin(names, ", "), ")"));
+  }
+  if (found->state != ModelState::kReady) {
+    return absl::UnavailableError(absl::StrCat(
+        "model '", found->entry.name, "' is ",
+        found->state == ModelState::kLoading ? "still loading"
+                                             : "not loaded: " + found->error));
+  }
+  return found;
+}
+
+std::vector<ModelRegistry::ModelStatus> ModelRegistry::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<ModelStatus> result;
+  for (const auto& model : models_) {
+    result.push_back(ModelStatus{
+        model->entry, model->state, model->error,
+        model->state == ModelState::kReady ? model->model.get() : nullptr});
+  }
+  return result;
+}
+
+bool ModelRegistry::AllRequiredReady() const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& model : models_) {
+    if (model->entry.required && model->state != ModelState::kReady) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace ldmserve

@@ -1,0 +1,85 @@
+// The models a server serves, read from a registry file:
+//
+//   {"models": [
+//     {"name": "shapes-tiny",
+//      "config": "shapes-tiny/config.json",        // relative to this file
+//      "weights": "shapes-tiny/weights.safetensors",
+//      "tasks": ["text_to_image"],
+//      "default_for": ["text_to_image"],
+//      "devices": ["cpu"],
+//      "required": true}]}
+//
+// LoadAll() loads every entry; a failing entry marked required fails the
+// whole load (the server exits with one clear line), others are kept as
+// FAILED with their error and the server serves the rest.
+//
+// Thread-safety: LoadAll() runs once before serving; afterwards the registry
+// is read-only and safe to share.
+#ifndef LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_
+#define LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/ldm/latent_diffusion.h"
+#include "server/runtime/job.h"
+
+namespace ldmserve {
+
+enum class ModelState { kLoading, kReady, kFailed };
+
+struct ModelEntry {
+  std::string name;
+  std::string config_path;  // Absolute or relative to the working dir.
+  std::string weights_path;
+  std::vector<TaskKind> tasks;
+  std::vector<TaskKind> default_for;
+  std::vector<std::string> devices;
+  bool required = true;
+};
+
+class ModelRegistry {
+ public:
+  static absl::StatusOr<std::vector<ModelEntry>> ReadRegistryFile(
+      const std::string& path);
+
+  explicit ModelRegistry(std::vector<ModelEntry> entries);
+  // For tests: serve an already built model.
+  void AddLoaded(ModelEntry entry, std::unique_ptr<ldm::LatentDiffusion> model);
+
+  absl::Status LoadAll();
+
+  struct Model {
+    ModelEntry entry;
+    ModelState state = ModelState::kLoading;
+    std::string error;
+    std::unique_ptr<ldm::LatentDiffusion> model;
+  };
+
+  // The ready model named `name`, or the default for `task` when `name` is
+  // empty. NOT_FOUND for unknown names, UNAVAILABLE while loading or failed,
+  // FAILED_PRECONDITION when it cannot run `task`.
+  absl::StatusOr<const Model*> Find(const std::string& name,
+                                    TaskKind task) const;
+  struct ModelStatus {
+    ModelEntry entry;
+    ModelState state;
+    std::string error;
+    const ldm::LatentDiffusion* model;  // Set when ready.
+  };
+  // A consistent copy of every model's state, for ListModels.
+  std::vector<ModelStatus> Snapshot() const;
+  bool AllRequiredReady() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Model>> models_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ldmserve
+
+#endif  // LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_

@@ -1,0 +1,306 @@
+#include "server/runtime/scheduler.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace ldmserve {
+namespace {
+
+bool SameBatchKey(const Job& a, const Job& b) {
+  return &a.model() == &b.model() &&
+         a.spec().latent_height == b.spec().latent_height &&
+         a.spec().latent_width == b.spec().latent_width;
+}
+
+int ImagesOf(const std::vector<std::shared_ptr<Job>>& jobs) {
+  int images = 0;
+  for (const auto& job : jobs) images += job->spec().num_images;
+  return images;
+}
+
+}  // namespace
+
+Scheduler::Scheduler(SchedulerOptions options) : options_(options) {
+  for (int i = 0; i < options_.workers; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+Scheduler::~Scheduler() { Shutdown(absl::ZeroDuration()); }
+
+absl::Status Scheduler::Submit(std::shared_ptr<Job> job) {
+  absl::MutexLock lock(&mu_);
+  if (!accepting_) {
+    return absl::UnavailableError("server is shutting down");
+  }
+  if (static_cast<int>(queue_.size()) >= options_.queue_size) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue is full (", options_.queue_size, " jobs waiting)"));
+  }
+  queue_.push_back(job);
+  // Under the lock so that no worker can start the job before its Queued
+  // event is out; sinks do not block.
+  job->sink().OnQueued(static_cast<int>(queue_.size()) - 1);
+  return absl::OkStatus();
+}
+
+void Scheduler::Cancel(const std::shared_ptr<Job>& job, absl::Status reason) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = std::find(queue_.begin(), queue_.end(), job);
+    if (it == queue_.end()) {
+      // Running (or already ended): the worker sees it at the next step.
+      job->Cancel(std::move(reason));
+      return;
+    }
+    queue_.erase(it);
+    ReportQueuePositions();
+  }
+  job->sink().OnError(std::move(reason));
+}
+
+void Scheduler::Shutdown(absl::Duration drain_timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    accepting_ = false;
+    if (!mu_.AwaitWithTimeout(absl::Condition(this, &Scheduler::Drained),
+                              drain_timeout)) {
+      LOG(WARNING) << "drain timeout: stopping " << queue_.size()
+                   << " queued and " << running_ << " running job(s)";
+    }
+    aborting_ = true;
+    stopping_ = true;
+  }
+  for (std::thread& worker : workers_) worker.join();
+  workers_.clear();
+  // Workers take queued jobs down with them; without workers, do it here.
+  std::deque<std::shared_ptr<Job>> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(queue_);
+  }
+  for (const auto& job : left) {
+    job->sink().OnError(
+        absl::UnavailableError("server shut down before the job started"));
+  }
+}
+
+int Scheduler::queue_depth() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+int Scheduler::running_jobs() const {
+  absl::MutexLock lock(&mu_);
+  return running_;
+}
+
+bool Scheduler::HasWork() const { return !queue_.empty() || stopping_; }
+
+bool Scheduler::Drained() const { return queue_.empty() && running_ == 0; }
+
+void Scheduler::ReportQueuePositions() {
+  for (size_t i = 0; i < queue_.size(); ++i) {
+    queue_[i]->sink().OnQueued(static_cast<int>(i));
+  }
+}
+
+std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
+    const std::vector<std::shared_ptr<Job>>& running) {
+  std::vector<std::shared_ptr<Job>> admitted;
+  int images = ImagesOf(running);
+  const Job* key = running.empty() ? nullptr : running.front().get();
+  // FIFO: stop at the first job that cannot join, so none is overtaken.
+  while (!queue_.empty()) {
+    const std::shared_ptr<Job>& head = queue_.front();
+    if (key != nullptr && !SameBatchKey(*key, *head)) break;
+    if (images > 0 &&
+        images + head->spec().num_images > options_.max_batch_images) {
+      break;
+    }
+    images += head->spec().num_images;
+    if (key == nullptr) key = head.get();
+    admitted.push_back(head);
+    queue_.pop_front();
+  }
+  running_ += static_cast<int>(admitted.size());
+  if (!admitted.empty()) ReportQueuePositions();
+  return admitted;
+}
+
+void Scheduler::JobLeft() {
+  absl::MutexLock lock(&mu_);
+  --running_;
+}
+
+void Scheduler::FailJob(const std::shared_ptr<Job>& job, absl::Status status) {
+  if (status.code() != absl::StatusCode::kCancelled &&
+      status.code() != absl::StatusCode::kDeadlineExceeded) {
+    LOG(WARNING) << "job " << job->id() << " failed: " << status;
+  }
+  job->running().images.clear();
+  job->sink().OnError(std::move(status));
+  JobLeft();
+}
+
+void Scheduler::FinishJob(const std::shared_ptr<Job>& job, JobResult result) {
+  job->running().images.clear();
+  job->sink().OnResult(std::move(result));
+  JobLeft();
+}
+
+absl::Status Scheduler::StartJob(Job& job) {
+  Job::Running& running = job.running();
+  running.started_at = absl::Now();
+  running.timings.queue = running.started_at - job.admitted_at();
+  job.sink().OnStarted(running.timings.queue);
+  const JobSpec& spec = job.spec();
+  absl::StatusOr<ldm::TextConditioning> text =
+      job.model().EncodeText({spec.negative_prompt, spec.prompt});
+  if (!text.ok()) return text.status();
+  running.warnings = text->warnings;
+  for (int i = 0; i < spec.num_images; ++i) {
+    absl::StatusOr<ldm::ImageTask> task = job.model().NewImageTask(
+        spec.seed + i, spec.latent_height, spec.latent_width, spec.sampler,
+        text->context.slice(0, 1, 2), text->context.slice(0, 0, 1));
+    if (!task.ok()) return task.status();
+    running.images.push_back(std::move(task).value());
+  }
+  running.timings.encode = absl::Now() - running.started_at;
+  return absl::OkStatus();
+}
+
+void Scheduler::WorkerLoop() {
+  std::vector<std::shared_ptr<Job>> running;
+  while (true) {
+    std::vector<std::shared_ptr<Job>> admitted;
+    bool aborting = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (running.empty()) {
+        mu_.Await(absl::Condition(this, &Scheduler::HasWork));
+        if (stopping_ && queue_.empty()) return;
+      }
+      aborting = aborting_;
+      if (aborting) {
+        admitted.assign(queue_.begin(), queue_.end());
+        running_ += static_cast<int>(queue_.size());
+        queue_.clear();
+      } else {
+        admitted = AdmitLocked(running);
+      }
+    }
+    if (aborting) {
+      for (auto& job : admitted) running.push_back(std::move(job));
+      for (auto& job : running) {
+        FailJob(job, absl::UnavailableError(
+                         "server shut down before the job finished"));
+      }
+      running.clear();
+      continue;
+    }
+    for (std::shared_ptr<Job>& job : admitted) {
+      absl::Status status = job->StopReason(absl::Now());
+      if (status.ok()) status = StartJob(*job);
+      if (!status.ok()) {
+        FailJob(job, status);
+        continue;
+      }
+      running.push_back(std::move(job));
+    }
+    // Stopped jobs leave at the step boundary, before the next UNet call.
+    const absl::Time now = absl::Now();
+    auto stopped = std::stable_partition(
+        running.begin(), running.end(), [now](const std::shared_ptr<Job>& job) {
+          return job->StopReason(now).ok();
+        });
+    for (auto it = stopped; it != running.end(); ++it) {
+      FailJob(*it, (*it)->StopReason(now));
+    }
+    running.erase(stopped, running.end());
+    if (!running.empty()) StepBatch(running);
+  }
+}
+
+void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
+  std::vector<ldm::ImageTask*> tasks;
+  for (const auto& job : running) {
+    for (ldm::ImageTask& image : job->running().images) {
+      tasks.push_back(&image);
+    }
+  }
+  const ldm::LatentDiffusion& model = running.front()->model();
+  const absl::Time step_start = absl::Now();
+  absl::Status status = model.DenoiseStep(tasks);
+  const absl::Time step_end = absl::Now();
+  if (!status.ok()) {
+    // A failed call fails only the jobs in it; the worker keeps serving.
+    for (const auto& job : running) FailJob(job, status);
+    running.clear();
+    return;
+  }
+  std::vector<std::shared_ptr<Job>> finished;
+  std::vector<std::shared_ptr<Job>> continuing;
+  for (const auto& job : running) {
+    Job::Running& state = job->running();
+    const JobSpec& spec = job->spec();
+    state.timings.denoise += step_end - step_start;
+    const ldm::Sampler& sampler = *state.images.front().sampler;
+    ProgressEvent event;
+    event.step = sampler.steps_done();
+    event.total_steps = sampler.total_steps();
+    event.elapsed = step_end - state.started_at;
+    event.estimated_remaining =
+        state.timings.denoise / event.step * (event.total_steps - event.step);
+    const bool last = sampler.done();
+    if (spec.preview_every > 0 && event.step % spec.preview_every == 0) {
+      absl::StatusOr<at::Tensor> preview =
+          model.PreviewImage(sampler.predicted_x0());
+      if (preview.ok()) event.preview = *preview;
+    }
+    if (last || event.step % std::max(1, spec.progress_every) == 0 ||
+        event.preview.defined()) {
+      job->sink().OnProgress(event);
+    }
+    (last ? finished : continuing).push_back(job);
+  }
+  running = std::move(continuing);
+  if (finished.empty()) return;
+  // Finished jobs are decoded together.
+  std::vector<at::Tensor> latents;
+  for (const auto& job : finished) {
+    for (const ldm::ImageTask& image : job->running().images) {
+      latents.push_back(image.sampler->latent());
+    }
+  }
+  const absl::Time decode_start = absl::Now();
+  absl::StatusOr<at::Tensor> images = model.DecodeToImages(latents);
+  const absl::Time decode_end = absl::Now();
+  int64_t row = 0;
+  for (const auto& job : finished) {
+    if (!images.ok()) {
+      FailJob(job, images.status());
+      continue;
+    }
+    const JobSpec& spec = job->spec();
+    JobResult result;
+    result.model_name = spec.model_name;
+    result.images = images->slice(0, row, row + spec.num_images);
+    row += spec.num_images;
+    for (int i = 0; i < spec.num_images; ++i) {
+      result.seeds.push_back(spec.seed + i);
+    }
+    result.timings = job->running().timings;
+    result.timings.decode = decode_end - decode_start;
+    result.timings.total = decode_end - job->admitted_at();
+    result.warnings = job->running().warnings;
+    FinishJob(job, std::move(result));
+  }
+}
+
+}  // namespace ldmserve

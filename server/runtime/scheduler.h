@@ -1,0 +1,96 @@
+// The scheduler: a bounded FIFO queue of jobs and a pool of workers that run
+// them one denoising step at a time.
+//
+// Each worker keeps a set of running jobs that share a model and a latent
+// shape. Every iteration it admits queued jobs that fit (same model and
+// shape, at most `max_batch_images` images in all), runs ONE denoising step
+// for all their images in one UNet call, reports progress, lets finished jobs
+// leave (decoded together) and stopped ones (cancelled, past their deadline)
+// drop out, so jobs join and leave a running batch at step boundaries.
+//
+// Thread-safety: all public methods are thread-safe. Workers start in the
+// constructor and are joined by Shutdown() (or the destructor).
+//
+// Example:
+//   Scheduler scheduler({.queue_size = 16, .max_batch_images = 8});
+//   absl::Status admitted = scheduler.Submit(job);  // RESOURCE_EXHAUSTED
+//                                                    // when full
+//   ...
+//   scheduler.Shutdown(absl::Seconds(30));
+#ifndef LDMSERVE_SERVER_RUNTIME_SCHEDULER_H_
+#define LDMSERVE_SERVER_RUNTIME_SCHEDULER_H_
+
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/runtime/job.h"
+
+namespace ldmserve {
+
+struct SchedulerOptions {
+  int queue_size = 64;       // Jobs waiting, not counting running ones.
+  int max_batch_images = 8;  // Images per UNet call (CFG doubles the rows).
+  int workers = 1;           // 0 = none: jobs queue but never run (tests).
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(SchedulerOptions options);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues `job` and reports its position. RESOURCE_EXHAUSTED when the queue
+  // is full, UNAVAILABLE after Shutdown() began; the job is then not admitted
+  // and its sink is not called.
+  absl::Status Submit(std::shared_ptr<Job> job);
+
+  // Stops `job` with `reason`: at once if it is still queued, else at its
+  // next step boundary. A job that already ended is left alone.
+  void Cancel(const std::shared_ptr<Job>& job, absl::Status reason);
+
+  // Refuses new jobs, lets queued and running ones finish for up to
+  // `drain_timeout`, stops the rest with UNAVAILABLE, and joins the workers.
+  void Shutdown(absl::Duration drain_timeout);
+
+  int queue_depth() const;
+  int running_jobs() const;
+
+ private:
+  void WorkerLoop();
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Drained() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReportQueuePositions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the queued jobs that may join `running` now.
+  std::vector<std::shared_ptr<Job>> AdmitLocked(
+      const std::vector<std::shared_ptr<Job>>& running)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends a running job (exactly once) with an error.
+  void FailJob(const std::shared_ptr<Job>& job, absl::Status status);
+  void FinishJob(const std::shared_ptr<Job>& job, JobResult result);
+  void JobLeft();
+
+  // Encodes the conditioning and creates the image tasks of a new job.
+  absl::Status StartJob(Job& job);
+  // One step for all of `running`, then progress, decode and results.
+  void StepBatch(std::vector<std::shared_ptr<Job>>& running);
+
+  const SchedulerOptions options_;
+  mutable absl::Mutex mu_;
+  std::deque<std::shared_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  bool aborting_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace ldmserve
+
+#endif  // LDMSERVE_SERVER_RUNTIME_SCHEDULER_H_

@@ -1,0 +1,380 @@
+#include "server/service/image_synthesis_service.h"
+
+#include <glog/logging.h>
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "server/service/png_codec.h"
+
+namespace ldmserve {
+namespace {
+
+using ldm::v1::GenerateResponse;
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  // absl codes are gRPC codes.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+uint64_t ToMillis(absl::Duration duration) {
+  return static_cast<uint64_t>(
+      std::max<int64_t>(0, absl::ToInt64Milliseconds(duration)));
+}
+
+uint64_t RandomSeed() {
+  static thread_local std::mt19937_64 generator(std::random_device{}());
+  uint64_t seed = 0;
+  while (seed == 0) seed = generator() >> 1;  // Fits int64 for JSON clients.
+  return seed;
+}
+
+class GenerateReactor;
+
+// The job's sink and the call's write queue; shared by the reactor (which
+// gRPC deletes after OnDone) and the job (which may outlive the call).
+class GenerateStream : public JobSink {
+ public:
+  GenerateStream(GenerateReactor* reactor, std::string client_request_id,
+                 std::string job_id, ServiceMetrics* metrics)
+      : reactor_(reactor),
+        client_request_id_(std::move(client_request_id)),
+        job_id_(std::move(job_id)),
+        metrics_(metrics),
+        created_at_(absl::Now()) {}
+
+  // JobSink.
+  void OnQueued(int position) override {
+    absl::MutexLock lock(&mu_);
+    if (position == last_position_) return;
+    last_position_ = position;
+    NewEventLocked()->mutable_queued()->set_position(position);
+    WriteNextLocked();
+  }
+  void OnStarted(absl::Duration queue_time) override {
+    absl::MutexLock lock(&mu_);
+    NewEventLocked()->mutable_started()->set_queue_time_ms(
+        ToMillis(queue_time));
+    WriteNextLocked();
+  }
+  void OnProgress(const ProgressEvent& event) override {
+    std::string preview;
+    if (event.preview.defined()) {
+      absl::StatusOr<std::string> png =
+          EncodePng(event.preview.data_ptr<uint8_t>(),
+                    static_cast<uint32_t>(event.preview.size(1)),
+                    static_cast<uint32_t>(event.preview.size(0)));
+      if (png.ok()) preview = std::move(png).value();
+    }
+    absl::MutexLock lock(&mu_);
+    // Latest wins: a progress event still waiting to be written is replaced,
+    // unless it carries a preview the client asked for.
+    GenerateResponse* response =
+        (!pending_.empty() && pending_.back().has_progress() &&
+         pending_.back().progress().preview_png().empty())
+            ? &pending_.back()
+            : NewEventLocked();
+    ldm::v1::Progress* progress = response->mutable_progress();
+    progress->set_step(event.step);
+    progress->set_total_steps(event.total_steps);
+    progress->set_elapsed_ms(ToMillis(event.elapsed));
+    progress->set_estimated_remaining_ms(ToMillis(event.estimated_remaining));
+    progress->set_preview_png(std::move(preview));
+    WriteNextLocked();
+  }
+  void OnResult(JobResult result) override;
+  void OnError(absl::Status status) override {
+    absl::MutexLock lock(&mu_);
+    EndLocked(ToGrpc(status), std::nullopt);
+  }
+
+  // Ends a call whose job was never admitted.
+  void Reject(const absl::Status& status) { OnError(status); }
+  void OnWriteDone(bool ok);
+
+  // Marks the call cancelled; returns whether the job still needs stopping.
+  bool MarkCancelled() {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    return !ended_;
+  }
+
+ private:
+  GenerateResponse* NewEventLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    pending_.emplace_back();
+    pending_.back().set_client_request_id(client_request_id_);
+    pending_.back().set_job_id(job_id_);
+    return &pending_.back();
+  }
+  // The terminal event: an optional last message, then the status.
+  void EndLocked(grpc::Status status,
+                 std::optional<GenerateResponse> last_message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the next write or the Finish if nothing is in flight.
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  GenerateReactor* reactor_ ABSL_GUARDED_BY(mu_);
+  const std::string client_request_id_;
+  const std::string job_id_;
+  ServiceMetrics* const metrics_;
+  const absl::Time created_at_;
+  std::deque<GenerateResponse> pending_ ABSL_GUARDED_BY(mu_);
+  // The message being written; gRPC reads it until OnWriteDone.
+  GenerateResponse in_flight_ ABSL_GUARDED_BY(mu_);
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;     // Terminal event received.
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called.
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> final_status_ ABSL_GUARDED_BY(mu_);
+  int last_position_ ABSL_GUARDED_BY(mu_) = -1;
+};
+
+class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
+ public:
+  GenerateReactor(grpc::CallbackServerContext* context, Scheduler* scheduler,
+                  std::string client_request_id, std::string job_id,
+                  ServiceMetrics* metrics)
+      : context_(context),
+        scheduler_(scheduler),
+        stream_(std::make_shared<GenerateStream>(
+            this, std::move(client_request_id), std::move(job_id), metrics)) {}
+
+  const std::shared_ptr<GenerateStream>& stream() const { return stream_; }
+
+  void AttachJob(std::shared_ptr<Job> job) {
+    absl::MutexLock lock(&mu_);
+    job_ = std::move(job);
+  }
+
+  void OnWriteDone(bool ok) override {
+    // Keeps the stream alive should Finish lead to OnDone (and our deletion)
+    // before the call returns.
+    std::shared_ptr<GenerateStream> stream = stream_;
+    stream->OnWriteDone(ok);
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<Job> job;
+    {
+      absl::MutexLock lock(&mu_);
+      job = job_;
+    }
+    if (!stream_->MarkCancelled() || job == nullptr) return;
+    const bool expired = absl::Now() >= absl::FromChrono(context_->deadline());
+    scheduler_->Cancel(
+        job, expired ? absl::DeadlineExceededError("deadline exceeded")
+                     : absl::CancelledError("cancelled by the client"));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::CallbackServerContext* const context_;
+  Scheduler* const scheduler_;
+  const std::shared_ptr<GenerateStream> stream_;
+  absl::Mutex mu_;
+  std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
+};
+
+void GenerateStream::OnResult(JobResult result) {
+  GenerateResponse last;
+  last.set_client_request_id(client_request_id_);
+  last.set_job_id(job_id_);
+  ldm::v1::Result* out = last.mutable_result();
+  out->set_model(result.model_name);
+  const at::Tensor& images = result.images;
+  const uint32_t height = static_cast<uint32_t>(images.size(1));
+  const uint32_t width = static_cast<uint32_t>(images.size(2));
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    at::Tensor image = images[i].contiguous();
+    absl::StatusOr<std::string> png =
+        EncodePng(image.data_ptr<uint8_t>(), width, height);
+    if (!png.ok()) {
+      OnError(png.status());
+      return;
+    }
+    ldm::v1::Image* entry = out->add_images();
+    entry->set_data(std::move(png).value());
+    entry->set_width(width);
+    entry->set_height(height);
+    entry->set_seed(result.seeds[i]);
+  }
+  ldm::v1::StageTimings* timings = out->mutable_timings();
+  timings->set_queue_ms(ToMillis(result.timings.queue));
+  timings->set_encode_ms(ToMillis(result.timings.encode));
+  timings->set_denoise_ms(ToMillis(result.timings.denoise));
+  timings->set_decode_ms(ToMillis(result.timings.decode));
+  timings->set_total_ms(ToMillis(result.timings.total));
+  for (std::string& warning : result.warnings) {
+    out->add_warnings(std::move(warning));
+  }
+  metrics_->ImagesGenerated(static_cast<int>(images.size(0)));
+  absl::MutexLock lock(&mu_);
+  EndLocked(grpc::Status::OK, std::move(last));
+}
+
+void GenerateStream::EndLocked(grpc::Status status,
+                               std::optional<GenerateResponse> last_message) {
+  if (ended_) return;
+  ended_ = true;
+  metrics_->RequestEnded(static_cast<absl::StatusCode>(status.error_code()),
+                         absl::Now() - created_at_);
+  if (last_message) {
+    // A result is never coalesced away: it queues behind pending events.
+    pending_.push_back(std::move(*last_message));
+  } else if (!status.ok()) {
+    // Nothing else matters to a failed call; end it promptly.
+    pending_.clear();
+  }
+  final_status_ = std::move(status);
+  WriteNextLocked();
+}
+
+void GenerateStream::WriteNextLocked() {
+  if (write_in_flight_ || finished_ || reactor_ == nullptr) return;
+  if (!pending_.empty() && !cancelled_) {
+    in_flight_ = std::move(pending_.front());
+    pending_.pop_front();
+    write_in_flight_ = true;
+    // gRPC runs OnWriteDone on another thread, never inside StartWrite on
+    // the callback API, so calling it under mu_ is safe.
+    reactor_->StartWrite(&in_flight_);
+    return;
+  }
+  if (final_status_) {
+    finished_ = true;
+    GenerateReactor* reactor = reactor_;
+    reactor_ = nullptr;
+    reactor->Finish(*final_status_);
+  }
+}
+
+void GenerateStream::OnWriteDone(bool ok) {
+  absl::MutexLock lock(&mu_);
+  write_in_flight_ = false;
+  if (!ok) {
+    // The client is gone; the cancellation reaches the job via OnCancel.
+    cancelled_ = true;
+    pending_.clear();
+    if (!final_status_) {
+      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED,
+                                   "stream closed by the client");
+    }
+  }
+  WriteNextLocked();
+}
+
+}  // namespace
+
+ImageSynthesisService::ImageSynthesisService(const ModelRegistry* models,
+                                             Scheduler* scheduler,
+                                             ServiceMetrics* metrics,
+                                             ServiceLimits limits)
+    : models_(models),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      limits_(limits) {}
+
+grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
+    grpc::CallbackServerContext* context,
+    const ldm::v1::GenerateRequest* request) {
+  const std::string job_id = absl::StrCat("job-", next_job_.fetch_add(1));
+  auto* reactor = new GenerateReactor(
+      context, scheduler_, request->client_request_id(), job_id, metrics_);
+  // A copy: a rejected call may be done (and the reactor deleted) before
+  // Reject returns.
+  std::shared_ptr<GenerateStream> stream = reactor->stream();
+  absl::StatusOr<TaskKind> task = RequestedTask(*request);
+  if (!task.ok()) {
+    stream->Reject(task.status());
+    return reactor;
+  }
+  absl::StatusOr<const ModelRegistry::Model*> model =
+      models_->Find(request->model(), *task);
+  if (!model.ok()) {
+    stream->Reject(model.status());
+    return reactor;
+  }
+  absl::StatusOr<JobSpec> spec = ValidateRequest(
+      *request, (*model)->model->config(), limits_, RandomSeed());
+  if (!spec.ok()) {
+    stream->Reject(spec.status());
+    return reactor;
+  }
+  spec->model_name = (*model)->entry.name;
+  auto job =
+      std::make_shared<Job>(job_id, *std::move(spec), (*model)->model.get(),
+                            stream, absl::FromChrono(context->deadline()));
+  reactor->AttachJob(job);
+  absl::Status admitted = scheduler_->Submit(job);
+  if (!admitted.ok()) {
+    if (admitted.code() == absl::StatusCode::kResourceExhausted) {
+      context->AddTrailingMetadata("retry-after-ms", "1000");
+    }
+    stream->Reject(admitted);
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
+    grpc::CallbackServerContext* context, const ldm::v1::ListModelsRequest*,
+    ldm::v1::ListModelsResponse* response) {
+  auto to_proto = [](TaskKind kind) {
+    switch (kind) {
+      case TaskKind::kTextToImage:
+        return ldm::v1::TASK_TEXT_TO_IMAGE;
+      case TaskKind::kImageToImage:
+        return ldm::v1::TASK_IMAGE_TO_IMAGE;
+      case TaskKind::kInpaint:
+        return ldm::v1::TASK_INPAINT;
+      case TaskKind::kSuperResolution:
+        return ldm::v1::TASK_SUPER_RESOLUTION;
+    }
+    return ldm::v1::TASK_UNSPECIFIED;
+  };
+  for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
+    ldm::v1::ModelInfo* info = response->add_models();
+    info->set_name(status.entry.name);
+    for (TaskKind kind : status.entry.tasks) info->add_tasks(to_proto(kind));
+    for (TaskKind kind : status.entry.default_for) {
+      info->add_default_for(to_proto(kind));
+    }
+    for (const std::string& device : status.entry.devices) {
+      info->add_devices(device);
+    }
+    switch (status.state) {
+      case ModelState::kLoading:
+        info->set_state(ldm::v1::MODEL_STATE_LOADING);
+        break;
+      case ModelState::kReady:
+        info->set_state(ldm::v1::MODEL_STATE_READY);
+        break;
+      case ModelState::kFailed:
+        info->set_state(ldm::v1::MODEL_STATE_FAILED);
+        info->set_error(status.error);
+        break;
+    }
+    if (status.model != nullptr) {
+      const ldm::ModelConfig& config = status.model->config();
+      info->set_native_width(static_cast<uint32_t>(config.native_width()));
+      info->set_native_height(static_cast<uint32_t>(config.native_height()));
+      info->set_latent_channels(
+          static_cast<uint32_t>(config.unet.out_channels));
+      info->set_latent_height(static_cast<uint32_t>(config.latent_height));
+      info->set_latent_width(static_cast<uint32_t>(config.latent_width));
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace ldmserve

@@ -1,0 +1,41 @@
+// PNG encoding and decoding through libspng. Decoding is for untrusted client
+// bytes: image size and chunk sizes are limited, and anything malformed gives
+// INVALID_ARGUMENT naming the field.
+#ifndef LDMSERVE_SERVER_SERVICE_PNG_CODEC_H_
+#define LDMSERVE_SERVER_SERVICE_PNG_CODEC_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace ldmserve {
+
+struct RgbImage {
+  uint32_t width = 0;
+  uint32_t height = 0;
+  std::vector<uint8_t> pixels;  // Row-major RGB, 3 bytes per pixel.
+};
+
+// Encodes 8-bit RGB pixels (`width * height * 3` bytes).
+absl::StatusOr<std::string> EncodePng(const uint8_t* rgb, uint32_t width,
+                                      uint32_t height);
+
+struct PngLimits {
+  uint32_t max_width = 4096;
+  uint32_t max_height = 4096;
+  size_t max_chunk_bytes = 8 << 20;
+  size_t max_cache_bytes = 32 << 20;
+};
+
+// Decodes any PNG (grey, palette, alpha, 16-bit) to 8-bit RGB. `field` names
+// the request field in error messages.
+absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes,
+                                   absl::string_view field,
+                                   const PngLimits& limits = {});
+
+}  // namespace ldmserve
+
+#endif  // LDMSERVE_SERVER_SERVICE_PNG_CODEC_H_

@@ -1,0 +1,41 @@
+// Turns a GenerateRequest into a runtime JobSpec: every field is checked
+// against the server's limits (INVALID_ARGUMENT naming the field and the
+// limit) and defaults are resolved. Untrusted input never reaches the model
+// unchecked.
+#ifndef LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_
+#define LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "ldm/v1/image_synthesis.pb.h"
+#include "server/ldm/model_config.h"
+#include "server/runtime/job.h"
+
+namespace ldmserve {
+
+struct ServiceLimits {
+  uint64_t max_pixels = 1 << 20;  // width * height of one image.
+  uint32_t max_steps = 200;
+  uint32_t max_images = 4;
+  uint32_t max_prompt_bytes = 1000;
+  uint32_t max_image_bytes = 16 << 20;
+  uint32_t max_client_request_id_bytes = 128;
+  uint32_t default_steps = 25;
+  float default_guidance_scale = 7.5f;
+  float max_guidance_scale = 30.0f;
+};
+
+// The task a request asks for; INVALID_ARGUMENT when none is set.
+absl::StatusOr<TaskKind> RequestedTask(const ldm::v1::GenerateRequest& request);
+
+// Validates `request` for `model`. `random_seed` is used when the request
+// leaves the seed at 0.
+absl::StatusOr<JobSpec> ValidateRequest(const ldm::v1::GenerateRequest& request,
+                                        const ldm::ModelConfig& model,
+                                        const ServiceLimits& limits,
+                                        uint64_t random_seed);
+
+}  // namespace ldmserve
+
+#endif  // LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_

@@ -1,0 +1,87 @@
+#include "server/service/server.h"
+
+#include <glog/logging.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace ldmserve {
+namespace {
+
+constexpr char kServiceName[] = "ldm.v1.ImageSynthesisService";
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
+    const ServerOptions& options, std::unique_ptr<ModelRegistry> models) {
+  std::unique_ptr<LdmServer> server(new LdmServer());
+  server->models_ = std::move(models);
+  server->metrics_ = std::make_unique<ServiceMetrics>();
+  server->scheduler_ = std::make_unique<Scheduler>(options.scheduler);
+  server->service_ = std::make_unique<ImageSynthesisService>(
+      server->models_.get(), server->scheduler_.get(), server->metrics_.get(),
+      options.limits);
+  if (!options.metrics_listen.empty()) {
+    LdmServer* raw = server.get();
+    auto metrics_server = MetricsHttpServer::Start(
+        options.metrics_listen, server->metrics_->registry(), [raw] {
+          raw->metrics_->SetQueueDepth(raw->scheduler_->queue_depth());
+          raw->metrics_->SetRunningJobs(raw->scheduler_->running_jobs());
+        });
+    if (!metrics_server.ok()) return metrics_server.status();
+    server->metrics_server_ = std::move(metrics_server).value();
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                           &server->port_);
+  builder.RegisterService(server->service_.get());
+  // Requests carry images; the default 4 MiB is too small for a few PNGs.
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen));
+  }
+  server->SetServing(false);
+  return server;
+}
+
+LdmServer::~LdmServer() { Shutdown(absl::ZeroDuration()); }
+
+absl::Status LdmServer::LoadModels() {
+  absl::Status status = models_->LoadAll();
+  if (status.ok() && models_->AllRequiredReady()) SetServing(true);
+  return status;
+}
+
+void LdmServer::MarkServing() { SetServing(true); }
+
+void LdmServer::SetServing(bool serving) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus(serving);
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(kServiceName, serving);
+}
+
+void LdmServer::Shutdown(absl::Duration drain_timeout) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_ != nullptr) SetServing(false);
+  // Jobs first: the scheduler refuses new ones (UNAVAILABLE) and drains;
+  // every running call gets its final status before the server closes.
+  if (scheduler_ != nullptr) scheduler_->Shutdown(drain_timeout);
+  if (server_ != nullptr) {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(5));
+  }
+  metrics_server_.reset();
+}
+
+void LdmServer::Wait() { server_->Wait(); }
+
+}  // namespace ldmserve

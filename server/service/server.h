@@ -1,0 +1,75 @@
+// Wiring of one ldmserve instance: model registry, scheduler, the gRPC
+// server (ImageSynthesisService, grpc.health.v1.Health, reflection) and the
+// Prometheus endpoint. Used by main and by the in-process integration tests.
+//
+// Example:
+//   LDM_ASSIGN_OR_RETURN(auto server, LdmServer::Start(options, registry));
+//   server->Wait();  // until Shutdown() from another thread
+#ifndef LDMSERVE_SERVER_SERVICE_SERVER_H_
+#define LDMSERVE_SERVER_SERVICE_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/runtime/model_registry.h"
+#include "server/runtime/scheduler.h"
+#include "server/service/image_synthesis_service.h"
+#include "server/service/metrics.h"
+#include "server/service/metrics_http_server.h"
+
+namespace ldmserve {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
+  std::string metrics_listen;              // Empty = no metrics endpoint.
+  SchedulerOptions scheduler;
+  ServiceLimits limits;
+};
+
+class LdmServer {
+ public:
+  // Starts serving at once with health NOT_SERVING; call LoadModels() (or
+  // hand in a loaded registry and call MarkServing()).
+  static absl::StatusOr<std::unique_ptr<LdmServer>> Start(
+      const ServerOptions& options, std::unique_ptr<ModelRegistry> models);
+  ~LdmServer();
+
+  // Loads the registry's models; health turns SERVING when all required
+  // models are ready.
+  absl::Status LoadModels();
+  void MarkServing();
+
+  int port() const { return port_; }
+  // The metrics endpoint's port, 0 without one.
+  int metrics_port() const {
+    return metrics_server_ ? metrics_server_->port() : 0;
+  }
+  // Health NOT_SERVING, new calls UNAVAILABLE, queued and running jobs get up
+  // to `drain_timeout` to finish, then the server stops.
+  void Shutdown(absl::Duration drain_timeout);
+  void Wait();
+
+  Scheduler& scheduler() { return *scheduler_; }
+  ServiceMetrics& metrics() { return *metrics_; }
+
+ private:
+  LdmServer() = default;
+  void SetServing(bool serving);
+
+  std::unique_ptr<ModelRegistry> models_;
+  std::unique_ptr<ServiceMetrics> metrics_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ImageSynthesisService> service_;
+  std::unique_ptr<MetricsHttpServer> metrics_server_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace ldmserve
+
+#endif  // LDMSERVE_SERVER_SERVICE_SERVER_H_

@@ -1,0 +1,186 @@
+#include "server/runtime/scheduler.h"
+
+#include <ATen/Parallel.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "server/ldm/latent_diffusion.h"
+#include "tests/ldm/test_util.h"
+
+namespace ldmserve {
+namespace {
+
+using ::testing::ElementsAre;
+
+// Records every event; signals when the terminal one arrives.
+class RecordingSink : public JobSink {
+ public:
+  void OnQueued(int position) override {
+    absl::MutexLock lock(&mu_);
+    events_.push_back("queued " + std::to_string(position));
+  }
+  void OnStarted(absl::Duration) override {
+    absl::MutexLock lock(&mu_);
+    events_.push_back("started");
+  }
+  void OnProgress(const ProgressEvent& event) override {
+    absl::MutexLock lock(&mu_);
+    events_.push_back("step " + std::to_string(event.step) + "/" +
+                      std::to_string(event.total_steps));
+  }
+  void OnResult(JobResult result) override {
+    {
+      absl::MutexLock lock(&mu_);
+      events_.push_back("result");
+      result_ = std::move(result);
+      ++terminal_;
+    }
+    done_.Notify();
+  }
+  void OnError(absl::Status status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      events_.push_back("error " +
+                        std::string(absl::StatusCodeToString(status.code())));
+      ++terminal_;
+    }
+    done_.Notify();
+  }
+  std::vector<std::string> events() {
+    absl::MutexLock lock(&mu_);
+    return events_;
+  }
+  int terminal() {
+    absl::MutexLock lock(&mu_);
+    return terminal_;
+  }
+  JobResult result() {
+    absl::MutexLock lock(&mu_);
+    return result_;
+  }
+  absl::Notification& done() { return done_; }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> events_ ABSL_GUARDED_BY(mu_);
+  JobResult result_ ABSL_GUARDED_BY(mu_);
+  int terminal_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Notification done_;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::set_num_threads(1);
+    auto model = ldm::LatentDiffusion::CreateRandom(
+        ldm::testing::TinyTextToImageConfig(), 1);
+    ASSERT_TRUE(model.ok());
+    model_ = std::move(model).value();
+  }
+
+  std::shared_ptr<Job> MakeJob(std::shared_ptr<RecordingSink> sink, int steps,
+                               uint64_t seed = 1) {
+    JobSpec spec;
+    spec.prompt = "a red circle";
+    spec.sampler.steps = steps;
+    spec.seed = seed;
+    spec.latent_height = 8;
+    spec.latent_width = 8;
+    return std::make_shared<Job>("job", spec, model_.get(), std::move(sink),
+                                 absl::InfiniteFuture());
+  }
+
+  std::unique_ptr<ldm::LatentDiffusion> model_;
+};
+
+TEST_F(SchedulerTest, RunsAJobStepByStep) {
+  Scheduler scheduler({.queue_size = 4, .max_batch_images = 4, .workers = 1});
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(scheduler.Submit(MakeJob(sink, 3)).ok());
+  sink->done().WaitForNotification();
+  EXPECT_THAT(sink->events(), ElementsAre("queued 0", "started", "step 1/3",
+                                          "step 2/3", "step 3/3", "result"));
+  EXPECT_EQ(sink->result().images.sizes(), (at::IntArrayRef{1, 16, 16, 3}));
+}
+
+TEST_F(SchedulerTest, ResultEqualsTheJobRunAlone) {
+  Scheduler scheduler({.queue_size = 4, .max_batch_images = 4, .workers = 1});
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(scheduler.Submit(MakeJob(sink, 4, 99)).ok());
+  sink->done().WaitForNotification();
+  ldm::TextToImageJob alone;
+  alone.prompt = "a red circle";
+  alone.sampler.steps = 4;
+  alone.seed = 99;
+  auto expected = ldm::RunTextToImage(*model_, alone);
+  ASSERT_TRUE(expected.ok());
+  EXPECT_TRUE(at::equal(sink->result().images, *expected));
+}
+
+TEST_F(SchedulerTest, FullQueueRejectsAtOnceAndCancelFreesASlot) {
+  Scheduler scheduler({.queue_size = 2, .max_batch_images = 4, .workers = 0});
+  auto first = std::make_shared<RecordingSink>();
+  auto second = std::make_shared<RecordingSink>();
+  auto third = std::make_shared<RecordingSink>();
+  auto first_job = MakeJob(first, 5);
+  ASSERT_TRUE(scheduler.Submit(first_job).ok());
+  ASSERT_TRUE(scheduler.Submit(MakeJob(second, 5)).ok());
+  absl::Status full = scheduler.Submit(MakeJob(third, 5));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(third->events().empty());  // Not admitted: never called.
+
+  scheduler.Cancel(first_job, absl::CancelledError("client went away"));
+  EXPECT_THAT(first->events(), ElementsAre("queued 0", "error CANCELLED"));
+  EXPECT_THAT(second->events(), ElementsAre("queued 1", "queued 0"));
+  EXPECT_TRUE(scheduler.Submit(MakeJob(third, 5)).ok());
+
+  scheduler.Shutdown(absl::ZeroDuration());
+  EXPECT_EQ(second->events().back(), "error UNAVAILABLE");
+  EXPECT_EQ(third->events().back(), "error UNAVAILABLE");
+  EXPECT_EQ(first->terminal() + second->terminal() + third->terminal(), 3);
+  EXPECT_EQ(scheduler.Submit(MakeJob(third, 5)).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(SchedulerTest, CancelledRunningJobLeavesAtTheNextStep) {
+  Scheduler scheduler({.queue_size = 4, .max_batch_images = 4, .workers = 1});
+  auto sink = std::make_shared<RecordingSink>();
+  auto job = MakeJob(sink, 200);
+  job->Cancel(absl::CancelledError("stop"));
+  ASSERT_TRUE(scheduler.Submit(job).ok());
+  sink->done().WaitForNotification();
+  EXPECT_EQ(sink->events().back(), "error CANCELLED");
+  EXPECT_EQ(sink->terminal(), 1);
+}
+
+TEST_F(SchedulerTest, ExpiredDeadlineStopsTheJob) {
+  Scheduler scheduler({.queue_size = 4, .max_batch_images = 4, .workers = 1});
+  auto sink = std::make_shared<RecordingSink>();
+  JobSpec spec;
+  spec.sampler.steps = 200;
+  spec.latent_height = 8;
+  spec.latent_width = 8;
+  auto job = std::make_shared<Job>("late", spec, model_.get(), sink,
+                                   absl::Now() - absl::Seconds(1));
+  ASSERT_TRUE(scheduler.Submit(job).ok());
+  sink->done().WaitForNotification();
+  EXPECT_EQ(sink->events().back(), "error DEADLINE_EXCEEDED");
+}
+
+TEST_F(SchedulerTest, DrainLetsRunningJobsFinish) {
+  auto sink = std::make_shared<RecordingSink>();
+  {
+    Scheduler scheduler({.queue_size = 4, .max_batch_images = 4, .workers = 1});
+    ASSERT_TRUE(scheduler.Submit(MakeJob(sink, 5)).ok());
+    scheduler.Shutdown(absl::Seconds(60));
+  }
+  EXPECT_EQ(sink->events().back(), "result");
+}
+
+}  // namespace
+}  // namespace ldmserve

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# End-to-end: start the real ldmserve on the shipped models (port 0, found
+# through --port-file), drive it with the real ldmctl, stop it with SIGTERM.
+set -euo pipefail
+ldmserve=$1
+ldmctl=$2
+registry=$3
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; echo "--- server log" >&2; cat "$work/server.log" >&2; exit 1; }
+
+"$ldmserve" --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
+  --models="$registry" --port-file="$work/port" --threads=1 \
+  >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 600); do
+  [[ -s "$work/port" ]] && break
+  kill -0 "$server_pid" 2>/dev/null || fail "server exited early"
+  sleep 0.1
+done
+[[ -s "$work/port" ]] || fail "server did not report its port"
+addr="127.0.0.1:$(cat "$work/port")"
+
+# Health turns SERVING once the models are loaded.
+for _ in $(seq 1 600); do
+  if "$ldmctl" --addr="$addr" health >"$work/health.txt" 2>&1; then break; fi
+  sleep 0.1
+done
+grep -qx SERVING "$work/health.txt" || fail "health: $(cat "$work/health.txt")"
+
+"$ldmctl" --addr="$addr" models >"$work/models.txt" || fail "models"
+grep -q "MODEL_STATE_READY" "$work/models.txt" || fail "models: $(cat "$work/models.txt")"
+
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle above a blue square" \
+  --steps 5 --seed 7 --out "$work/out.png" 2>"$work/progress.txt" \
+  || fail "txt2img: $(cat "$work/progress.txt")"
+for step in 1 2 3 4 5; do
+  grep -q "step $step/5" "$work/progress.txt" || fail "no progress for step $step: $(cat "$work/progress.txt")"
+done
+# A PNG signature and the model's native 64x64 size in the IHDR chunk.
+[[ "$(head -c 8 "$work/out.png" | od -An -tx1 | tr -d ' \n')" == "89504e470d0a1a0a" ]] \
+  || fail "out.png is not a PNG"
+[[ "$(dd if="$work/out.png" bs=1 skip=16 count=8 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "0000004000000040" ]] \
+  || fail "out.png is not 64x64"
+
+# The same seed gives the same bytes.
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle above a blue square" \
+  --steps 5 --seed 7 --out "$work/again.png" 2>/dev/null || fail "txt2img again"
+cmp -s "$work/out.png" "$work/again.png" || fail "same seed, different image"
+
+# Errors: one line, exit code 10 + gRPC code.
+set +e
+"$ldmctl" --addr="$addr" txt2img --model no-such-model --out "$work/x.png" 2>"$work/err.txt"
+code=$?
+set -e
+[[ $code -eq 15 ]] || fail "unknown model exit code $code"
+grep -q "^ldmctl: NOT_FOUND: " "$work/err.txt" || fail "error line: $(cat "$work/err.txt")"
+
+# SIGTERM drains and exits 0.
+kill -TERM "$server_pid"
+wait "$server_pid" || fail "server exit code $?"
+server_pid=
+echo "e2e: OK"

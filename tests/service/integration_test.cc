@@ -1,0 +1,291 @@
+// The whole serving path in one process: a real gRPC server on an ephemeral
+// localhost port, the scheduler and a worker running a real (tiny, random)
+// model, and a real gRPC client.
+#include <ATen/Parallel.h>
+#include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "ldm/v1/image_synthesis.grpc.pb.h"
+#include "server/ldm/latent_diffusion.h"
+#include "server/service/png_codec.h"
+#include "server/service/server.h"
+#include "tests/ldm/test_util.h"
+
+namespace ldmserve {
+namespace {
+
+using ldm::v1::GenerateRequest;
+using ldm::v1::GenerateResponse;
+using ::testing::HasSubstr;
+
+constexpr char kModelName[] = "test-tiny";
+
+struct CallResult {
+  std::vector<GenerateResponse> events;
+  grpc::Status status;
+};
+
+class IntegrationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // Keep a core for gRPC's threads while the worker computes.
+    at::set_num_threads(1);
+  }
+
+  void SetUp() override {
+    auto model = ldm::LatentDiffusion::CreateRandom(
+        ldm::testing::TinyTextToImageConfig(), 5);
+    ASSERT_TRUE(model.ok());
+    // An identical copy to compute the expected images alone.
+    reference_ = std::move(ldm::LatentDiffusion::CreateRandom(
+                               ldm::testing::TinyTextToImageConfig(), 5)
+                               .value());
+    auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
+    ModelEntry entry;
+    entry.name = kModelName;
+    entry.tasks = {TaskKind::kTextToImage};
+    entry.default_for = {TaskKind::kTextToImage};
+    entry.devices = {"cpu"};
+    registry->AddLoaded(entry, std::move(model).value());
+    ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.metrics_listen = "127.0.0.1:0";
+    options.scheduler.queue_size = 8;
+    auto server = LdmServer::Start(options, std::move(registry));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(server).value();
+    server_->MarkServing();
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = ldm::v1::ImageSynthesisService::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    if (server_) server_->Shutdown(absl::Seconds(10));
+  }
+
+  static GenerateRequest TextRequest(const std::string& prompt, int steps,
+                                     uint64_t seed) {
+    GenerateRequest request;
+    request.mutable_text_to_image()->set_prompt(prompt);
+    request.mutable_sampler()->set_steps(steps);
+    request.set_seed(seed);
+    request.set_client_request_id("test-call");
+    return request;
+  }
+
+  CallResult Call(const GenerateRequest& request) {
+    grpc::ClientContext context;
+    CallResult result;
+    auto reader = stub_->Generate(&context, request);
+    GenerateResponse response;
+    while (reader->Read(&response)) result.events.push_back(response);
+    result.status = reader->Finish();
+    return result;
+  }
+
+  // GET /metrics over a plain socket.
+  std::string ScrapeMetrics() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(server_->metrics_port()));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string response;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) ==
+        0) {
+      const std::string request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+      (void)!::write(fd, request.data(), request.size());
+      char buffer[4096];
+      ssize_t n;
+      while ((n = ::read(fd, buffer, sizeof buffer)) > 0) {
+        response.append(buffer, static_cast<size_t>(n));
+      }
+    }
+    ::close(fd);
+    return response;
+  }
+
+  std::unique_ptr<ldm::LatentDiffusion> reference_;
+  std::unique_ptr<LdmServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<ldm::v1::ImageSynthesisService::Stub> stub_;
+};
+
+TEST_F(IntegrationTest, GenerateStreamsQueuedProgressAndResult) {
+  GenerateRequest request = TextRequest("a red circle", 5, 42);
+  request.set_num_images(2);
+  CallResult call = Call(request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  ASSERT_GE(call.events.size(), 3u);
+  EXPECT_TRUE(call.events.front().has_queued());
+  EXPECT_EQ(call.events.front().queued().position(), 0u);
+  EXPECT_TRUE(call.events[1].has_started());
+  std::vector<uint32_t> steps;
+  for (size_t i = 2; i + 1 < call.events.size(); ++i) {
+    ASSERT_TRUE(call.events[i].has_progress());
+    EXPECT_EQ(call.events[i].progress().total_steps(), 5u);
+    steps.push_back(call.events[i].progress().step());
+  }
+  EXPECT_EQ(steps, (std::vector<uint32_t>{1, 2, 3, 4, 5}));
+  for (const GenerateResponse& event : call.events) {
+    EXPECT_EQ(event.client_request_id(), "test-call");
+    EXPECT_FALSE(event.job_id().empty());
+  }
+  ASSERT_TRUE(call.events.back().has_result());
+  const ldm::v1::Result& result = call.events.back().result();
+  ASSERT_EQ(result.images_size(), 2);
+  EXPECT_EQ(result.model(), kModelName);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(result.images(i).seed(), 42u + i);
+    auto png = DecodePng(result.images(i).data(), "result");
+    ASSERT_TRUE(png.ok()) << png.status();
+    EXPECT_EQ(png->width, 16u);
+    EXPECT_EQ(png->height, 16u);
+    EXPECT_EQ(result.images(i).width(), 16u);
+  }
+  // The served pixels are the engine's, run alone with the same seeds.
+  ldm::TextToImageJob alone;
+  alone.prompt = "a red circle";
+  alone.sampler.steps = 5;
+  alone.seed = 42;
+  alone.num_images = 2;
+  at::Tensor expected = ldm::RunTextToImage(*reference_, alone).value();
+  for (int i = 0; i < 2; ++i) {
+    auto png = DecodePng(result.images(i).data(), "result").value();
+    at::Tensor served =
+        at::from_blob(png.pixels.data(), {16, 16, 3}, at::kByte).clone();
+    EXPECT_TRUE(at::equal(served, expected[i])) << "image " << i;
+  }
+  EXPECT_GT(result.timings().total_ms() + 1, result.timings().denoise_ms());
+}
+
+TEST_F(IntegrationTest, SeedZeroIsPickedAndReported) {
+  CallResult call = Call(TextRequest("a blue square", 2, 0));
+  ASSERT_TRUE(call.status.ok());
+  EXPECT_NE(call.events.back().result().images(0).seed(), 0u);
+}
+
+TEST_F(IntegrationTest, CancelMidwayStopsTheJobAndTheServerKeepsServing) {
+  {
+    grpc::ClientContext context;
+    auto reader =
+        stub_->Generate(&context, TextRequest("a red circle", 200, 1));
+    GenerateResponse response;
+    bool cancelled = false;
+    while (reader->Read(&response)) {
+      if (response.has_progress() && response.progress().step() >= 2 &&
+          !cancelled) {
+        context.TryCancel();
+        cancelled = true;
+      }
+      ASSERT_FALSE(response.has_result());
+    }
+    EXPECT_TRUE(cancelled);
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // The next job completes; the cancelled one left the batch (its slot freed
+  // and its final status recorded server-side) before this one could finish.
+  CallResult call = Call(TextRequest("a red circle", 3, 2));
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  const std::string metrics = ScrapeMetrics();
+  EXPECT_THAT(metrics, HasSubstr("HTTP/1.1 200 OK"));
+  EXPECT_THAT(metrics,
+              HasSubstr("ldmserve_requests_total{code=\"CANCELLED\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_requests_total{code=\"OK\"} 1"));
+}
+
+TEST_F(IntegrationTest, DeadlineExpiresDuringGeneration) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(200));
+  auto reader = stub_->Generate(&context, TextRequest("a red circle", 200, 1));
+  GenerateResponse response;
+  while (reader->Read(&response)) ASSERT_FALSE(response.has_result());
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  CallResult call = Call(TextRequest("a red circle", 2, 2));
+  EXPECT_TRUE(call.status.ok());
+}
+
+TEST_F(IntegrationTest, BadRequestsGetClearStatuses) {
+  GenerateRequest zero_width = TextRequest("a red circle", 5, 1);
+  zero_width.mutable_text_to_image()->set_width(0);
+  CallResult call = Call(zero_width);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("text_to_image.width"));
+  EXPECT_TRUE(call.events.empty());
+
+  GenerateRequest odd_width = TextRequest("a red circle", 5, 1);
+  odd_width.mutable_text_to_image()->set_width(17);
+  call = Call(odd_width);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("multiple of 4"));
+
+  GenerateRequest unknown_model = TextRequest("a red circle", 5, 1);
+  unknown_model.set_model("no-such-model");
+  call = Call(unknown_model);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("no-such-model"));
+
+  GenerateRequest too_many_steps = TextRequest("a red circle", 201, 1);
+  call = Call(too_many_steps);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("sampler.steps"));
+  EXPECT_THAT(call.status.error_message(), HasSubstr("200"));
+
+  GenerateRequest no_task;
+  call = Call(no_task);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  GenerateRequest inpaint;
+  inpaint.mutable_inpaint()->set_prompt("x");
+  call = Call(inpaint);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  GenerateRequest inpaint_named = inpaint;
+  inpaint_named.set_model(kModelName);
+  call = Call(inpaint_named);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("text_to_image"));
+
+  GenerateRequest huge_prompt = TextRequest(std::string(1001, 'a'), 5, 1);
+  call = Call(huge_prompt);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("1000 bytes"));
+}
+
+TEST_F(IntegrationTest, ListModelsReportsTheLoadedModel) {
+  grpc::ClientContext context;
+  ldm::v1::ListModelsResponse response;
+  ASSERT_TRUE(
+      stub_->ListModels(&context, ldm::v1::ListModelsRequest(), &response)
+          .ok());
+  ASSERT_EQ(response.models_size(), 1);
+  const ldm::v1::ModelInfo& info = response.models(0);
+  EXPECT_EQ(info.name(), kModelName);
+  EXPECT_EQ(info.state(), ldm::v1::MODEL_STATE_READY);
+  EXPECT_EQ(info.native_width(), 16u);
+  EXPECT_EQ(info.latent_channels(), 4u);
+  EXPECT_EQ(info.latent_height(), 8u);
+  ASSERT_EQ(info.tasks_size(), 1);
+  EXPECT_EQ(info.tasks(0), ldm::v1::TASK_TEXT_TO_IMAGE);
+}
+
+TEST_F(IntegrationTest, ShutdownRefusesNewCallsWithUnavailable) {
+  server_->scheduler().Shutdown(absl::ZeroDuration());
+  CallResult call = Call(TextRequest("a red circle", 2, 1));
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace ldmserve

@@ -1,0 +1,52 @@
+#include "server/service/png_codec.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace ldmserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(PngCodecTest, RoundTripsPixelsExactly) {
+  std::vector<uint8_t> pixels(7 * 5 * 3);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = (i * 37) & 0xff;
+  auto png = EncodePng(pixels.data(), 7, 5);
+  ASSERT_TRUE(png.ok()) << png.status();
+  EXPECT_EQ(png->substr(1, 3), "PNG");
+  auto image = DecodePng(*png, "image");
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->width, 7u);
+  EXPECT_EQ(image->height, 5u);
+  EXPECT_EQ(image->pixels, pixels);
+}
+
+TEST(PngCodecTest, GarbageIsInvalidArgumentNamingTheField) {
+  auto image = DecodePng("definitely not a png", "inpaint.mask");
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("inpaint.mask"));
+}
+
+TEST(PngCodecTest, TruncatedPngIsRejected) {
+  std::vector<uint8_t> pixels(64 * 64 * 3, 200);
+  auto png = EncodePng(pixels.data(), 64, 64);
+  ASSERT_TRUE(png.ok());
+  auto image = DecodePng(png->substr(0, png->size() / 2), "image");
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PngCodecTest, ImagesOverTheLimitAreRejected) {
+  std::vector<uint8_t> pixels(32 * 16 * 3, 1);
+  auto png = EncodePng(pixels.data(), 32, 16);
+  ASSERT_TRUE(png.ok());
+  PngLimits limits;
+  limits.max_width = 16;
+  auto image = DecodePng(*png, "init_image", limits);
+  ASSERT_FALSE(image.ok());
+  EXPECT_THAT(image.status().message(), HasSubstr("init_image"));
+  EXPECT_THAT(image.status().message(), HasSubstr("16x4096"));
+}
+
+}  // namespace
+}  // namespace ldmserve
