@@ -7,10 +7,12 @@
 //   ldmtool inspect WEIGHTS.safetensors
 //       lists tensors (name, dtype, shape) and parameter counts per component.
 //   ldmtool txt2img --config C --weights W --prompt P [--steps N] [--seed S]
-//                   --out IMAGE.ppm
-//       runs a whole job alone through the engine (binary PPM output).
+//                   [--n N] [--device cpu|cuda] [--dtype f32|f16] --out X.ppm
+//       runs a whole job alone through the engine twice (the second timed)
+//       and writes the first image as binary PPM.
 #include <ATen/Parallel.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -21,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/safetensors.h"
+#include "server/ldm/torch_boundary.h"
 
 namespace {
 
@@ -31,7 +34,8 @@ int Usage() {
       "  ldmtool init-random --config C --seed S --out W [--dtype f16]\n"
       "  ldmtool inspect W\n"
       "  ldmtool txt2img --config C --weights W --prompt P "
-      "[--steps N] [--seed S] [--cfg X] --out IMAGE.ppm\n");
+      "[--steps N] [--seed S] [--cfg X] [--n N] [--device D] [--dtype f16] "
+      "--out IMAGE.ppm\n");
   return 2;
 }
 
@@ -93,8 +97,16 @@ int TextToImage(std::map<std::string, std::string> options) {
       !options.count("out")) {
     return Usage();
   }
+  ldm::LoadOptions load;
+  if (options.count("device")) {
+    auto device =
+        ldm::CallTorch("device", [&] { return at::Device(options["device"]); });
+    if (!device.ok()) return Error(device.status());
+    load.device = *device;
+  }
+  if (options["dtype"] == "f16") load.dtype = at::kHalf;
   auto model =
-      ldm::LatentDiffusion::Load(options["config"], options["weights"]);
+      ldm::LatentDiffusion::Load(options["config"], options["weights"], load);
   if (!model.ok()) return Error(model.status());
   ldm::TextToImageJob job;
   job.prompt = options["prompt"];
@@ -103,8 +115,19 @@ int TextToImage(std::map<std::string, std::string> options) {
   if (options.count("cfg")) {
     job.sampler.guidance_scale = std::stof(options["cfg"]);
   }
+  if (options.count("n")) job.num_images = std::stoi(options["n"]);
+  // The first run warms up (allocators, kernels); the second is timed.
   auto images = ldm::RunTextToImage(**model, job);
   if (!images.ok()) return Error(images.status());
+  const auto start = std::chrono::steady_clock::now();
+  images = ldm::RunTextToImage(**model, job);
+  if (!images.ok()) return Error(images.status());
+  std::printf(
+      "txt2img: %d image(s), %d steps on %s in %.3f s\n", job.num_images,
+      job.sampler.steps,
+      options.count("device") ? options["device"].c_str() : "cpu",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count());
   const at::Tensor image = (*images)[0].contiguous();
   std::ofstream out(options["out"], std::ios::binary);
   out << "P6\n" << image.size(1) << " " << image.size(0) << "\n255\n";
