@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -279,6 +280,75 @@ TEST_F(IntegrationTest, ListModelsReportsTheLoadedModel) {
   EXPECT_EQ(info.latent_height(), 8u);
   ASSERT_EQ(info.tasks_size(), 1);
   EXPECT_EQ(info.tasks(0), ldm::v1::TASK_TEXT_TO_IMAGE);
+}
+
+TEST_F(IntegrationTest, PreviewsAndProgressIntervalsAsAsked) {
+  GenerateRequest request = TextRequest("a red circle", 5, 3);
+  request.set_preview_every(2);
+  request.set_progress_every(2);
+  CallResult call = Call(request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  std::vector<uint32_t> steps;
+  std::vector<uint32_t> previews;
+  for (const GenerateResponse& event : call.events) {
+    if (!event.has_progress()) continue;
+    steps.push_back(event.progress().step());
+    if (event.progress().preview_png().empty()) continue;
+    previews.push_back(event.progress().step());
+    auto png = DecodePng(event.progress().preview_png(), "preview");
+    ASSERT_TRUE(png.ok()) << png.status();
+    EXPECT_EQ(png->width, 8u);  // The latent's size: no decoder involved.
+  }
+  // Every second step, and the last step always.
+  EXPECT_EQ(steps, (std::vector<uint32_t>{2, 4, 5}));
+  EXPECT_EQ(previews, (std::vector<uint32_t>{2, 4}));
+}
+
+// grpc.reflection.v1alpha ServerReflectionInfo with list_services, spoken
+// with raw bytes (the reflection protos are not installed on Debian).
+std::string ListServicesByReflection(
+    const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(10));
+  grpc::CompletionQueue queue;
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      &queue);
+  void* tag = nullptr;
+  bool ok = false;
+  auto await = [&](intptr_t expected) {
+    return queue.Next(&tag, &ok) && ok &&
+           reinterpret_cast<intptr_t>(tag) == expected;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  if (!await(1)) return "";
+  // Field 7 (list_services), an empty string.
+  grpc::Slice request(std::string("\x3a\x00", 2));
+  call->Write(grpc::ByteBuffer(&request, 1), reinterpret_cast<void*>(2));
+  if (!await(2)) return "";
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(3));
+  if (!await(3)) return "";
+  call->WritesDone(reinterpret_cast<void*>(4));
+  await(4);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  await(5);
+  std::vector<grpc::Slice> slices;
+  response.Dump(&slices);
+  std::string bytes;
+  for (const grpc::Slice& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return bytes;
+}
+
+TEST_F(IntegrationTest, ReflectionListsTheService) {
+  const std::string services = ListServicesByReflection(channel_);
+  EXPECT_THAT(services, HasSubstr("ldm.v1.ImageSynthesisService"));
+  EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
 }
 
 TEST_F(IntegrationTest, ShutdownRefusesNewCallsWithUnavailable) {
