@@ -71,6 +71,29 @@ class AttnBlock {
 // One resolution level: blocks, optional attention after each block, and a
 // resampling conv (`downsample`/`upsample`) except at the last level.
 struct Level {
+  // Appends `count` blocks from `*channels` to `out` channels, each followed
+  // by an AttnBlock when `attend`; leaves `*channels` at `out`.
+  void AddBlocks(const ParamScope& scope, int64_t count, int64_t* channels,
+                 int64_t out, bool attend) {
+    for (int i = 0; i < count; ++i) {
+      blocks.push_back(std::make_unique<ResnetBlock>(scope.Sub("block").Sub(i),
+                                                     *channels, out));
+      *channels = out;
+      if (attend) {
+        attentions.push_back(
+            std::make_unique<AttnBlock>(scope.Sub("attn").Sub(i), out));
+      }
+    }
+  }
+
+  at::Tensor RunBlocks(at::Tensor h) const {
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      h = blocks[i]->Forward(h);
+      if (!attentions.empty()) h = attentions[i]->Forward(h);
+    }
+    return h;
+  }
+
   std::vector<std::unique_ptr<ResnetBlock>> blocks;
   std::vector<std::unique_ptr<AttnBlock>> attentions;
   std::unique_ptr<Conv2d> resample;
@@ -105,16 +128,9 @@ class AutoencoderKL::Encoder {
     for (int level = 0; level < levels; ++level) {
       const ParamScope level_scope = scope.Sub("down").Sub(level);
       Level& current = levels_.emplace_back();
-      const int64_t block_out = c.ch * c.ch_mult[level];
-      for (int i = 0; i < c.num_res_blocks; ++i) {
-        current.blocks.push_back(std::make_unique<ResnetBlock>(
-            level_scope.Sub("block").Sub(i), block_in, block_out));
-        block_in = block_out;
-        if (Contains(c.attn_resolutions, resolution)) {
-          current.attentions.push_back(std::make_unique<AttnBlock>(
-              level_scope.Sub("attn").Sub(i), block_in));
-        }
-      }
+      current.AddBlocks(level_scope, c.num_res_blocks, &block_in,
+                        c.ch * c.ch_mult[level],
+                        Contains(c.attn_resolutions, resolution));
       if (level != levels - 1) {
         current.resample =
             std::make_unique<Conv2d>(level_scope.Sub("downsample").Sub("conv"),
@@ -133,10 +149,7 @@ class AutoencoderKL::Encoder {
   at::Tensor Forward(const at::Tensor& x) const {
     at::Tensor h = conv_in_.Forward(x);
     for (const Level& level : levels_) {
-      for (size_t i = 0; i < level.blocks.size(); ++i) {
-        h = level.blocks[i]->Forward(h);
-        if (!level.attentions.empty()) h = level.attentions[i]->Forward(h);
-      }
+      h = level.RunBlocks(h);
       if (level.resample) {
         // The reference pads right and bottom only, then convolves with
         // stride 2 and no padding.
@@ -170,16 +183,9 @@ class AutoencoderKL::Decoder {
     for (int level = levels - 1; level >= 0; --level) {
       const ParamScope level_scope = scope.Sub("up").Sub(level);
       Level& current = levels_[level];
-      const int64_t block_out = c.ch * c.ch_mult[level];
-      for (int i = 0; i <= c.num_res_blocks; ++i) {
-        current.blocks.push_back(std::make_unique<ResnetBlock>(
-            level_scope.Sub("block").Sub(i), block_in, block_out));
-        block_in = block_out;
-        if (Contains(c.attn_resolutions, resolution)) {
-          current.attentions.push_back(std::make_unique<AttnBlock>(
-              level_scope.Sub("attn").Sub(i), block_in));
-        }
-      }
+      current.AddBlocks(level_scope, c.num_res_blocks + 1, &block_in,
+                        c.ch * c.ch_mult[level],
+                        Contains(c.attn_resolutions, resolution));
       if (level != 0) {
         current.resample =
             std::make_unique<Conv2d>(level_scope.Sub("upsample").Sub("conv"),
@@ -198,10 +204,7 @@ class AutoencoderKL::Decoder {
     for (int level = static_cast<int>(levels_.size()) - 1; level >= 0;
          --level) {
       const Level& current = levels_[level];
-      for (size_t i = 0; i < current.blocks.size(); ++i) {
-        h = current.blocks[i]->Forward(h);
-        if (!current.attentions.empty()) h = current.attentions[i]->Forward(h);
-      }
+      h = current.RunBlocks(h);
       if (current.resample) {
         h = current.resample->Forward(
             at::upsample_nearest2d(h, {h.size(2) * 2, h.size(3) * 2}));
