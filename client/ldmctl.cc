@@ -37,6 +37,8 @@ ABSL_FLAG(std::string, negative, "", "negative prompt");
 ABSL_FLAG(int, steps, 0, "denoising steps; 0 = server default");
 ABSL_FLAG(double, cfg, 0, "guidance scale; 0 = server default");
 ABSL_FLAG(double, eta, 0, "DDIM eta");
+ABSL_FLAG(std::string, sampler, "ddim",
+          "ddim | plms | ddpm | euler_a | dpmpp_2m");
 ABSL_FLAG(uint64_t, seed, 0, "seed; 0 = server picks");
 ABSL_FLAG(int, n, 1, "number of images");
 ABSL_FLAG(int, width, 0, "width in pixels; 0 = model native");
@@ -136,6 +138,21 @@ int TextToImage(ldm::v1::ImageSynthesisService::Stub& stub) {
     task->set_height(absl::GetFlag(FLAGS_height));
   }
   ldm::v1::SamplerSettings* sampler = request.mutable_sampler();
+  const std::string kind = absl::GetFlag(FLAGS_sampler);
+  if (kind == "ddim") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_DDIM);
+  } else if (kind == "plms") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_PLMS);
+  } else if (kind == "ddpm") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_DDPM);
+  } else if (kind == "euler_a") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL);
+  } else if (kind == "dpmpp_2m") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M);
+  } else {
+    std::fprintf(stderr, "ldmctl: unknown --sampler %s\n", kind.c_str());
+    return kUsageError;
+  }
   sampler->set_steps(absl::GetFlag(FLAGS_steps));
   sampler->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_cfg)));
   sampler->set_eta(static_cast<float>(absl::GetFlag(FLAGS_eta)));

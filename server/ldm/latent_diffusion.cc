@@ -109,13 +109,19 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
         *file, "", options.strict,
         [](const std::string& key) { return IsKnownExtraKey(key); }));
     if (file->Contains("alphas_cumprod")) {
+      // The checkpoint's buffer wins where it disagrees with the config;
+      // where it agrees (to its float32 storage), the float64 schedule from
+      // the config is kept, as exact as the reference's own.
       LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("alphas_cumprod"));
-      at::Tensor values = stored.to(at::kFloat).contiguous();
+      at::Tensor values = stored.to(at::kDouble).contiguous();
       LDM_ASSIGN_OR_RETURN(
-          model->schedule_,
+          DiffusionSchedule from_buffer,
           DiffusionSchedule::FromAlphasCumprod(
-              std::vector<float>(values.data_ptr<float>(),
-                                 values.data_ptr<float>() + values.numel())));
+              std::vector<double>(values.data_ptr<double>(),
+                                  values.data_ptr<double>() + values.numel())));
+      if (from_buffer.MaxRelativeDifference(*model->schedule_) > 1e-6) {
+        model->schedule_ = std::move(from_buffer);
+      }
     }
     if (file->Contains("scale_factor")) {
       LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("scale_factor"));
@@ -145,7 +151,8 @@ absl::Status LatentDiffusion::Save(const std::string& weights_path,
   return CallTorchStatus("save " + weights_path, [&] {
     std::map<std::string, at::Tensor> tensors = registry_.Named("");
     for (auto& [name, tensor] : tensors) tensor = tensor.to(dtype);
-    tensors["alphas_cumprod"] = at::tensor(schedule_->alphas_cumprod());
+    tensors["alphas_cumprod"] =
+        at::tensor(schedule_->alphas_cumprod_f64()).to(at::kFloat);
     tensors["scale_factor"] =
         at::tensor(static_cast<float>(config_.scale_factor)).reshape({});
     return WriteSafetensors(weights_path, tensors,
@@ -187,22 +194,27 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
 
 absl::StatusOr<ImageTask> LatentDiffusion::NewImageTask(
     uint64_t seed, int64_t latent_height, int64_t latent_width,
-    const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond) const {
-  return CallTorch("new image task", [&] {
+    const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond,
+    at::Tensor concat) const {
+  ImageTask task;
+  LDM_RETURN_IF_ERROR(CallTorchStatus("new image task", [&]() -> absl::Status {
     c10::InferenceMode inference;
+    // x_T first, then the sampler's own draws, from the image's generator.
     at::Generator generator = MakeGenerator(seed);
-    at::Tensor x_T = StandardNormal(
+    at::Tensor noise = StandardNormal(
         {1, config_.unet.out_channels, latent_height, latent_width}, generator,
         at::TensorOptions().dtype(options_.dtype).device(options_.device));
-    ImageTask task;
-    task.sampler = std::make_unique<DdimSampler>(*schedule_, sampler.steps,
-                                                 sampler.eta, x_T, generator);
-    task.cond = std::move(cond);
-    const bool guided = sampler.guidance_scale != 1.0f && uncond.defined();
-    task.uncond = guided ? std::move(uncond) : at::Tensor();
-    task.guidance_scale = sampler.guidance_scale;
-    return task;
-  });
+    LDM_ASSIGN_OR_RETURN(task.sampler,
+                         MakeSampler(sampler, *schedule_, std::move(noise),
+                                     std::move(generator)));
+    return absl::OkStatus();
+  }));
+  task.cond = std::move(cond);
+  const bool guided = sampler.guidance_scale != 1.0f && uncond.defined();
+  task.uncond = guided ? std::move(uncond) : at::Tensor();
+  task.concat = std::move(concat);
+  task.guidance_scale = sampler.guidance_scale;
+  return task;
 }
 
 absl::Status LatentDiffusion::DenoiseStep(
@@ -210,45 +222,54 @@ absl::Status LatentDiffusion::DenoiseStep(
   if (tasks.empty()) return absl::OkStatus();
   return CallTorchStatus("denoise step", [&] {
     c10::InferenceMode inference;
-    std::vector<at::Tensor> xs, contexts;
-    std::vector<int64_t> timesteps;
+    std::vector<at::Tensor> inputs, contexts;
+    std::vector<float> timesteps;
     for (ImageTask* task : tasks) {
-      const at::Tensor& x = task->sampler->latent();
-      const int64_t t = task->sampler->timestep();
+      at::Tensor x = task->sampler->model_input();
+      if (task->concat.defined()) x = at::cat({x, task->concat}, 1);
+      const float t = static_cast<float>(task->sampler->timestep());
+      const int64_t rows = x.size(0);
       if (task->uncond.defined()) {
         // [uncond; cond], the order of the reference's batched CFG call.
-        xs.push_back(x);
+        inputs.push_back(x);
         contexts.push_back(task->uncond);
-        timesteps.push_back(t);
+        timesteps.insert(timesteps.end(), rows, t);
       }
-      xs.push_back(x);
+      inputs.push_back(x);
       if (task->cond.defined()) contexts.push_back(task->cond);
-      timesteps.push_back(t);
+      timesteps.insert(timesteps.end(), rows, t);
     }
     at::Tensor context;
     if (!contexts.empty()) {
-      if (contexts.size() != xs.size()) {
+      if (contexts.size() != inputs.size()) {
         return absl::InvalidArgumentError(
             "denoise step: some tasks have a context and some do not");
       }
       context = at::cat(contexts, 0);
     }
-    at::Tensor t = at::tensor(timesteps, at::TensorOptions().dtype(at::kLong))
-                       .to(options_.device);
-    at::Tensor out = unet_->Forward(at::cat(xs, 0), t, context);
+    at::Tensor t = at::tensor(timesteps).to(options_.device);
+    at::Tensor out = unet_->Forward(at::cat(inputs, 0), t, context);
     int64_t row = 0;
     for (ImageTask* task : tasks) {
-      at::Tensor eps;
+      const int64_t rows = task->sampler->model_input().size(0);
+      at::Tensor prediction;
       if (task->uncond.defined()) {
-        at::Tensor e_uncond = out.slice(0, row, row + 1);
-        at::Tensor e_cond = out.slice(0, row + 1, row + 2);
-        eps = e_uncond + task->guidance_scale * (e_cond - e_uncond);
-        row += 2;
+        at::Tensor e_uncond = out.slice(0, row, row + rows);
+        at::Tensor e_cond = out.slice(0, row + rows, row + 2 * rows);
+        prediction = e_uncond + task->guidance_scale * (e_cond - e_uncond);
+        row += 2 * rows;
       } else {
-        eps = out.slice(0, row, row + 1);
-        row += 1;
+        prediction = out.slice(0, row, row + rows);
+        row += rows;
       }
-      task->sampler->Step(eps);
+      if (config_.parameterization == "v") {
+        // eps = sqrt(a) v + sqrt(1 - a) x_t (the reference's
+        // predict_eps_from_z_and_v); linear, so guidance may come first.
+        const double a = schedule_->AlphaCumprodAt(task->sampler->timestep());
+        prediction = std::sqrt(a) * prediction +
+                     std::sqrt(1.0 - a) * task->sampler->model_input();
+      }
+      task->sampler->Step(prediction);
     }
     return absl::OkStatus();
   });

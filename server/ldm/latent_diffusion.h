@@ -49,23 +49,20 @@ struct LoadOptions {
   bool strict = true;
 };
 
-// One image's progress through the denoising loop.
+// One image's (or one batch's) progress through the denoising loop.
 struct ImageTask {
   std::unique_ptr<Sampler> sampler;
-  at::Tensor cond;    // [1, L, D] context (undefined without cross-attention).
-  at::Tensor uncond;  // [1, L, D]; undefined = no guidance.
+  at::Tensor cond;    // [n, L, D] context (undefined without cross-attention).
+  at::Tensor uncond;  // [n, L, D]; undefined = no guidance.
+  // [n, c, h, w] concatenated to the UNet input after the latent ("concat"
+  // and "hybrid" conditioning: masked-image latent and mask, low-res image).
+  at::Tensor concat;
   float guidance_scale = 1.0f;
 };
 
 struct TextConditioning {
   at::Tensor context;  // [B, L, D]
   std::vector<std::string> warnings;
-};
-
-struct SamplerOptions {
-  int steps = 25;
-  double eta = 0.0;
-  float guidance_scale = 7.5f;
 };
 
 class LatentDiffusion {
@@ -96,13 +93,14 @@ class LatentDiffusion {
   absl::StatusOr<TextConditioning> EncodeText(
       const std::vector<std::string>& prompts) const;
 
-  // A fresh image task: noise x_T of [1, C, h, w] from `seed`, and a DDIM
-  // sampler. `cond`/`uncond` are rows of EncodeText results.
+  // A fresh image task: noise x_T of [1, C, h, w] from `seed` and the
+  // sampler `sampler` asks for. `cond`/`uncond` are rows of EncodeText
+  // results; `concat` is the concat conditioning, if the model has one.
   absl::StatusOr<ImageTask> NewImageTask(uint64_t seed, int64_t latent_height,
                                          int64_t latent_width,
                                          const SamplerOptions& sampler,
-                                         at::Tensor cond,
-                                         at::Tensor uncond) const;
+                                         at::Tensor cond, at::Tensor uncond,
+                                         at::Tensor concat = {}) const;
 
   // Runs one denoising step for every task in one batched UNet call
   // (conditional and unconditional rows of guided tasks included) and

@@ -99,6 +99,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   LDM_READ(root, "name", "", &config.name);
   LDM_READ(root, "kind", "", &config.kind);
   LDM_READ(root, "conditioning_key", "", &config.conditioning_key);
+  LDM_READ(root, "parameterization", "", &config.parameterization);
+  LDM_READ(root, "beta_schedule", "", &config.beta_schedule);
   LDM_READ(root, "linear_start", "", &config.linear_start);
   LDM_READ(root, "linear_end", "", &config.linear_end);
   LDM_READ(root, "timesteps", "", &config.timesteps);
@@ -134,6 +136,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
     }
     config.text_encoder = std::move(text);
   }
+  if (config.parameterization != "eps" && config.parameterization != "v") {
+    return absl::InvalidArgumentError("config parameterization: eps or v");
+  }
   if (config.timesteps <= 0 || config.linear_start <= 0 ||
       config.linear_end <= config.linear_start) {
     return absl::InvalidArgumentError(
@@ -161,6 +166,8 @@ std::string ModelConfigToJson(const ModelConfig& config) {
   json root = {{"name", config.name},
                {"kind", config.kind},
                {"conditioning_key", config.conditioning_key},
+               {"parameterization", config.parameterization},
+               {"beta_schedule", config.beta_schedule},
                {"linear_start", config.linear_start},
                {"linear_end", config.linear_end},
                {"timesteps", config.timesteps},

@@ -70,6 +70,8 @@ struct ModelConfig {
   std::string name;
   std::string kind = "txt2img";                // txt2img | inpaint | sr
   std::string conditioning_key = "crossattn";  // crossattn | concat | hybrid
+  std::string parameterization = "eps";        // eps | v
+  std::string beta_schedule = "linear";  // linear | sqrt_linear | sqrt | cosine
   double linear_start = 0.00085;
   double linear_end = 0.012;
   int64_t timesteps = 1000;

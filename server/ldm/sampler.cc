@@ -2,9 +2,20 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+
 namespace ldm {
+namespace {
+
+// A float32 scalar tensor: the reference's per-step scalars are float32.
+at::Tensor Scalar(float value, const at::Tensor& like) {
+  return at::full({}, value, like.options());
+}
+
+}  // namespace
 
 at::Generator MakeGenerator(uint64_t seed) {
   return at::detail::createCPUGenerator(seed);
@@ -17,57 +28,277 @@ at::Tensor StandardNormal(at::IntArrayRef sizes, at::Generator& generator,
       .to(options);
 }
 
-std::vector<int64_t> DdimSampler::UniformTimesteps(int64_t num_train_timesteps,
-                                                   int steps) {
-  const int64_t stride = std::max<int64_t>(1, num_train_timesteps / steps);
+at::Tensor Sampler::DrawNoise() {
+  if (next_noise_.defined()) {
+    at::Tensor noise = next_noise_.to(x_.options());
+    next_noise_ = at::Tensor();
+    return noise;
+  }
+  return StandardNormal(x_.sizes(), generator_, x_.options());
+}
+
+std::vector<int64_t> DdimTimesteps(int64_t num_train_timesteps, int steps,
+                                   bool quadratic) {
   std::vector<int64_t> timesteps;
-  // The reference adds 1 to every step ("add one to get the final alpha
-  // values right"); a step that lands past the schedule's end is dropped.
+  if (quadratic) {
+    const double last =
+        std::sqrt(0.8 * static_cast<double>(num_train_timesteps));
+    for (int i = 0; i < steps; ++i) {
+      const double root =
+          steps == 1 ? 0.0 : static_cast<double>(i) * (last / (steps - 1));
+      timesteps.push_back(static_cast<int64_t>(root * root) + 1);
+    }
+    return timesteps;
+  }
+  const int64_t stride =
+      std::max<int64_t>(1, num_train_timesteps / std::max(1, steps));
+  // "add one to get the final alpha values right"; a step that lands past
+  // the schedule's end is dropped.
   for (int64_t t = 0; t < num_train_timesteps; t += stride) {
     if (t + 1 < num_train_timesteps) timesteps.push_back(t + 1);
   }
   return timesteps;
 }
 
-DdimSampler::DdimSampler(const DiffusionSchedule& schedule, int steps,
-                         double eta, at::Tensor x_T, at::Generator generator)
-    : timesteps_(UniformTimesteps(schedule.timesteps(), steps)),
-      x_(std::move(x_T)),
-      generator_(std::move(generator)) {
+DdimSampler::DdimSampler(const DiffusionSchedule& schedule,
+                         std::vector<int64_t> timesteps, double eta,
+                         at::Tensor x, at::Generator generator, int first_steps)
+    : Sampler(std::move(x), std::move(generator)),
+      timesteps_(std::move(timesteps)) {
   for (size_t i = 0; i < timesteps_.size(); ++i) {
-    const double a = schedule.alphas_cumprod(timesteps_[i]);
-    const double a_prev = i == 0 ? schedule.alphas_cumprod(0)
-                                 : schedule.alphas_cumprod(timesteps_[i - 1]);
-    alphas_.push_back(static_cast<float>(a));
-    alphas_prev_.push_back(static_cast<float>(a_prev));
+    const float a = schedule.alphas_cumprod(timesteps_[i]);
+    const float a_prev = i == 0 ? schedule.alphas_cumprod(0)
+                                : schedule.alphas_cumprod(timesteps_[i - 1]);
+    alphas_.push_back(a);
+    alphas_prev_.push_back(a_prev);
+    // The reference evaluates this in float64 from the float32 buffers.
+    const double ad = a, apd = a_prev;
     sigmas_.push_back(static_cast<float>(
-        eta * std::sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))));
+        eta * std::sqrt((1.0 - apd) / (1.0 - ad) * (1.0 - ad / apd))));
   }
+  const int count = static_cast<int>(timesteps_.size());
+  first_index_ = (first_steps > 0 ? std::min(first_steps, count) : count) - 1;
 }
 
-int64_t DdimSampler::timestep() const {
-  return timesteps_[timesteps_.size() - 1 - steps_done_];
+double DdimSampler::timestep() const {
+  return static_cast<double>(timesteps_[first_index_ - steps_done_]);
+}
+
+at::Tensor DdimSampler::NoiseTo(int index, const at::Tensor& x0,
+                                const at::Tensor& noise) const {
+  const at::Tensor a = Scalar(alphas_[index], x0);
+  return a.sqrt() * x0 + (1 - a).sqrt() * noise;
 }
 
 void DdimSampler::Step(const at::Tensor& eps) {
-  const size_t index = timesteps_.size() - 1 - steps_done_;
-  const at::TensorOptions options = x_.options();
-  // Per-step scalars as float32 tensors, the reference's arithmetic.
-  const at::Tensor a_t = at::full({}, alphas_[index], options);
-  const at::Tensor a_prev = at::full({}, alphas_prev_[index], options);
-  const at::Tensor sigma_t = at::full({}, sigmas_[index], options);
+  const int index = first_index_ - steps_done_;
+  const at::Tensor a_t = Scalar(alphas_[index], x_);
+  const at::Tensor a_prev = Scalar(alphas_prev_[index], x_);
+  const at::Tensor sigma_t = Scalar(sigmas_[index], x_);
   pred_x0_ = (x_ - (1 - a_t).sqrt() * eps) / a_t.sqrt();
   const at::Tensor dir_xt = (1.0 - a_prev - sigma_t * sigma_t).sqrt() * eps;
   at::Tensor x_prev = a_prev.sqrt() * pred_x0_ + dir_xt;
-  if (sigmas_[index] != 0.0f) {
-    at::Tensor noise = next_noise_.defined()
-                           ? next_noise_
-                           : StandardNormal(x_.sizes(), generator_, options);
-    x_prev = x_prev + sigma_t * noise;
-  }
-  next_noise_ = at::Tensor();
+  if (sigmas_[index] != 0.0f) x_prev = x_prev + sigma_t * DrawNoise();
   x_ = x_prev;
   ++steps_done_;
+}
+
+PlmsSampler::PlmsSampler(const DiffusionSchedule& schedule,
+                         std::vector<int64_t> timesteps, at::Tensor x,
+                         at::Generator generator)
+    : Sampler(std::move(x), std::move(generator)),
+      timesteps_(std::move(timesteps)) {
+  for (size_t i = 0; i < timesteps_.size(); ++i) {
+    alphas_.push_back(schedule.alphas_cumprod(timesteps_[i]));
+    alphas_prev_.push_back(i == 0 ? schedule.alphas_cumprod(0)
+                                  : schedule.alphas_cumprod(timesteps_[i - 1]));
+  }
+}
+
+double PlmsSampler::timestep() const {
+  const int n = total_steps();
+  const int i = steps_done_;
+  // Descending order: step i runs at timesteps_[n - 1 - i]; the second call
+  // of the first step runs at the next one (or the same, at the end).
+  const int position = second_call_ ? std::min(i + 1, n - 1) : i;
+  return static_cast<double>(timesteps_[n - 1 - position]);
+}
+
+std::pair<at::Tensor, at::Tensor> PlmsSampler::Update(const at::Tensor& eps,
+                                                      int index) const {
+  const at::Tensor a_t = Scalar(alphas_[index], x_);
+  const at::Tensor a_prev = Scalar(alphas_prev_[index], x_);
+  at::Tensor pred_x0 = (x_ - (1 - a_t).sqrt() * eps) / a_t.sqrt();
+  at::Tensor x_prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev).sqrt() * eps;
+  return {x_prev, pred_x0};
+}
+
+void PlmsSampler::Step(const at::Tensor& eps) {
+  const int index = total_steps() - 1 - steps_done_;
+  at::Tensor e_t = eps;
+  at::Tensor e_prime;
+  if (old_eps_.empty()) {
+    if (!second_call_) {
+      first_eps_ = eps;
+      x_probe_ = Update(eps, index).first;
+      second_call_ = true;
+      return;
+    }
+    second_call_ = false;
+    e_t = first_eps_;
+    e_prime = (first_eps_ + eps) / 2;
+    x_probe_ = at::Tensor();
+    first_eps_ = at::Tensor();
+  } else if (old_eps_.size() == 1) {
+    e_prime = (3 * e_t - old_eps_[0]) / 2;
+  } else if (old_eps_.size() == 2) {
+    e_prime = (23 * e_t - 16 * old_eps_[1] + 5 * old_eps_[0]) / 12;
+  } else {
+    e_prime =
+        (55 * e_t - 59 * old_eps_[2] + 37 * old_eps_[1] - 9 * old_eps_[0]) / 24;
+  }
+  auto [x_prev, pred_x0] = Update(e_prime, index);
+  x_ = x_prev;
+  pred_x0_ = pred_x0;
+  old_eps_.push_back(e_t);
+  if (old_eps_.size() > 3) old_eps_.pop_front();
+  ++steps_done_;
+}
+
+DdpmSampler::DdpmSampler(const DiffusionSchedule& schedule,
+                         std::vector<int64_t> timesteps_descending,
+                         at::Tensor x, at::Generator generator)
+    : Sampler(std::move(x), std::move(generator)),
+      timesteps_(std::move(timesteps_descending)) {
+  for (size_t i = 0; i < timesteps_.size(); ++i) {
+    const double a = schedule.alphas_cumprod_f64(timesteps_[i]);
+    // The chain's previous level: the next timestep in the sequence, or the
+    // clean image after the last one.
+    const double a_prev = i + 1 < timesteps_.size()
+                              ? schedule.alphas_cumprod_f64(timesteps_[i + 1])
+                              : 1.0;
+    const double beta = 1.0 - a / a_prev;
+    const double variance = beta * (1.0 - a_prev) / (1.0 - a);
+    Coefficients c;
+    c.sqrt_recip_alphas_cumprod = static_cast<float>(std::sqrt(1.0 / a));
+    c.sqrt_recipm1_alphas_cumprod =
+        static_cast<float>(std::sqrt(1.0 / a - 1.0));
+    c.posterior_mean_coef1 =
+        static_cast<float>(beta * std::sqrt(a_prev) / (1.0 - a));
+    c.posterior_mean_coef2 =
+        static_cast<float>((1.0 - a_prev) * std::sqrt(1.0 - beta) / (1.0 - a));
+    c.posterior_std = static_cast<float>(std::exp(
+        0.5 * static_cast<float>(std::log(std::max(variance, 1e-20)))));
+    coefficients_.push_back(c);
+  }
+}
+
+void DdpmSampler::Step(const at::Tensor& eps) {
+  const Coefficients& c = coefficients_[steps_done_];
+  pred_x0_ = Scalar(c.sqrt_recip_alphas_cumprod, x_) * x_ -
+             Scalar(c.sqrt_recipm1_alphas_cumprod, x_) * eps;
+  at::Tensor mean = Scalar(c.posterior_mean_coef1, x_) * pred_x0_ +
+                    Scalar(c.posterior_mean_coef2, x_) * x_;
+  const bool last = steps_done_ + 1 == total_steps();
+  // The reference draws noise at the last step too and multiplies it by 0.
+  at::Tensor noise = DrawNoise();
+  x_ = last ? mean : mean + Scalar(c.posterior_std, x_) * noise;
+  ++steps_done_;
+}
+
+KarrasStyleSampler::KarrasStyleSampler(const DiffusionSchedule& schedule,
+                                       int steps, at::Tensor unit_noise,
+                                       at::Generator generator)
+    : Sampler(std::move(unit_noise), std::move(generator)) {
+  const double t_max = static_cast<double>(schedule.timesteps() - 1);
+  for (int i = 0; i < steps; ++i) {
+    const double t = steps == 1
+                         ? t_max
+                         : t_max - static_cast<double>(i) * t_max / (steps - 1);
+    timesteps_.push_back(t);
+    sigmas_.push_back(schedule.SigmaForTimestep(t));
+  }
+  sigmas_.push_back(0.0);
+  x_ = x_ * sigmas_[0];
+  PrepareInput();
+}
+
+void KarrasStyleSampler::PrepareInput() {
+  if (done()) return;
+  const double sigma = sigmas_[steps_done_];
+  scaled_input_ = x_ * (1.0 / std::sqrt(sigma * sigma + 1.0));
+}
+
+void KarrasStyleSampler::Step(const at::Tensor& eps) {
+  const int i = steps_done_;
+  pred_x0_ = x_ - eps * sigmas_[i];
+  Advance(pred_x0_, i);
+  ++steps_done_;
+  PrepareInput();
+}
+
+void EulerAncestralSampler::Advance(const at::Tensor& denoised, int i) {
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  const double sigma_up =
+      std::min(sigma_next, std::sqrt(sigma_next * sigma_next *
+                                     (sigma * sigma - sigma_next * sigma_next) /
+                                     (sigma * sigma)));
+  const double sigma_down =
+      std::sqrt(sigma_next * sigma_next - sigma_up * sigma_up);
+  const at::Tensor d = (x_ - denoised) / sigma;
+  x_ = x_ + d * (sigma_down - sigma);
+  if (sigma_next > 0) x_ = x_ + DrawNoise() * sigma_up;
+}
+
+void DpmSolverPP2MSampler::Advance(const at::Tensor& denoised, int i) {
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  auto t_of = [](double s) { return -std::log(s); };
+  if (sigma_next == 0.0) {
+    x_ = denoised;
+  } else {
+    const double h = t_of(sigma_next) - t_of(sigma);
+    at::Tensor direction = denoised;
+    if (old_denoised_.defined()) {
+      const double h_last = t_of(sigma) - t_of(sigmas_[i - 1]);
+      const double r = h_last / h;
+      direction = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised_;
+    }
+    x_ = (sigma_next / sigma) * x_ - std::expm1(-h) * direction;
+  }
+  old_denoised_ = denoised;
+}
+
+absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
+    const SamplerOptions& options, const DiffusionSchedule& schedule,
+    at::Tensor noise, at::Generator generator) {
+  if (options.steps < 1) {
+    return absl::InvalidArgumentError("sampler: steps must be >= 1");
+  }
+  const std::vector<int64_t> uniform =
+      DdimTimesteps(schedule.timesteps(), options.steps);
+  switch (options.kind) {
+    case SamplerKind::kDdim:
+      return std::make_unique<DdimSampler>(schedule, uniform, options.eta,
+                                           std::move(noise),
+                                           std::move(generator));
+    case SamplerKind::kPlms:
+      if (options.eta != 0.0) {
+        return absl::InvalidArgumentError("sampler: PLMS needs eta = 0");
+      }
+      return std::make_unique<PlmsSampler>(schedule, uniform, std::move(noise),
+                                           std::move(generator));
+    case SamplerKind::kDdpm:
+      return std::make_unique<DdpmSampler>(
+          schedule, std::vector<int64_t>(uniform.rbegin(), uniform.rend()),
+          std::move(noise), std::move(generator));
+    case SamplerKind::kEulerAncestral:
+      return std::make_unique<EulerAncestralSampler>(
+          schedule, options.steps, std::move(noise), std::move(generator));
+    case SamplerKind::kDpmSolverPP2M:
+      return std::make_unique<DpmSolverPP2MSampler>(
+          schedule, options.steps, std::move(noise), std::move(generator));
+  }
+  return absl::InvalidArgumentError("sampler: unknown kind");
 }
 
 }  // namespace ldm

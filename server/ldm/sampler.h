@@ -1,26 +1,32 @@
 // Samplers that keep all their state per job, so that one batched UNet call
-// can serve many jobs at different timesteps: the caller asks each job's
-// sampler for the timestep of its next model call, runs the model for the
-// whole batch, and hands each sampler its slice of the (guided) noise
-// prediction.
+// can serve many jobs at different timesteps: the caller asks each sampler
+// for its next model input and timestep, runs the model for the whole batch,
+// and hands each sampler its slice of the (guided) noise prediction.
 //
 // Example (one job alone):
-//   DdimSampler sampler(schedule, /*steps=*/25, /*eta=*/0.0, x_T, generator);
-//   while (!sampler.done()) {
-//     at::Tensor eps = Predict(sampler.latent(), sampler.timestep());
-//     sampler.Step(eps);
+//   LDM_ASSIGN_OR_RETURN(auto sampler,
+//                        MakeSampler(options, schedule, noise, generator));
+//   while (!sampler->done()) {
+//     sampler->Step(PredictNoise(sampler->model_input(),
+//                                sampler->timestep()));
 //   }
-//   at::Tensor x_0 = sampler.latent();
+//   at::Tensor x_0 = sampler->latent();
 //
-// A sampler is used by one thread at a time.
+// The reference samplers (DDIM, PLMS, DDPM) reproduce the CompVis code's
+// arithmetic, quirks included; Euler ancestral and DPM-Solver++ 2M follow
+// k-diffusion on the model's own sigmas. A sampler is used by one thread at
+// a time; its latent may hold several images (a batch dimension).
 #ifndef LDMSERVE_SERVER_LDM_SAMPLER_H_
 #define LDMSERVE_SERVER_LDM_SAMPLER_H_
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "server/ldm/schedule.h"
 
 namespace ldm {
@@ -33,48 +39,77 @@ at::Generator MakeGenerator(uint64_t seed);
 at::Tensor StandardNormal(at::IntArrayRef sizes, at::Generator& generator,
                           const at::TensorOptions& options);
 
-class Sampler {
- public:
-  virtual ~Sampler() = default;
+enum class SamplerKind { kDdim, kPlms, kDdpm, kEulerAncestral, kDpmSolverPP2M };
 
-  // Model calls (= steps) in all, and done so far.
-  virtual int total_steps() const = 0;
-  virtual int steps_done() const = 0;
-  bool done() const { return steps_done() >= total_steps(); }
-  // The timestep to run the model at for the next step.
-  virtual int64_t timestep() const = 0;
-  // The current latent x_t (the final sample once done()).
-  virtual const at::Tensor& latent() const = 0;
-  // The model's estimate of x_0 after the last step (for previews).
-  virtual const at::Tensor& predicted_x0() const = 0;
-  // Advances one step with the noise prediction `eps` for latent().
-  virtual void Step(const at::Tensor& eps) = 0;
+struct SamplerOptions {
+  SamplerKind kind = SamplerKind::kDdim;
+  int steps = 25;
+  double eta = 0.0;  // DDIM only; PLMS requires 0.
+  float guidance_scale = 7.5f;
 };
 
-// DDIM (Song et al.) exactly as the reference `DDIMSampler`: "uniform"
-// timesteps range(0, T, T // steps) + 1, alphas_prev[0] = alphas_cumprod[0],
-// sigma_t = eta * sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev)).
+class Sampler {
+ public:
+  Sampler(at::Tensor x, at::Generator generator)
+      : x_(std::move(x)), generator_(std::move(generator)) {}
+  virtual ~Sampler() = default;
+
+  // Steps in all (PLMS's first step makes two model calls but is one step).
+  virtual int total_steps() const = 0;
+  int steps_done() const { return steps_done_; }
+  bool done() const { return steps_done_ >= total_steps(); }
+  // What to feed the UNet next, and at which (possibly fractional) timestep.
+  virtual const at::Tensor& model_input() const { return x_; }
+  virtual double timestep() const = 0;
+  // The current latent x_t (the final sample once done()).
+  const at::Tensor& latent() const { return x_; }
+  // The model's estimate of x_0 after the last step (for previews).
+  const at::Tensor& predicted_x0() const { return pred_x0_; }
+  // Takes the noise prediction for model_input() at timestep().
+  virtual void Step(const at::Tensor& eps) = 0;
+
+  // The next stochastic update uses `noise` instead of the generator
+  // (reproducing a reference run's stored draws).
+  void SetNextNoise(at::Tensor noise) { next_noise_ = std::move(noise); }
+
+ protected:
+  at::Tensor DrawNoise();
+
+  at::Tensor x_;
+  at::Tensor pred_x0_;
+  int steps_done_ = 0;
+
+ private:
+  at::Generator generator_;
+  at::Tensor next_noise_;
+};
+
+// The timesteps DDIM uses for `steps` (ascending), as the reference's
+// make_ddim_timesteps: "uniform" is range(0, T, T // steps) + 1 (a count that
+// does not divide T can give more entries); "quad" is
+// (linspace(0, sqrt(0.8 T), steps) ** 2).astype(int) + 1.
+std::vector<int64_t> DdimTimesteps(int64_t num_train_timesteps, int steps,
+                                   bool quadratic = false);
+
+// DDIM (Song et al.) as the reference `DDIMSampler`: alphas_prev[0] =
+// alphas_cumprod[0]; sigma_t = eta * sqrt((1 - a_prev) / (1 - a) *
+// (1 - a / a_prev)).
 class DdimSampler : public Sampler {
  public:
-  DdimSampler(const DiffusionSchedule& schedule, int steps, double eta,
-              at::Tensor x_T, at::Generator generator);
+  // `first_steps` > 0 runs only the first that many indices, from index
+  // first_steps - 1 down (img2img's decode from t_enc).
+  DdimSampler(const DiffusionSchedule& schedule, std::vector<int64_t> timesteps,
+              double eta, at::Tensor x, at::Generator generator,
+              int first_steps = 0);
 
-  // The timesteps the reference uses for `steps` (ascending). For steps that
-  // do not divide T it yields more than `steps` entries, as the reference.
-  static std::vector<int64_t> UniformTimesteps(int64_t num_train_timesteps,
-                                               int steps);
-
-  int total_steps() const override {
-    return static_cast<int>(timesteps_.size());
-  }
-  int steps_done() const override { return steps_done_; }
-  int64_t timestep() const override;
-  const at::Tensor& latent() const override { return x_; }
-  const at::Tensor& predicted_x0() const override { return pred_x0_; }
+  int total_steps() const override { return first_index_ + 1; }
+  double timestep() const override;
   void Step(const at::Tensor& eps) override;
 
-  // Uses `noise` instead of the generator for the next Step (tests).
-  void SetNextNoise(at::Tensor noise) { next_noise_ = std::move(noise); }
+  // x_0 noised to DDIM index `index` (the reference's stochastic_encode).
+  at::Tensor NoiseTo(int index, const at::Tensor& x0,
+                     const at::Tensor& noise) const;
+  const std::vector<int64_t>& timesteps() const { return timesteps_; }
   const std::vector<float>& alphas() const { return alphas_; }
   const std::vector<float>& alphas_prev() const { return alphas_prev_; }
   const std::vector<float>& sigmas() const { return sigmas_; }
@@ -82,12 +117,113 @@ class DdimSampler : public Sampler {
  private:
   std::vector<int64_t> timesteps_;
   std::vector<float> alphas_, alphas_prev_, sigmas_;
-  at::Tensor x_;
-  at::Tensor pred_x0_;
-  at::Tensor next_noise_;
-  at::Generator generator_;
-  int steps_done_ = 0;
+  int first_index_;
 };
+
+// PLMS (Liu et al.) as the reference `PLMSSampler`: the first step is a
+// pseudo improved Euler step (two model calls), then Adams-Bashforth of
+// orders 2, 3, 4 over at most three earlier noise predictions.
+class PlmsSampler : public Sampler {
+ public:
+  PlmsSampler(const DiffusionSchedule& schedule, std::vector<int64_t> timesteps,
+              at::Tensor x, at::Generator generator);
+
+  int total_steps() const override {
+    return static_cast<int>(timesteps_.size());
+  }
+  const at::Tensor& model_input() const override {
+    return second_call_ ? x_probe_ : x_;
+  }
+  double timestep() const override;
+  void Step(const at::Tensor& eps) override;
+
+ private:
+  // x_prev and pred_x0 from x_ with noise estimate `eps` at `index`.
+  std::pair<at::Tensor, at::Tensor> Update(const at::Tensor& eps,
+                                           int index) const;
+  std::vector<int64_t> timesteps_;
+  std::vector<float> alphas_, alphas_prev_;
+  std::deque<at::Tensor> old_eps_;
+  bool second_call_ = false;
+  at::Tensor x_probe_;
+  at::Tensor first_eps_;
+};
+
+// Ancestral DDPM (Ho et al.), the reference `p_sample` with eps
+// parameterisation and no clipping, over any descending subsequence of the
+// training timesteps (the reference walks consecutive ones; a sparser one is
+// the respaced chain). No noise is added at the last step.
+class DdpmSampler : public Sampler {
+ public:
+  DdpmSampler(const DiffusionSchedule& schedule,
+              std::vector<int64_t> timesteps_descending, at::Tensor x,
+              at::Generator generator);
+
+  int total_steps() const override {
+    return static_cast<int>(timesteps_.size());
+  }
+  double timestep() const override {
+    return static_cast<double>(timesteps_[steps_done_]);
+  }
+  void Step(const at::Tensor& eps) override;
+
+ private:
+  struct Coefficients {
+    float sqrt_recip_alphas_cumprod, sqrt_recipm1_alphas_cumprod;
+    float posterior_mean_coef1, posterior_mean_coef2;
+    float posterior_std;  // exp(0.5 * posterior_log_variance_clipped)
+  };
+  std::vector<int64_t> timesteps_;
+  std::vector<Coefficients> coefficients_;
+};
+
+// The k-diffusion samplers work on x_k = x / sqrt(a) at noise level sigma;
+// the model sees x_k * c_in with c_in = 1 / sqrt(sigma^2 + 1), which is the
+// LDM latent, at the timestep whose sigma that is. Sigmas are
+// sigma(linspace(T - 1, 0, steps)) then 0.
+class KarrasStyleSampler : public Sampler {
+ public:
+  KarrasStyleSampler(const DiffusionSchedule& schedule, int steps,
+                     at::Tensor unit_noise, at::Generator generator);
+  int total_steps() const override {
+    return static_cast<int>(sigmas_.size()) - 1;
+  }
+  const at::Tensor& model_input() const override { return scaled_input_; }
+  double timestep() const override { return timesteps_[steps_done_]; }
+  void Step(const at::Tensor& eps) override;
+
+ protected:
+  // Advances x_ from sigmas_[i] to sigmas_[i + 1] given `denoised`.
+  virtual void Advance(const at::Tensor& denoised, int i) = 0;
+  std::vector<double> sigmas_;
+
+ private:
+  void PrepareInput();
+  std::vector<double> timesteps_;
+  at::Tensor scaled_input_;
+};
+
+class EulerAncestralSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+};
+
+class DpmSolverPP2MSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+  at::Tensor old_denoised_;
+};
+
+// The sampler `options` ask for, starting from unit Gaussian `noise`.
+absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
+    const SamplerOptions& options, const DiffusionSchedule& schedule,
+    at::Tensor noise, at::Generator generator);
 
 }  // namespace ldm
 

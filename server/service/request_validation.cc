@@ -101,12 +101,26 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   spec.latent_height = *height / f;
 
   const ldm::v1::SamplerSettings& sampler = request.sampler();
-  if (sampler.kind() != ldm::v1::SAMPLER_KIND_UNSPECIFIED &&
-      sampler.kind() != ldm::v1::SAMPLER_KIND_DDIM) {
-    return Invalid("sampler.kind",
-                   absl::StrCat(ldm::v1::SamplerKind_Name(sampler.kind()),
-                                " is not served yet (served: "
-                                "SAMPLER_KIND_DDIM)"));
+  switch (sampler.kind()) {
+    case ldm::v1::SAMPLER_KIND_UNSPECIFIED:
+    case ldm::v1::SAMPLER_KIND_DDIM:
+      spec.sampler.kind = ldm::SamplerKind::kDdim;
+      break;
+    case ldm::v1::SAMPLER_KIND_PLMS:
+      spec.sampler.kind = ldm::SamplerKind::kPlms;
+      break;
+    case ldm::v1::SAMPLER_KIND_DDPM:
+      spec.sampler.kind = ldm::SamplerKind::kDdpm;
+      break;
+    case ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL:
+      spec.sampler.kind = ldm::SamplerKind::kEulerAncestral;
+      break;
+    case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M:
+      spec.sampler.kind = ldm::SamplerKind::kDpmSolverPP2M;
+      break;
+    default:
+      return Invalid("sampler.kind",
+                     absl::StrCat("unknown value ", sampler.kind()));
   }
   if (sampler.steps() > limits.max_steps) {
     return Invalid("sampler.steps",
@@ -118,6 +132,9 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
                            : static_cast<int>(sampler.steps());
   if (!(sampler.eta() >= 0.0f && sampler.eta() <= 1.0f)) {
     return Invalid("sampler.eta", "must be in [0, 1]");
+  }
+  if (sampler.eta() != 0.0f && spec.sampler.kind != ldm::SamplerKind::kDdim) {
+    return Invalid("sampler.eta", "only DDIM takes eta; leave it 0");
   }
   spec.sampler.eta = sampler.eta();
   if (!(sampler.guidance_scale() >= 0.0f &&

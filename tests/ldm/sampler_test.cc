@@ -9,40 +9,71 @@
 namespace ldm {
 namespace {
 
+DiffusionSchedule SdSchedule() {
+  return DiffusionSchedule::Linear(0.00085, 0.012, 1000);
+}
+
 TEST(DiffusionScheduleTest, LinearStartsAtOneMinusBetaAndDecreases) {
-  DiffusionSchedule schedule = DiffusionSchedule::Linear(0.00085, 0.012, 1000);
+  DiffusionSchedule schedule = SdSchedule();
   ASSERT_EQ(schedule.timesteps(), 1000);
-  EXPECT_NEAR(schedule.alphas_cumprod(0), 1.0 - 0.00085, 1e-7);
-  EXPECT_NEAR(
-      schedule.alphas_cumprod(1),
-      (1.0 - 0.00085) *
-          (1.0 - std::pow(std::sqrt(0.00085) +
-                              (std::sqrt(0.012) - std::sqrt(0.00085)) / 999.0,
-                          2)),
-      1e-7);
+  EXPECT_NEAR(schedule.alphas_cumprod_f64(0), 1.0 - 0.00085, 1e-12);
+  const double beta_1 = std::pow(
+      std::sqrt(0.00085) + (std::sqrt(0.012) - std::sqrt(0.00085)) / 999.0, 2);
+  EXPECT_NEAR(schedule.alphas_cumprod_f64(1), (1 - 0.00085) * (1 - beta_1),
+              1e-12);
   for (int64_t t = 1; t < 1000; ++t) {
-    ASSERT_LT(schedule.alphas_cumprod(t), schedule.alphas_cumprod(t - 1));
+    ASSERT_LT(schedule.alphas_cumprod_f64(t),
+              schedule.alphas_cumprod_f64(t - 1));
   }
 }
 
-TEST(DiffusionScheduleTest, RejectsIncreasingAlphas) {
-  EXPECT_FALSE(DiffusionSchedule::FromAlphasCumprod({0.9f, 0.95f}).ok());
-  EXPECT_FALSE(DiffusionSchedule::FromAlphasCumprod({}).ok());
-  EXPECT_TRUE(DiffusionSchedule::FromAlphasCumprod({0.9f, 0.5f}).ok());
+TEST(DiffusionScheduleTest, OtherBetaSchedules) {
+  auto sqrt_linear = DiffusionSchedule::Make("sqrt_linear", 0.001, 0.02, 10);
+  ASSERT_TRUE(sqrt_linear.ok());
+  EXPECT_NEAR(sqrt_linear->alphas_cumprod_f64(0), 0.999, 1e-12);
+  auto cosine = DiffusionSchedule::Make("cosine", 0, 0, 1000);
+  ASSERT_TRUE(cosine.ok());
+  // The cosine schedule ends near zero signal and starts near one.
+  EXPECT_GT(cosine->alphas_cumprod_f64(0), 0.9999);
+  EXPECT_LT(cosine->alphas_cumprod_f64(999), 1e-3);
+  EXPECT_FALSE(DiffusionSchedule::Make("zigzag", 0.1, 0.2, 10).ok());
 }
 
-TEST(DdimSamplerTest, UniformTimestepsAsTheReference) {
-  EXPECT_EQ(DdimSampler::UniformTimesteps(1000, 5),
+TEST(DiffusionScheduleTest, SigmaAndTimestepAreInverse) {
+  DiffusionSchedule schedule = SdSchedule();
+  EXPECT_NEAR(schedule.SigmaForTimestep(500),
+              std::sqrt((1 - schedule.alphas_cumprod_f64(500)) /
+                        schedule.alphas_cumprod_f64(500)),
+              1e-9);
+  for (double t : {0.0, 10.5, 333.25, 998.0}) {
+    EXPECT_NEAR(schedule.TimestepForSigma(schedule.SigmaForTimestep(t)), t,
+                1e-6);
+  }
+  EXPECT_DOUBLE_EQ(schedule.AlphaCumprodAt(250),
+                   schedule.alphas_cumprod_f64(250));
+}
+
+TEST(DiffusionScheduleTest, RejectsIncreasingAlphas) {
+  EXPECT_FALSE(DiffusionSchedule::FromAlphasCumprod({0.9, 0.95}).ok());
+  EXPECT_FALSE(DiffusionSchedule::FromAlphasCumprod({}).ok());
+  EXPECT_TRUE(DiffusionSchedule::FromAlphasCumprod({0.9, 0.5}).ok());
+}
+
+TEST(DdimTimestepsTest, UniformAndQuadraticAsTheReference) {
+  EXPECT_EQ(DdimTimesteps(1000, 5),
             (std::vector<int64_t>{1, 201, 401, 601, 801}));
-  EXPECT_EQ(DdimSampler::UniformTimesteps(1000, 50).size(), 50u);
+  EXPECT_EQ(DdimTimesteps(1000, 50).size(), 50u);
   // 1000 // 30 = 33 gives 31 steps in the reference too.
-  EXPECT_EQ(DdimSampler::UniformTimesteps(1000, 30).size(), 31u);
+  EXPECT_EQ(DdimTimesteps(1000, 30).size(), 31u);
+  // ((linspace(0, sqrt(800), 5)) ** 2).astype(int) + 1
+  EXPECT_EQ(DdimTimesteps(1000, 5, /*quadratic=*/true),
+            (std::vector<int64_t>{1, 51, 201, 451, 801}));
 }
 
 TEST(DdimSamplerTest, ScalarsAsTheReference) {
-  DiffusionSchedule schedule = DiffusionSchedule::Linear(0.00085, 0.012, 1000);
-  DdimSampler sampler(schedule, 5, 1.0, at::zeros({1, 4, 2, 2}),
-                      MakeGenerator(0));
+  DiffusionSchedule schedule = SdSchedule();
+  DdimSampler sampler(schedule, DdimTimesteps(1000, 5), 1.0,
+                      at::zeros({1, 4, 2, 2}), MakeGenerator(0));
   // alphas_prev[0] is alphas_cumprod[0], not 1.
   EXPECT_FLOAT_EQ(sampler.alphas_prev()[0], schedule.alphas_cumprod(0));
   EXPECT_FLOAT_EQ(sampler.alphas_prev()[1], schedule.alphas_cumprod(1));
@@ -56,11 +87,13 @@ TEST(DdimSamplerTest, ScalarsAsTheReference) {
 }
 
 TEST(DdimSamplerTest, EtaZeroIsDeterministicAndExact) {
-  DiffusionSchedule schedule = DiffusionSchedule::Linear(0.00085, 0.012, 1000);
+  DiffusionSchedule schedule = SdSchedule();
   at::Tensor x_T = at::randn({1, 4, 3, 3});
   at::Tensor eps = at::randn({1, 4, 3, 3});
-  DdimSampler first(schedule, 5, 0.0, x_T, MakeGenerator(1));
-  DdimSampler second(schedule, 5, 0.0, x_T, MakeGenerator(2));
+  DdimSampler first(schedule, DdimTimesteps(1000, 5), 0.0, x_T,
+                    MakeGenerator(1));
+  DdimSampler second(schedule, DdimTimesteps(1000, 5), 0.0, x_T,
+                     MakeGenerator(2));
   EXPECT_EQ(first.timestep(), 801);
   first.Step(eps);
   second.Step(eps);
@@ -77,17 +110,113 @@ TEST(DdimSamplerTest, EtaZeroIsDeterministicAndExact) {
 }
 
 TEST(DdimSamplerTest, EtaOneDrawsFromItsOwnGenerator) {
-  DiffusionSchedule schedule = DiffusionSchedule::Linear(0.00085, 0.012, 1000);
+  DiffusionSchedule schedule = SdSchedule();
   at::Tensor x_T = at::randn({1, 4, 3, 3});
   at::Tensor eps = at::randn({1, 4, 3, 3});
-  DdimSampler a(schedule, 5, 1.0, x_T, MakeGenerator(1));
-  DdimSampler b(schedule, 5, 1.0, x_T, MakeGenerator(1));
-  DdimSampler c(schedule, 5, 1.0, x_T, MakeGenerator(2));
+  auto make = [&](uint64_t seed) {
+    return DdimSampler(schedule, DdimTimesteps(1000, 5), 1.0, x_T,
+                       MakeGenerator(seed));
+  };
+  DdimSampler a = make(1), b = make(1), c = make(2);
   a.Step(eps);
   b.Step(eps);
   c.Step(eps);
   EXPECT_TRUE(at::equal(a.latent(), b.latent()));
   EXPECT_FALSE(at::equal(a.latent(), c.latent()));
+}
+
+TEST(DdimSamplerTest, FirstStepsStartsPartWay) {
+  DdimSampler sampler(SdSchedule(), DdimTimesteps(1000, 5), 0.0,
+                      at::zeros({1, 1, 1, 1}), MakeGenerator(0),
+                      /*first_steps=*/3);
+  EXPECT_EQ(sampler.total_steps(), 3);
+  EXPECT_EQ(sampler.timestep(), 401);
+}
+
+TEST(PlmsSamplerTest, FirstStepCallsTheModelTwice) {
+  PlmsSampler sampler(SdSchedule(), DdimTimesteps(1000, 5),
+                      at::zeros({1, 1, 2, 2}), MakeGenerator(0));
+  std::vector<double> calls;
+  while (!sampler.done()) {
+    calls.push_back(sampler.timestep());
+    sampler.Step(at::ones({1, 1, 2, 2}));
+  }
+  // As the reference's plms.model_t: 801, 601, 601, 401, 201, 1.
+  EXPECT_EQ(calls, (std::vector<double>{801, 601, 601, 401, 201, 1}));
+  EXPECT_EQ(sampler.steps_done(), 5);
+}
+
+// x_0 ~ N(mu, s^2) element-wise: the optimal noise prediction is known in
+// closed form, so a correct sampler must land on that distribution.
+struct GaussianData {
+  double mu = 0.5;
+  double s = 0.3;
+  at::Tensor OptimalEps(const at::Tensor& x_t, double a) const {
+    return std::sqrt(1 - a) * (x_t - std::sqrt(a) * mu) / (a * s * s + 1 - a);
+  }
+};
+
+struct ConvergenceCase {
+  SamplerKind kind;
+  int few_steps;
+  int many_steps;
+  double std_tolerance;  // |std - s| allowed at many_steps.
+};
+
+class SamplerConvergenceTest
+    : public ::testing::TestWithParam<ConvergenceCase> {
+ protected:
+  // The final samples' (mean, std) after `steps` steps with the optimal
+  // noise prediction.
+  std::pair<double, double> Sample(SamplerKind kind, int steps) {
+    DiffusionSchedule schedule = SdSchedule();
+    at::Generator generator = MakeGenerator(1234);
+    at::Tensor noise =
+        StandardNormal({1, 4, 100, 100}, generator, at::TensorOptions());
+    SamplerOptions options;
+    options.kind = kind;
+    options.steps = steps;
+    auto sampler = MakeSampler(options, schedule, noise, generator);
+    EXPECT_TRUE(sampler.ok()) << sampler.status();
+    while (!(*sampler)->done()) {
+      const double a = schedule.AlphaCumprodAt((*sampler)->timestep());
+      (*sampler)->Step(data_.OptimalEps((*sampler)->model_input(), a));
+    }
+    const at::Tensor x = (*sampler)->latent();
+    return {x.mean().item<double>(), x.std().item<double>()};
+  }
+
+  GaussianData data_;
+};
+
+// Discretisation error shrinks with more steps and ends small. (The SD
+// schedule's terminal alpha is 0.0047, not 0: starting from pure noise
+// biases deterministic samplers' mean by about mu * sqrt(a_T) * s = 0.01.)
+TEST_P(SamplerConvergenceTest, ErrorShrinksWithStepsAndEndsSmall) {
+  const ConvergenceCase& c = GetParam();
+  const auto [few_mean, few_std] = Sample(c.kind, c.few_steps);
+  const auto [many_mean, many_std] = Sample(c.kind, c.many_steps);
+  EXPECT_LT(std::abs(many_std - data_.s), std::abs(few_std - data_.s));
+  EXPECT_LT(std::abs(many_std - data_.s), c.std_tolerance);
+  EXPECT_NEAR(many_mean, data_.mu, 0.015);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllSamplers, SamplerConvergenceTest,
+    ::testing::Values(
+        ConvergenceCase{SamplerKind::kDdim, 10, 100, 0.012},
+        ConvergenceCase{SamplerKind::kPlms, 10, 100, 0.006},
+        ConvergenceCase{SamplerKind::kDdpm, 25, 500, 0.013},
+        ConvergenceCase{SamplerKind::kEulerAncestral, 25, 500, 0.013},
+        ConvergenceCase{SamplerKind::kDpmSolverPP2M, 10, 100, 0.013}));
+
+TEST(MakeSamplerTest, RefusesPlmsWithEta) {
+  SamplerOptions options;
+  options.kind = SamplerKind::kPlms;
+  options.eta = 0.5;
+  EXPECT_FALSE(MakeSampler(options, SdSchedule(), at::zeros({1, 1, 1, 1}),
+                           MakeGenerator(0))
+                   .ok());
 }
 
 }  // namespace

@@ -171,6 +171,31 @@ TEST_F(IntegrationTest, GenerateStreamsQueuedProgressAndResult) {
   EXPECT_GT(result.timings().total_ms() + 1, result.timings().denoise_ms());
 }
 
+TEST_F(IntegrationTest, EverySamplerServes) {
+  for (ldm::v1::SamplerKind kind :
+       {ldm::v1::SAMPLER_KIND_DDIM, ldm::v1::SAMPLER_KIND_PLMS,
+        ldm::v1::SAMPLER_KIND_DDPM, ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL,
+        ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M}) {
+    SCOPED_TRACE(ldm::v1::SamplerKind_Name(kind));
+    GenerateRequest request = TextRequest("a red circle", 4, 9);
+    request.mutable_sampler()->set_kind(kind);
+    CallResult call = Call(request);
+    ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+    ASSERT_GE(call.events.size(), 2u);
+    const GenerateResponse& last_progress = call.events[call.events.size() - 2];
+    ASSERT_TRUE(last_progress.has_progress());
+    EXPECT_EQ(last_progress.progress().step(), 4u);
+    EXPECT_EQ(last_progress.progress().total_steps(), 4u);
+    EXPECT_EQ(call.events.back().result().images_size(), 1);
+  }
+  GenerateRequest plms_with_eta = TextRequest("a red circle", 4, 9);
+  plms_with_eta.mutable_sampler()->set_kind(ldm::v1::SAMPLER_KIND_PLMS);
+  plms_with_eta.mutable_sampler()->set_eta(0.5f);
+  CallResult call = Call(plms_with_eta);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("sampler.eta"));
+}
+
 TEST_F(IntegrationTest, SeedZeroIsPickedAndReported) {
   CallResult call = Call(TextRequest("a blue square", 2, 0));
   ASSERT_TRUE(call.status.ok());
@@ -314,8 +339,8 @@ std::string ListServicesByReflection(
                        std::chrono::seconds(10));
   grpc::CompletionQueue queue;
   auto call = stub.PrepareCall(
-      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-      &queue);
+      &context,
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
   void* tag = nullptr;
   bool ok = false;
   auto await = [&](intptr_t expected) {
