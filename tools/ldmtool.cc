@@ -6,6 +6,13 @@
 //       under the reference key names.
 //   ldmtool inspect WEIGHTS.safetensors
 //       lists tensors (name, dtype, shape) and parameter counts per component.
+//   ldmtool reproduce --set DIR --out FILE.safetensors
+//       computes every output of the golden set DIR (see
+//       ../shared/golden/README.md) through the production code and writes
+//       them under the golden key names.
+//   ldmtool compare --golden GOLDEN.safetensors --actual FILE.safetensors
+//       prints rel_max per key against the README's tolerances; exit 1 on
+//       any failure.
 //   ldmtool txt2img --config C --weights W --prompt P [--steps N] [--seed S]
 //                   [--n N] [--device cpu|cuda] [--dtype f32|f16] --out X.ppm
 //       runs a whole job alone through the engine twice (the second timed)
@@ -24,6 +31,7 @@
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
+#include "tools/reference/golden_reproduction.h"
 
 namespace {
 
@@ -92,6 +100,39 @@ int Inspect(const std::string& path) {
   return 0;
 }
 
+int Reproduce(std::map<std::string, std::string> options) {
+  if (!options.count("set") || !options.count("out")) return Usage();
+  auto outputs = ldm::reference::ReproduceGoldenSet(options["set"]);
+  if (!outputs.ok()) return Error(outputs.status());
+  if (auto saved = ldm::WriteSafetensors(options["out"], *outputs);
+      !saved.ok()) {
+    return Error(saved);
+  }
+  std::printf("%s: %zu tensors\n", options["out"].c_str(), outputs->size());
+  return 0;
+}
+
+int Compare(std::map<std::string, std::string> options) {
+  if (!options.count("golden") || !options.count("actual")) return Usage();
+  auto golden = ldm::SafetensorsFile::Open(options["golden"]);
+  if (!golden.ok()) return Error(golden.status());
+  auto actual_file = ldm::SafetensorsFile::Open(options["actual"]);
+  if (!actual_file.ok()) return Error(actual_file.status());
+  std::map<std::string, at::Tensor> actual;
+  for (const auto& [name, entry] : (*actual_file)->entries()) {
+    actual[name] = (*actual_file)->Get(name).value();
+  }
+  int failures = 0;
+  for (const auto& c : ldm::reference::CompareWithGolden(**golden, actual)) {
+    std::printf("%-4s %-28s error %.3g (tolerance %.3g)%s%s\n",
+                c.passed ? "ok" : "FAIL", c.key.c_str(), c.error, c.tolerance,
+                c.detail.empty() ? "" : "  ", c.detail.c_str());
+    failures += c.passed ? 0 : 1;
+  }
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? 0 : 1;
+}
+
 int TextToImage(std::map<std::string, std::string> options) {
   if (!options.count("config") || !options.count("weights") ||
       !options.count("out")) {
@@ -145,5 +186,7 @@ int main(int argc, char** argv) {
   if (command == "init-random") return InitRandom(ParseOptions(argc, argv, 2));
   if (command == "inspect" && argc == 3) return Inspect(argv[2]);
   if (command == "txt2img") return TextToImage(ParseOptions(argc, argv, 2));
+  if (command == "reproduce") return Reproduce(ParseOptions(argc, argv, 2));
+  if (command == "compare") return Compare(ParseOptions(argc, argv, 2));
   return Usage();
 }

@@ -57,15 +57,6 @@ at::Tensor PreviewProjection(int64_t channels) {
   return at::full({channels, 3}, 1.0f / static_cast<float>(channels));
 }
 
-at::Tensor ToUint8Images(const at::Tensor& images) {
-  // The reference truncates: (255 * clamp((x + 1) / 2, 0, 1)).astype(uint8).
-  return (at::clamp((images.to(at::kFloat) + 1.0) / 2.0, 0.0, 1.0) * 255.0)
-      .to(at::kByte)
-      .permute({0, 2, 3, 1})
-      .contiguous()
-      .to(at::kCPU);
-}
-
 }  // namespace
 
 LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options)
@@ -217,8 +208,61 @@ absl::StatusOr<ImageTask> LatentDiffusion::NewImageTask(
   return task;
 }
 
-absl::Status LatentDiffusion::DenoiseStep(
-    absl::Span<ImageTask* const> tasks) const {
+at::Tensor LatentDiffusion::ToUint8Images(const at::Tensor& images) {
+  // The reference truncates: (255 * clamp((x + 1) / 2, 0, 1)).astype(uint8).
+  return (at::clamp((images.to(at::kFloat) + 1.0) / 2.0, 0.0, 1.0) * 255.0)
+      .to(at::kByte)
+      .permute({0, 2, 3, 1})
+      .contiguous()
+      .to(at::kCPU);
+}
+
+absl::StatusOr<at::Tensor> LatentDiffusion::EncodeImages(
+    const at::Tensor& images, const at::Tensor& noise) const {
+  return CallTorch("encode images", [&] {
+    c10::InferenceMode inference;
+    const DiagonalGaussian posterior = AutoencoderKL::Posterior(
+        autoencoder_->EncodeMoments(images.to(options_.device, options_.dtype)));
+    return config_.scale_factor *
+           posterior.SampleWith(noise.to(options_.device, options_.dtype));
+  });
+}
+
+absl::StatusOr<LatentDiffusion::InpaintConditioning>
+LatentDiffusion::PrepareInpaint(const at::Tensor& image, const at::Tensor& mask,
+                                const at::Tensor& noise) const {
+  InpaintConditioning result;
+  LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint conditioning", [&] {
+    c10::InferenceMode inference;
+    const at::Tensor device_mask = mask.to(options_.device, options_.dtype);
+    result.masked_image =
+        image.to(options_.device, options_.dtype) * (device_mask < 0.5);
+    result.mask_latent = at::upsample_nearest2d(
+        device_mask, {noise.size(2), noise.size(3)});
+    return absl::OkStatus();
+  }));
+  LDM_ASSIGN_OR_RETURN(result.masked_image_latent,
+                       EncodeImages(result.masked_image, noise));
+  LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint conditioning", [&] {
+    c10::InferenceMode inference;
+    result.c_concat =
+        at::cat({result.mask_latent, result.masked_image_latent}, 1);
+    return absl::OkStatus();
+  }));
+  return result;
+}
+
+absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatents(
+    const at::Tensor& latents) const {
+  return CallTorch("decode", [&] {
+    c10::InferenceMode inference;
+    return autoencoder_->Decode((1.0 / config_.scale_factor) *
+                                latents.to(options_.device, options_.dtype));
+  });
+}
+
+absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
+                                          StepTrace* trace) const {
   if (tasks.empty()) return absl::OkStatus();
   return CallTorchStatus("denoise step", [&] {
     c10::InferenceMode inference;
@@ -248,7 +292,9 @@ absl::Status LatentDiffusion::DenoiseStep(
       context = at::cat(contexts, 0);
     }
     at::Tensor t = at::tensor(timesteps).to(options_.device);
-    at::Tensor out = unet_->Forward(at::cat(inputs, 0), t, context);
+    at::Tensor input = at::cat(inputs, 0);
+    at::Tensor out = unet_->Forward(input, t, context);
+    std::vector<at::Tensor> guided;
     int64_t row = 0;
     for (ImageTask* task : tasks) {
       const int64_t rows = task->sampler->model_input().size(0);
@@ -269,7 +315,11 @@ absl::Status LatentDiffusion::DenoiseStep(
         prediction = std::sqrt(a) * prediction +
                      std::sqrt(1.0 - a) * task->sampler->model_input();
       }
+      if (trace != nullptr) guided.push_back(prediction);
       task->sampler->Step(prediction);
+    }
+    if (trace != nullptr) {
+      *trace = StepTrace{input, t, context, out, at::cat(guided, 0)};
     }
     return absl::OkStatus();
   });
@@ -277,11 +327,13 @@ absl::Status LatentDiffusion::DenoiseStep(
 
 absl::StatusOr<at::Tensor> LatentDiffusion::DecodeToImages(
     const std::vector<at::Tensor>& latents) const {
+  LDM_ASSIGN_OR_RETURN(
+      at::Tensor joined,
+      CallTorch("decode", [&] { return at::cat(latents, 0); }));
+  LDM_ASSIGN_OR_RETURN(at::Tensor images, DecodeLatents(joined));
   return CallTorch("decode", [&] {
     c10::InferenceMode inference;
-    at::Tensor z =
-        (1.0 / config_.scale_factor) * at::cat(latents, 0).to(options_.dtype);
-    return ToUint8Images(autoencoder_->Decode(z));
+    return ToUint8Images(images);
   });
 }
 

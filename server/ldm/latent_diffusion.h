@@ -105,12 +105,44 @@ class LatentDiffusion {
   // Runs one denoising step for every task in one batched UNet call
   // (conditional and unconditional rows of guided tasks included) and
   // advances each task's sampler. Tasks must not be done().
-  absl::Status DenoiseStep(absl::Span<ImageTask* const> tasks) const;
+  //
+  // `trace`, when given, receives the UNet call as made (inputs after
+  // concat, timesteps, contexts, raw output) and each task's guided
+  // prediction, concatenated: what parity checks compare with the reference.
+  struct StepTrace {
+    at::Tensor unet_input, timesteps, context, unet_output, guided;
+  };
+  absl::Status DenoiseStep(absl::Span<ImageTask* const> tasks,
+                           StepTrace* trace = nullptr) const;
+
+  // Images [B, 3, H, W] in [-1, 1] -> latents in sampler space:
+  // scale_factor * a sample of the posterior, with `noise` (N(0, 1) of the
+  // latent shape) for its randomness (get_first_stage_encoding).
+  absl::StatusOr<at::Tensor> EncodeImages(const at::Tensor& images,
+                                          const at::Tensor& noise) const;
+
+  // The concat conditioning of an inpainting model (runwayml inpaint_st):
+  // masked_image = image * (mask < 0.5), mask resized to the latent size
+  // (nearest), and the masked image's latent: [mask_latent, latent].
+  struct InpaintConditioning {
+    at::Tensor masked_image, mask_latent, masked_image_latent, c_concat;
+  };
+  absl::StatusOr<InpaintConditioning> PrepareInpaint(
+      const at::Tensor& image, const at::Tensor& mask,
+      const at::Tensor& noise) const;
+
+  // Latents in sampler space -> the decoder's output [B, 3, H, W] in about
+  // [-1, 1] (decode_first_stage).
+  absl::StatusOr<at::Tensor> DecodeLatents(const at::Tensor& latents) const;
 
   // Latents, each [n_i, C, h, w] in sampler space, decoded in one batch ->
   // uint8 RGB [sum n_i, H, W, 3] on the CPU.
   absl::StatusOr<at::Tensor> DecodeToImages(
       const std::vector<at::Tensor>& latents) const;
+
+  // The reference's uint8 conversion: (255 * clamp((x + 1) / 2, 0, 1)),
+  // truncated, as [B, H, W, 3] on the CPU.
+  static at::Tensor ToUint8Images(const at::Tensor& images);
 
   // A cheap preview of a latent [1, C, h, w]: a fixed linear projection of
   // the latent channels to RGB, uint8 [h, w, 3], no decoder involved.
