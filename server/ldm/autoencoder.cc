@@ -99,16 +99,21 @@ struct Level {
   std::unique_ptr<Conv2d> resample;
 };
 
+// attn_type "none" makes every attention an identity (no parameters).
 struct Middle {
-  Middle(const ParamScope& scope, int64_t channels)
+  Middle(const ParamScope& scope, int64_t channels, bool attend)
       : block_1(scope.Sub("block_1"), channels, channels),
-        attn_1(scope.Sub("attn_1"), channels),
-        block_2(scope.Sub("block_2"), channels, channels) {}
+        block_2(scope.Sub("block_2"), channels, channels) {
+    if (attend)
+      attn_1 = std::make_unique<AttnBlock>(scope.Sub("attn_1"), channels);
+  }
   at::Tensor Forward(const at::Tensor& x) const {
-    return block_2.Forward(attn_1.Forward(block_1.Forward(x)));
+    at::Tensor h = block_1.Forward(x);
+    if (attn_1) h = attn_1->Forward(h);
+    return block_2.Forward(h);
   }
   ResnetBlock block_1;
-  AttnBlock attn_1;
+  std::unique_ptr<AttnBlock> attn_1;
   ResnetBlock block_2;
 };
 
@@ -118,7 +123,7 @@ bool Contains(const std::vector<int64_t>& values, int64_t value) {
 
 }  // namespace
 
-class AutoencoderKL::Encoder {
+class Autoencoder::Encoder {
  public:
   Encoder(const AutoencoderConfig& c, const ParamScope& scope)
       : conv_in_(scope.Sub("conv_in"), c.in_channels, c.ch, 3, 1, 1) {
@@ -128,9 +133,9 @@ class AutoencoderKL::Encoder {
     for (int level = 0; level < levels; ++level) {
       const ParamScope level_scope = scope.Sub("down").Sub(level);
       Level& current = levels_.emplace_back();
-      current.AddBlocks(level_scope, c.num_res_blocks, &block_in,
-                        c.ch * c.ch_mult[level],
-                        Contains(c.attn_resolutions, resolution));
+      current.AddBlocks(
+          level_scope, c.num_res_blocks, &block_in, c.ch * c.ch_mult[level],
+          c.attn_type != "none" && Contains(c.attn_resolutions, resolution));
       if (level != levels - 1) {
         current.resample =
             std::make_unique<Conv2d>(level_scope.Sub("downsample").Sub("conv"),
@@ -138,7 +143,8 @@ class AutoencoderKL::Encoder {
         resolution /= 2;
       }
     }
-    mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in);
+    mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in,
+                                    c.attn_type != "none");
     norm_out_ = std::make_unique<GroupNorm>(scope.Sub("norm_out"), 32, block_in,
                                             kNormEps);
     conv_out_ = std::make_unique<Conv2d>(
@@ -168,7 +174,7 @@ class AutoencoderKL::Encoder {
   std::unique_ptr<Conv2d> conv_out_;
 };
 
-class AutoencoderKL::Decoder {
+class Autoencoder::Decoder {
  public:
   Decoder(const AutoencoderConfig& c, const ParamScope& scope) {
     const int levels = static_cast<int>(c.ch_mult.size());
@@ -176,16 +182,17 @@ class AutoencoderKL::Decoder {
     int64_t resolution = c.resolution >> (levels - 1);
     conv_in_ = std::make_unique<Conv2d>(scope.Sub("conv_in"), c.z_channels,
                                         block_in, 3, 1, 1);
-    mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in);
+    mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in,
+                                    c.attn_type != "none");
     levels_.resize(levels);
     // Declared from the lowest resolution up, as the reference builds them;
     // stored by level index (up.0 is the highest resolution).
     for (int level = levels - 1; level >= 0; --level) {
       const ParamScope level_scope = scope.Sub("up").Sub(level);
       Level& current = levels_[level];
-      current.AddBlocks(level_scope, c.num_res_blocks + 1, &block_in,
-                        c.ch * c.ch_mult[level],
-                        Contains(c.attn_resolutions, resolution));
+      current.AddBlocks(
+          level_scope, c.num_res_blocks + 1, &block_in, c.ch * c.ch_mult[level],
+          c.attn_type != "none" && Contains(c.attn_resolutions, resolution));
       if (level != 0) {
         current.resample =
             std::make_unique<Conv2d>(level_scope.Sub("upsample").Sub("conv"),
@@ -225,31 +232,48 @@ at::Tensor DiagonalGaussian::Sample(at::Generator generator) const {
   return SampleWith(StandardNormal(mean.sizes(), generator, mean.options()));
 }
 
-AutoencoderKL::AutoencoderKL(const AutoencoderConfig& config,
-                             const ParamScope& scope)
+Autoencoder::Autoencoder(const AutoencoderConfig& config,
+                         const ParamScope& scope)
     : config_(config),
       encoder_(std::make_unique<Encoder>(config, scope.Sub("encoder"))),
-      decoder_(std::make_unique<Decoder>(config, scope.Sub("decoder"))),
-      quant_conv_(std::make_unique<Conv2d>(scope.Sub("quant_conv"),
-                                           2 * config.z_channels,
-                                           2 * config.embed_dim, 1)),
-      post_quant_conv_(std::make_unique<Conv2d>(scope.Sub("post_quant_conv"),
-                                                config.embed_dim,
-                                                config.z_channels, 1)) {}
+      decoder_(std::make_unique<Decoder>(config, scope.Sub("decoder"))) {
+  const int64_t moments = config.kind == "vq" ? 1 : 2;
+  quant_conv_ = std::make_unique<Conv2d>(scope.Sub("quant_conv"),
+                                         moments * config.z_channels,
+                                         moments * config.embed_dim, 1);
+  post_quant_conv_ = std::make_unique<Conv2d>(
+      scope.Sub("post_quant_conv"), config.embed_dim, config.z_channels, 1);
+  if (config.kind == "vq") {
+    scope.Sub("quantize")
+        .Sub("embedding")
+        .Declare("weight", {config.n_embed, config.embed_dim}, &codebook_);
+  }
+}
 
-AutoencoderKL::~AutoencoderKL() = default;
+Autoencoder::~Autoencoder() = default;
 
-at::Tensor AutoencoderKL::EncodeMoments(const at::Tensor& x) const {
+at::Tensor Autoencoder::EncodeMoments(const at::Tensor& x) const {
   return quant_conv_->Forward(encoder_->Forward(x));
 }
 
-DiagonalGaussian AutoencoderKL::Posterior(const at::Tensor& moments) {
+DiagonalGaussian Autoencoder::Posterior(const at::Tensor& moments) {
   auto halves = moments.chunk(2, 1);
   return DiagonalGaussian{halves[0], at::clamp(halves[1], -30.0, 20.0)};
 }
 
-at::Tensor AutoencoderKL::Decode(const at::Tensor& z) const {
-  return decoder_->Forward(post_quant_conv_->Forward(z));
+at::Tensor Autoencoder::Quantize(const at::Tensor& z) const {
+  const int64_t b = z.size(0), c = z.size(1), h = z.size(2), w = z.size(3);
+  const at::Tensor flat = z.permute({0, 2, 3, 1}).reshape({-1, c});
+  // argmin |z - e|^2 = argmin (|e|^2 - 2 z.e), as VectorQuantizer2.
+  const at::Tensor distances = codebook_.pow(2).sum(1).unsqueeze(0) -
+                               2 * at::matmul(flat, codebook_.t());
+  const at::Tensor nearest = at::embedding(codebook_, distances.argmin(1));
+  return nearest.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();
+}
+
+at::Tensor Autoencoder::Decode(const at::Tensor& z) const {
+  const at::Tensor latent = is_vq() ? Quantize(z) : z;
+  return decoder_->Forward(post_quant_conv_->Forward(latent));
 }
 
 }  // namespace ldm

@@ -1,4 +1,4 @@
-// The paper's KL-regularised autoencoder (CompVis `AutoencoderKL`): Encoder
+// The paper's KL-regularised autoencoder (CompVis `Autoencoder`): Encoder
 // and Decoder from `diffusionmodules/model.py` plus `quant_conv` and
 // `post_quant_conv`, with the reference parameter names
 // (encoder.down.0.block.0.norm1.weight, decoder.up.1.upsample.conv.weight,
@@ -31,17 +31,22 @@ struct DiagonalGaussian {
   }
 };
 
-class AutoencoderKL {
+class Autoencoder {
  public:
-  AutoencoderKL(const AutoencoderConfig& config, const ParamScope& scope);
-  ~AutoencoderKL();
+  Autoencoder(const AutoencoderConfig& config, const ParamScope& scope);
+  ~Autoencoder();
 
-  // x: [B, in_channels, H, W] in [-1, 1] -> quant_conv(encoder(x)), the
-  // moments [B, 2*embed_dim, H/f, W/f].
+  // x: [B, in_channels, H, W] in [-1, 1] -> quant_conv(encoder(x)): for
+  // "kl" the posterior's moments [B, 2*embed_dim, H/f, W/f], for "vq" the
+  // unquantised latent [B, embed_dim, H/f, W/f] (VQModelInterface.encode).
   at::Tensor EncodeMoments(const at::Tensor& x) const;
   static DiagonalGaussian Posterior(const at::Tensor& moments);
-  // z: [B, embed_dim, h, w] (unscaled) -> decoder(post_quant_conv(z)).
+  // z: [B, embed_dim, h, w] (unscaled) -> decoder(post_quant_conv(z)); a
+  // "vq" model quantises z first, as the reference's decode does.
   at::Tensor Decode(const at::Tensor& z) const;
+  // The nearest codebook vector for each latent position ("vq" only).
+  at::Tensor Quantize(const at::Tensor& z) const;
+  bool is_vq() const { return config_.kind == "vq"; }
 
   const AutoencoderConfig& config() const { return config_; }
 
@@ -53,6 +58,7 @@ class AutoencoderKL {
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<Conv2d> quant_conv_;
   std::unique_ptr<Conv2d> post_quant_conv_;
+  at::Tensor codebook_;  // quantize.embedding.weight [n_embed, embed_dim]
 };
 
 }  // namespace ldm

@@ -59,8 +59,19 @@ at::Tensor PreviewProjection(int64_t channels) {
 
 }  // namespace
 
-LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options)
-    : config_(std::move(config)), options_(options) {}
+LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options,
+                                 at::Device declare_on)
+    : config_(std::move(config)), options_(options), registry_(declare_on) {}
+
+absl::StatusOr<std::map<std::string, std::vector<int64_t>>>
+LatentDiffusion::ExpectedParameters(const ModelConfig& config) {
+  LatentDiffusion model(config, LoadOptions{}, at::kMeta);
+  LDM_RETURN_IF_ERROR(CallTorchStatus("build " + config.name, [&] {
+    c10::InferenceMode inference;
+    return model.Build();
+  }));
+  return model.registry_.Shapes();
+}
 
 LatentDiffusion::~LatentDiffusion() = default;
 
@@ -68,7 +79,7 @@ absl::Status LatentDiffusion::Build() {
   ParamScope root(&registry_, "");
   unet_ = std::make_unique<UNetModel>(config_.unet, root.Sub(kUNetPrefix));
   autoencoder_ =
-      std::make_unique<AutoencoderKL>(config_.ae, root.Sub(kAutoencoderPrefix));
+      std::make_unique<Autoencoder>(config_.ae, root.Sub(kAutoencoderPrefix));
   if (config_.text_encoder) {
     if (config_.text_encoder->dim != config_.unet.context_dim) {
       return absl::InvalidArgumentError(
@@ -221,8 +232,10 @@ absl::StatusOr<at::Tensor> LatentDiffusion::EncodeImages(
     const at::Tensor& images, const at::Tensor& noise) const {
   return CallTorch("encode images", [&] {
     c10::InferenceMode inference;
-    const DiagonalGaussian posterior = AutoencoderKL::Posterior(
-        autoencoder_->EncodeMoments(images.to(options_.device, options_.dtype)));
+    const at::Tensor encoded =
+        autoencoder_->EncodeMoments(images.to(options_.device, options_.dtype));
+    if (autoencoder_->is_vq()) return config_.scale_factor * encoded;
+    const DiagonalGaussian posterior = Autoencoder::Posterior(encoded);
     return config_.scale_factor *
            posterior.SampleWith(noise.to(options_.device, options_.dtype));
   });
@@ -237,8 +250,8 @@ LatentDiffusion::PrepareInpaint(const at::Tensor& image, const at::Tensor& mask,
     const at::Tensor device_mask = mask.to(options_.device, options_.dtype);
     result.masked_image =
         image.to(options_.device, options_.dtype) * (device_mask < 0.5);
-    result.mask_latent = at::upsample_nearest2d(
-        device_mask, {noise.size(2), noise.size(3)});
+    result.mask_latent =
+        at::upsample_nearest2d(device_mask, {noise.size(2), noise.size(3)});
     return absl::OkStatus();
   }));
   LDM_ASSIGN_OR_RETURN(result.masked_image_latent,
@@ -327,9 +340,9 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
 
 absl::StatusOr<at::Tensor> LatentDiffusion::DecodeToImages(
     const std::vector<at::Tensor>& latents) const {
-  LDM_ASSIGN_OR_RETURN(
-      at::Tensor joined,
-      CallTorch("decode", [&] { return at::cat(latents, 0); }));
+  LDM_ASSIGN_OR_RETURN(at::Tensor joined, CallTorch("decode", [&] {
+                         return at::cat(latents, 0);
+                       }));
   LDM_ASSIGN_OR_RETURN(at::Tensor images, DecodeLatents(joined));
   return CallTorch("decode", [&] {
     c10::InferenceMode inference;

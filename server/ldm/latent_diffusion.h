@@ -26,6 +26,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -80,6 +81,11 @@ class LatentDiffusion {
 
   ~LatentDiffusion();
 
+  // Every parameter `config` builds, with its shape, under the reference
+  // checkpoint key names; nothing is allocated.
+  static absl::StatusOr<std::map<std::string, std::vector<int64_t>>>
+  ExpectedParameters(const ModelConfig& config);
+
   // All parameters (as `dtype`) and the schedule, under the reference key
   // names, with the config in the file's metadata.
   absl::Status Save(const std::string& weights_path,
@@ -117,7 +123,8 @@ class LatentDiffusion {
 
   // Images [B, 3, H, W] in [-1, 1] -> latents in sampler space:
   // scale_factor * a sample of the posterior, with `noise` (N(0, 1) of the
-  // latent shape) for its randomness (get_first_stage_encoding).
+  // latent shape) for its randomness (get_first_stage_encoding); a VQ first
+  // stage's latent is deterministic and `noise` is unused.
   absl::StatusOr<at::Tensor> EncodeImages(const at::Tensor& images,
                                           const at::Tensor& noise) const;
 
@@ -150,18 +157,19 @@ class LatentDiffusion {
 
   // For tests and tools: the raw UNet and autoencoder.
   const UNetModel& unet() const { return *unet_; }
-  const AutoencoderKL& autoencoder() const { return *autoencoder_; }
+  const Autoencoder& autoencoder() const { return *autoencoder_; }
   const DiffusionSchedule& schedule() const { return *schedule_; }
 
  private:
-  LatentDiffusion(ModelConfig config, LoadOptions options);
+  LatentDiffusion(ModelConfig config, LoadOptions options,
+                  at::Device declare_on = at::kCPU);
   absl::Status Build();
 
   ModelConfig config_;
   LoadOptions options_;
   ParameterRegistry registry_;
   std::unique_ptr<UNetModel> unet_;
-  std::unique_ptr<AutoencoderKL> autoencoder_;
+  std::unique_ptr<Autoencoder> autoencoder_;
   std::unique_ptr<TextTransformer> text_encoder_;
   std::unique_ptr<WordTokenizer> tokenizer_;
   std::optional<DiffusionSchedule> schedule_;

@@ -68,6 +68,8 @@ absl::Status ParseUNet(const json& object, UNetConfig* unet) {
 }
 
 absl::Status ParseAutoencoder(const json& object, AutoencoderConfig* ae) {
+  LDM_READ(object, "kind", "ae", &ae->kind);
+  LDM_READ(object, "n_embed", "ae", &ae->n_embed);
   LDM_READ(object, "embed_dim", "ae", &ae->embed_dim);
   if (!object.contains("ddconfig")) {
     return absl::InvalidArgumentError("config ae: missing ddconfig");
@@ -82,6 +84,17 @@ absl::Status ParseAutoencoder(const json& object, AutoencoderConfig* ae) {
   LDM_READ(dd, "resolution", "ae.ddconfig", &ae->resolution);
   LDM_READ(dd, "z_channels", "ae.ddconfig", &ae->z_channels);
   LDM_READ(dd, "double_z", "ae.ddconfig", &ae->double_z);
+  LDM_READ(dd, "attn_type", "ae.ddconfig", &ae->attn_type);
+  if (ae->kind != "kl" && ae->kind != "vq") {
+    return absl::InvalidArgumentError("config ae.kind: kl or vq");
+  }
+  if (ae->kind == "vq" && ae->n_embed <= 0) {
+    return absl::InvalidArgumentError("config ae: vq needs n_embed > 0");
+  }
+  if (ae->attn_type != "vanilla" && ae->attn_type != "none") {
+    return absl::InvalidArgumentError(
+        "config ae.ddconfig.attn_type: vanilla or none");
+  }
   if (ae->ch_mult.empty() || ae->ch <= 0) {
     return absl::InvalidArgumentError("config ae.ddconfig: bad ch/ch_mult");
   }
@@ -201,7 +214,8 @@ std::string ModelConfigToJson(const ModelConfig& config) {
                    {"attn_resolutions", a.attn_resolutions},
                    {"resolution", a.resolution},
                    {"z_channels", a.z_channels},
-                   {"double_z", a.double_z}}}}}};
+                   {"double_z", a.double_z},
+                   {"attn_type", a.attn_type}}}}}};
   if (config.text_encoder) {
     const TextEncoderConfig& t = *config.text_encoder;
     root["text_encoder"] = {{"vocab", t.vocab},

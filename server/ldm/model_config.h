@@ -39,6 +39,11 @@ struct UNetConfig {
 };
 
 struct AutoencoderConfig {
+  // "kl": AutoencoderKL (diagonal Gaussian posterior); "vq": VQModelInterface
+  // (vector quantiser with `n_embed` codes, applied when decoding).
+  std::string kind = "kl";
+  int64_t n_embed = 0;
+  std::string attn_type = "vanilla";  // vanilla | none (no attention blocks)
   int64_t ch = 32;
   int64_t out_ch = 3;
   int64_t in_channels = 3;

@@ -33,7 +33,7 @@ std::string FewNames(const std::vector<std::string>& names) {
 void ParameterRegistry::Declare(const std::string& name,
                                 std::vector<int64_t> shape, at::Tensor* slot,
                                 Init init) {
-  *slot = at::zeros(shape);
+  *slot = at::zeros(shape, at::TensorOptions().device(device_));
   entries_.push_back(Entry{name, std::move(shape), slot, init});
 }
 
@@ -124,6 +124,12 @@ std::map<std::string, at::Tensor> ParameterRegistry::Named(
     named[prefix + entry.name] = *entry.slot;
   }
   return named;
+}
+
+std::map<std::string, std::vector<int64_t>> ParameterRegistry::Shapes() const {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const Entry& entry : entries_) shapes[entry.name] = entry.shape;
+  return shapes;
 }
 
 int64_t ParameterRegistry::NumElements() const {

@@ -33,6 +33,10 @@ class ParameterRegistry {
   // How a parameter is initialised when no checkpoint is loaded.
   enum class Init { kFanIn, kOnes, kZeros };
 
+  // Parameters are declared on `device`: the meta device lists a model's
+  // parameters without allocating them.
+  explicit ParameterRegistry(at::Device device = at::kCPU) : device_(device) {}
+
   // Declares the tensor at `slot` as parameter `name` with `shape`. The slot is
   // set to a zero tensor of that shape right away.
   void Declare(const std::string& name, std::vector<int64_t> shape,
@@ -56,6 +60,8 @@ class ParameterRegistry {
 
   // name -> tensor, for saving.
   std::map<std::string, at::Tensor> Named(const std::string& prefix) const;
+  // name -> shape.
+  std::map<std::string, std::vector<int64_t>> Shapes() const;
 
   int64_t NumElements() const;
   size_t size() const { return entries_.size(); }
@@ -67,6 +73,7 @@ class ParameterRegistry {
     at::Tensor* slot;
     Init init;
   };
+  at::Device device_;
   std::vector<Entry> entries_;
 };
 

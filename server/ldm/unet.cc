@@ -11,11 +11,29 @@ namespace {
 constexpr double kUNetNormEps = 1e-5;         // GroupNorm32 default.
 constexpr double kTransformerNormEps = 1e-6;  // attention.Normalize.
 
+// How a ResBlock resamples (resblock_updown): both its paths are pooled
+// (down) or nearest-upsampled (up) between the first norm and the conv.
+enum class Resample { kNone, kDown, kUp };
+
+at::Tensor ResampleWithoutConv(const at::Tensor& x, Resample resample) {
+  switch (resample) {
+    case Resample::kNone:
+      return x;
+    case Resample::kDown:
+      return at::avg_pool2d(x, {2, 2}, {2, 2});
+    case Resample::kUp:
+      return at::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2});
+  }
+  return x;
+}
+
 class ResBlock : public UNetLayer {
  public:
   ResBlock(const ParamScope& scope, int64_t channels, int64_t emb_channels,
-           int64_t out_channels, bool use_scale_shift_norm)
+           int64_t out_channels, bool use_scale_shift_norm,
+           Resample resample = Resample::kNone)
       : use_scale_shift_norm_(use_scale_shift_norm),
+        resample_(resample),
         in_norm_(scope.Sub("in_layers").Sub(0), 32, channels, kUNetNormEps),
         in_conv_(scope.Sub("in_layers").Sub(2), channels, out_channels, 3, 1,
                  1),
@@ -31,9 +49,11 @@ class ResBlock : public UNetLayer {
     }
   }
 
-  at::Tensor Forward(const at::Tensor& x, const at::Tensor& emb,
+  at::Tensor Forward(const at::Tensor& input, const at::Tensor& emb,
                      const at::Tensor&) const override {
-    at::Tensor h = in_conv_.Forward(at::silu(in_norm_.Forward(x)));
+    at::Tensor h = in_conv_.Forward(
+        ResampleWithoutConv(at::silu(in_norm_.Forward(input)), resample_));
+    const at::Tensor x = ResampleWithoutConv(input, resample_);
     at::Tensor emb_out = emb_linear_.Forward(at::silu(emb))
                              .to(h.scalar_type())
                              .unsqueeze(-1)
@@ -50,6 +70,7 @@ class ResBlock : public UNetLayer {
 
  private:
   bool use_scale_shift_norm_;
+  Resample resample_;
   GroupNorm in_norm_;
   Conv2d in_conv_;
   Linear emb_linear_;
@@ -334,8 +355,15 @@ UNetModel::UNetModel(const UNetConfig& config, const ParamScope& scope)
     if (level != levels - 1) {
       const ParamScope block_scope =
           inputs.Sub(static_cast<int>(input_blocks_.size()));
-      new_block(&input_blocks_)
-          .push_back(std::make_unique<Downsample>(block_scope.Sub(0), ch));
+      if (config.resblock_updown) {
+        new_block(&input_blocks_)
+            .push_back(std::make_unique<ResBlock>(
+                block_scope.Sub(0), ch, emb_dim, ch,
+                config.use_scale_shift_norm, Resample::kDown));
+      } else {
+        new_block(&input_blocks_)
+            .push_back(std::make_unique<Downsample>(block_scope.Sub(0), ch));
+      }
       skip_channels.push_back(ch);
       ds *= 2;
     }
@@ -364,8 +392,15 @@ UNetModel::UNetModel(const UNetConfig& config, const ParamScope& scope)
         block.push_back(MakeAttention(config, block_scope.Sub(1), ch));
       }
       if (level > 0 && i == config.num_res_blocks) {
-        block.push_back(std::make_unique<Upsample>(
-            block_scope.Sub(static_cast<int>(block.size())), ch));
+        const ParamScope upsample_scope =
+            block_scope.Sub(static_cast<int>(block.size()));
+        if (config.resblock_updown) {
+          block.push_back(std::make_unique<ResBlock>(
+              upsample_scope, ch, emb_dim, ch, config.use_scale_shift_norm,
+              Resample::kUp));
+        } else {
+          block.push_back(std::make_unique<Upsample>(upsample_scope, ch));
+        }
         ds /= 2;
       }
     }

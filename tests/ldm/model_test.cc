@@ -67,7 +67,7 @@ TEST(LatentDiffusionTest, AutoencoderRoundTripShapes) {
   at::Tensor image = at::rand({2, 3, 16, 24}) * 2 - 1;
   at::Tensor moments = model->autoencoder().EncodeMoments(image);
   EXPECT_EQ(moments.sizes(), (at::IntArrayRef{2, 8, 8, 12}));
-  DiagonalGaussian posterior = AutoencoderKL::Posterior(moments);
+  DiagonalGaussian posterior = Autoencoder::Posterior(moments);
   EXPECT_LE(posterior.logvar.max().item<float>(), 20.0f);
   at::Tensor decoded = model->autoencoder().Decode(posterior.mean);
   EXPECT_EQ(decoded.sizes(), image.sizes());
@@ -232,6 +232,41 @@ TEST(LatentDiffusionTest, LoadReportsMissingAndMisshapedTensors) {
   LoadOptions lenient;
   lenient.strict = false;
   EXPECT_TRUE(LatentDiffusion::Load(config_path, extra_path, lenient).ok());
+}
+
+TEST(AutoencoderTest, VqQuantisesToTheNearestCodeBeforeDecoding) {
+  ModelConfig config = testing::TinyTextToImageConfig();
+  config.ae.kind = "vq";
+  config.ae.n_embed = 16;
+  config.ae.embed_dim = 3;
+  config.ae.z_channels = 3;
+  config.ae.double_z = false;
+  config.unet.in_channels = config.unet.out_channels = 3;
+  auto model = LatentDiffusion::CreateRandom(config, 3);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Autoencoder& ae = (*model)->autoencoder();
+  const at::Tensor z = ae.EncodeMoments(at::rand({2, 3, 16, 16}) * 2 - 1);
+  EXPECT_EQ(z.sizes(), (at::IntArrayRef{2, 3, 8, 8}));
+  const at::Tensor quantized = ae.Quantize(z);
+  // Brute force: each position's nearest codebook row.
+  auto file_path = ::testing::TempDir() + "/vq.safetensors";
+  ASSERT_TRUE((*model)->Save(file_path).ok());
+  auto file = SafetensorsFile::Open(file_path);
+  const at::Tensor codebook =
+      *(*file)->Get("first_stage_model.quantize.embedding.weight");
+  const at::Tensor flat = z.permute({0, 2, 3, 1}).reshape({-1, 3});
+  const at::Tensor nearest =
+      codebook.index_select(0, at::cdist(flat, codebook).argmin(1));
+  EXPECT_TRUE(
+      at::allclose(quantized.permute({0, 2, 3, 1}).reshape({-1, 3}), nearest));
+  // Decoding quantises: z and its codes decode alike.
+  EXPECT_TRUE(at::allclose(ae.Decode(z), ae.Decode(quantized)));
+  // A VQ latent is deterministic: no posterior noise.
+  auto a = (*model)->EncodeImages(at::zeros({1, 3, 16, 16}),
+                                  at::randn({1, 3, 8, 8}));
+  auto b = (*model)->EncodeImages(at::zeros({1, 3, 16, 16}),
+                                  at::randn({1, 3, 8, 8}));
+  EXPECT_TRUE(at::equal(*a, *b));
 }
 
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {

@@ -167,9 +167,9 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Reproduce(
   LDM_ASSIGN_OR_RETURN(at::Tensor z_scaled, get("ae.decode.z_scaled"));
   LDM_ASSIGN_OR_RETURN(at::Tensor lowamp_z, get("ae.lowamp.decode.z"));
   LDM_RETURN_IF_ERROR(CallTorchStatus("autoencoder", [&] {
-    const AutoencoderKL& ae = model->autoencoder();
+    const Autoencoder& ae = model->autoencoder();
     const at::Tensor moments = ae.EncodeMoments(encode_x);
-    const DiagonalGaussian posterior = AutoencoderKL::Posterior(moments);
+    const DiagonalGaussian posterior = Autoencoder::Posterior(moments);
     out["ae.encode.moments"] = moments;
     out["ae.encode.mean"] = posterior.mean;
     out["ae.encode.logvar"] = posterior.logvar;

@@ -1,0 +1,107 @@
+// The shipped model configs build the reference architectures: for SD v1
+// every UNet and autoencoder key and shape of a real checkpoint
+// (../shared/golden/keys-sd15.txt), and the others build at all.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "server/ldm/latent_diffusion.h"
+#include "tests/ldm/test_util.h"
+
+namespace ldm {
+namespace {
+
+std::string ConfigPath(const std::string& name) {
+  return std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/" + name;
+}
+
+// key<TAB>[d0, d1, ...] lines; '#' comments.
+std::map<std::string, std::vector<int64_t>> ReadKeyFile(
+    const std::string& path) {
+  std::map<std::string, std::vector<int64_t>> keys;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> fields = absl::StrSplit(line, '\t');
+    if (fields.size() != 2) continue;
+    std::vector<int64_t> shape;
+    for (absl::string_view dim :
+         absl::StrSplit(fields[1].substr(1, fields[1].size() - 2), ", ",
+                        absl::SkipEmpty())) {
+      int64_t value = 0;
+      EXPECT_TRUE(absl::SimpleAtoi(dim, &value)) << line;
+      shape.push_back(value);
+    }
+    keys[fields[0]] = shape;
+  }
+  return keys;
+}
+
+TEST(ModelConfigsTest, SdV1BuildsEveryReferenceKeyAndShape) {
+  const std::string key_file = testing::GoldenDir() + "/keys-sd15.txt";
+  if (!std::filesystem::exists(key_file)) GTEST_SKIP() << "no " << key_file;
+  auto config = ReadModelConfig(ConfigPath("sd-v1.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto ours = LatentDiffusion::ExpectedParameters(*config);
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  std::map<std::string, std::vector<int64_t>> reference;
+  for (const auto& [key, shape] : ReadKeyFile(key_file)) {
+    if (absl::StartsWith(key, "model.diffusion_model.") ||
+        absl::StartsWith(key, "first_stage_model.")) {
+      reference[key] = shape;
+    }
+  }
+  EXPECT_EQ(reference.size(), 686u + 248u);
+  EXPECT_EQ(*ours, reference);
+}
+
+TEST(ModelConfigsTest, SdV1InpaintingDiffersOnlyInTheInputConv) {
+  auto plain = ReadModelConfig(ConfigPath("sd-v1.json"));
+  auto inpainting = ReadModelConfig(ConfigPath("sd-v1-inpainting.json"));
+  ASSERT_TRUE(plain.ok() && inpainting.ok());
+  auto a = LatentDiffusion::ExpectedParameters(*plain);
+  auto b = LatentDiffusion::ExpectedParameters(*inpainting);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size(), b->size());
+  const std::string conv = "model.diffusion_model.input_blocks.0.0.weight";
+  EXPECT_EQ(b->at(conv), (std::vector<int64_t>{320, 9, 3, 3}));
+  (*a)[conv] = b->at(conv);
+  EXPECT_EQ(*a, *b);
+}
+
+TEST(ModelConfigsTest, PaperVqModelsBuild) {
+  for (const char* name : {"ldm-sr-4x.json", "ldm-inpainting-big.json"}) {
+    SCOPED_TRACE(name);
+    auto config = ReadModelConfig(ConfigPath(name));
+    ASSERT_TRUE(config.ok()) << config.status();
+    auto params = LatentDiffusion::ExpectedParameters(*config);
+    ASSERT_TRUE(params.ok()) << params.status();
+    EXPECT_EQ(params->at("first_stage_model.quantize.embedding.weight"),
+              (std::vector<int64_t>{8192, 3}));
+    EXPECT_EQ(params->at("first_stage_model.quant_conv.weight"),
+              (std::vector<int64_t>{3, 3, 1, 1}));
+    EXPECT_EQ(params->at("model.diffusion_model.input_blocks.0.0.weight")[1],
+              config->unet.in_channels);
+  }
+  // attn_type "none" leaves the autoencoder without attention blocks.
+  auto big = ReadModelConfig(ConfigPath("ldm-inpainting-big.json"));
+  auto params = LatentDiffusion::ExpectedParameters(*big);
+  EXPECT_EQ(params->count("first_stage_model.encoder.mid.attn_1.q.weight"), 0u);
+  // resblock_updown: the downsampling block is a ResBlock.
+  EXPECT_EQ(params->count(
+                "model.diffusion_model.input_blocks.3.0.in_layers.2.weight"),
+            1u);
+}
+
+}  // namespace
+}  // namespace ldm
