@@ -2,6 +2,7 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -267,10 +268,86 @@ LatentDiffusion::PrepareInpaint(const at::Tensor& image, const at::Tensor& mask,
 
 absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatents(
     const at::Tensor& latents) const {
+  const TileOptions& tiles = options_.tiles;
+  if (tiles.max_untiled_latent_pixels > 0 &&
+      latents.size(2) * latents.size(3) > tiles.max_untiled_latent_pixels) {
+    return DecodeLatentsTiled(latents, tiles);
+  }
   return CallTorch("decode", [&] {
     c10::InferenceMode inference;
     return autoencoder_->Decode((1.0 / config_.scale_factor) *
                                 latents.to(options_.device, options_.dtype));
+  });
+}
+
+namespace {
+
+// Start offsets of tiles of `tile` covering `size` with `overlap`.
+std::vector<int64_t> TileStarts(int64_t size, int64_t tile, int64_t overlap) {
+  std::vector<int64_t> starts;
+  if (size <= tile) return {0};
+  const int64_t stride = std::max<int64_t>(1, tile - overlap);
+  for (int64_t start = 0;; start += stride) {
+    if (start + tile >= size) {
+      starts.push_back(size - tile);
+      break;
+    }
+    starts.push_back(start);
+  }
+  return starts;
+}
+
+// Blend weights along one axis of a tile at [start, start + length) of
+// `size`: ramps of `ramp` pixels up from a neighbour on each inner side.
+at::Tensor AxisWeights(int64_t start, int64_t length, int64_t size,
+                       int64_t ramp) {
+  at::Tensor weights = at::ones({length}, at::kFloat);
+  if (ramp <= 0) return weights;
+  const at::Tensor up =
+      (at::arange(ramp, at::kFloat) + 1) / static_cast<double>(ramp + 1);
+  if (start > 0) weights.slice(0, 0, ramp).copy_(up);
+  if (start + length < size) {
+    weights.slice(0, length - ramp, length).copy_(up.flip(0));
+  }
+  return weights;
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatentsTiled(
+    const at::Tensor& latents, const TileOptions& tiles) const {
+  return CallTorch("tiled decode", [&] {
+    c10::InferenceMode inference;
+    const at::Tensor z = (1.0 / config_.scale_factor) *
+                         latents.to(options_.device, options_.dtype);
+    const int64_t f = config_.ae.DownsamplingFactor();
+    const int64_t h = z.size(2), w = z.size(3);
+    const int64_t tile = std::max<int64_t>(1, tiles.tile);
+    const int64_t overlap = std::clamp<int64_t>(tiles.overlap, 0, tile - 1);
+    // Sum of weighted tiles and of weights, on the CPU in float32 so the
+    // device only ever holds one tile's activations.
+    at::Tensor sum = at::zeros({z.size(0), 3, h * f, w * f}, at::kFloat);
+    at::Tensor weight_sum = at::zeros({1, 1, h * f, w * f}, at::kFloat);
+    for (int64_t y : TileStarts(h, tile, overlap)) {
+      for (int64_t x : TileStarts(w, tile, overlap)) {
+        const int64_t th = std::min(tile, h), tw = std::min(tile, w);
+        const at::Tensor decoded =
+            autoencoder_->Decode(z.slice(2, y, y + th).slice(3, x, x + tw))
+                .to(at::kCPU, at::kFloat);
+        const at::Tensor weights =
+            at::outer(AxisWeights(y * f, th * f, h * f, overlap * f),
+                      AxisWeights(x * f, tw * f, w * f, overlap * f))
+                .unsqueeze(0)
+                .unsqueeze(0);
+        sum.slice(2, y * f, (y + th) * f)
+            .slice(3, x * f, (x + tw) * f)
+            .add_(decoded * weights);
+        weight_sum.slice(2, y * f, (y + th) * f)
+            .slice(3, x * f, (x + tw) * f)
+            .add_(weights);
+      }
+    }
+    return (sum / weight_sum).to(options_.device, options_.dtype);
   });
 }
 

@@ -44,10 +44,20 @@
 
 namespace ldm {
 
+// Large images are decoded (and encoded) tile by tile so that memory stays
+// bounded; tiles overlap and are blended with linear ramps.
+struct TileOptions {
+  int64_t tile = 64;     // Tile side in latent pixels.
+  int64_t overlap = 16;  // Overlap between neighbouring tiles, latent pixels.
+  // Latents with more pixels (h * w) than this are tiled; 0 = never.
+  int64_t max_untiled_latent_pixels = 96 * 96;
+};
+
 struct LoadOptions {
   at::Device device = at::kCPU;
   at::ScalarType dtype = at::kFloat;
   bool strict = true;
+  TileOptions tiles;
 };
 
 // One image's (or one batch's) progress through the denoising loop.
@@ -139,8 +149,11 @@ class LatentDiffusion {
       const at::Tensor& noise) const;
 
   // Latents in sampler space -> the decoder's output [B, 3, H, W] in about
-  // [-1, 1] (decode_first_stage).
+  // [-1, 1] (decode_first_stage); tiled past the load options' threshold.
   absl::StatusOr<at::Tensor> DecodeLatents(const at::Tensor& latents) const;
+  // The same, always in tiles of `tiles` (for tests and tools).
+  absl::StatusOr<at::Tensor> DecodeLatentsTiled(const at::Tensor& latents,
+                                                const TileOptions& tiles) const;
 
   // Latents, each [n_i, C, h, w] in sampler space, decoded in one batch ->
   // uint8 RGB [sum n_i, H, W, 3] on the CPU.

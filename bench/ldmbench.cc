@@ -1,0 +1,182 @@
+// ldmbench: engine speed and memory, printed as a table.
+//
+//   ldmbench [--config models/configs/sd-v1.json] [--sizes 256,512]
+//            [--device cpu|cuda] [--dtype f32|f16|bf16] [--repeats 3]
+//            [--threads N]
+//
+// For each config (repeatable; default: the shipped shapes-tiny at its
+// native size and SD v1 at 256 and 512) and image size it builds the model
+// with seeded random weights, then times one UNet call at batch 1 (no
+// guidance) and batch 2 (a CFG pair), and one autoencoder decode, reporting
+// the median of --repeats runs after a warm-up, the parameter bytes and the
+// process RSS. Figures go to docs/benchmarks.md with the machine's name.
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "server/ldm/latent_diffusion.h"
+#include "server/ldm/torch_boundary.h"
+
+namespace {
+
+double CurrentRssMiB() {
+  std::ifstream statm("/proc/self/statm");
+  long pages_total = 0, pages_resident = 0;
+  statm >> pages_total >> pages_resident;
+  return static_cast<double>(pages_resident) * sysconf(_SC_PAGESIZE) /
+         (1 << 20);
+}
+
+double PeakRssMiB() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+// Median wall time in ms of `fn` over `repeats` runs after one warm-up;
+// `fn` must synchronise (read a value back) so device work is counted.
+template <typename Fn>
+double MedianMs(int repeats, Fn&& fn) {
+  fn();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double, std::milli>(
+                        std::chrono::steady_clock::now() - start)
+                        .count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct Options {
+  std::vector<std::string> configs;
+  std::vector<int64_t> sizes;
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  int repeats = 3;
+  int threads = 0;
+};
+
+int Run(const Options& options) {
+  ldm::LoadOptions load;
+  load.device = at::Device(options.device);
+  load.dtype = options.dtype == "f16"    ? at::kHalf
+               : options.dtype == "bf16" ? at::kBFloat16
+                                         : at::kFloat;
+  std::printf("threads %d, device %s, dtype %s, repeats %d\n",
+              at::get_num_threads(), options.device.c_str(),
+              options.dtype.c_str(), options.repeats);
+  std::printf("%-14s %5s %10s %10s %12s %12s %12s %10s %10s\n", "model", "size",
+              "params(M)", "param MiB", "unet b1 ms", "unet cfg ms",
+              "decode ms", "RSS MiB", "peak MiB");
+  for (const std::string& path : options.configs) {
+    auto config = ldm::ReadModelConfig(path);
+    if (!config.ok()) {
+      std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
+      return 1;
+    }
+    const double rss_before = CurrentRssMiB();
+    auto model = ldm::LatentDiffusion::CreateRandom(*config, 1, load);
+    if (!model.ok()) {
+      std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
+      return 1;
+    }
+    const double param_mib = static_cast<double>((*model)->NumParameters()) *
+                             c10::elementSize(load.dtype) / (1 << 20);
+    const double rss_model = CurrentRssMiB() - rss_before;
+    std::vector<int64_t> sizes = options.sizes;
+    if (sizes.empty()) sizes = {config->native_height()};
+    c10::InferenceMode inference;
+    const int64_t f = config->ae.DownsamplingFactor();
+    for (int64_t size : sizes) {
+      const auto tensor_options =
+          at::TensorOptions().device(load.device).dtype(load.dtype);
+      const int64_t latent = size / f;
+      const int64_t ctx_dim = config->unet.context_dim;
+      auto unet_call = [&](int64_t batch) {
+        at::Tensor x = at::randn(
+            {batch, config->unet.in_channels, latent, latent}, tensor_options);
+        at::Tensor t =
+            at::full({batch}, 500.0f, at::TensorOptions().device(load.device));
+        at::Tensor context =
+            ctx_dim > 0
+                ? at::randn({batch, config->ctx_len, ctx_dim}, tensor_options)
+                : at::Tensor();
+        return MedianMs(options.repeats, [&] {
+          (*model)->unet().Forward(x, t, context).sum().item<float>();
+        });
+      };
+      const double unet_b1 = unet_call(1);
+      const double unet_cfg = unet_call(2);
+      at::Tensor z =
+          at::randn({1, config->ae.embed_dim, latent, latent}, tensor_options);
+      const double decode = MedianMs(options.repeats, [&] {
+        (*model)->autoencoder().Decode(z).sum().item<float>();
+      });
+      std::printf(
+          "%-14s %5lld %10.1f %10.1f %12.1f %12.1f %12.1f %10.0f %10.0f\n",
+          config->name.c_str(), static_cast<long long>(size),
+          (*model)->NumParameters() / 1e6, param_mib, unet_b1, unet_cfg, decode,
+          rss_model, PeakRssMiB());
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--config") {
+      options.configs.push_back(value);
+    } else if (flag == "--sizes") {
+      for (absl::string_view size : absl::StrSplit(value, ',')) {
+        int64_t parsed = 0;
+        if (absl::SimpleAtoi(size, &parsed)) options.sizes.push_back(parsed);
+      }
+    } else if (flag == "--device") {
+      options.device = value;
+    } else if (flag == "--dtype") {
+      options.dtype = value;
+    } else if (flag == "--repeats") {
+      options.repeats = std::max(1, std::stoi(value));
+    } else if (flag == "--threads") {
+      options.threads = std::stoi(value);
+    } else {
+      std::fprintf(stderr, "ldmbench: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  at::set_num_threads(options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  if (options.configs.empty()) {
+    options.configs = {
+        std::string(LDMSERVE_SOURCE_DIR) + "/models/shapes-tiny/config.json",
+        std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/sd-v1.json"};
+    if (options.sizes.empty()) options.sizes = {};
+  }
+  absl::Status status = ldm::CallTorchStatus("ldmbench", [&] {
+    return Run(options) == 0 ? absl::OkStatus() : absl::InternalError("failed");
+  });
+  if (!status.ok()) {
+    std::fprintf(stderr, "ldmbench: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

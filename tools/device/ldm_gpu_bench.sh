@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# On the GPU machine: builds server/ldm, its tests and ldmbench (service off)
+# against the machine's PyTorch, runs the model and parity tests, then
+# ldmbench on CUDA (f16 and f32) and on the machine's CPU. Log in $OUT/log.
+# Needs .deps/ (Debian's Abseil, nlohmann-json, GoogleTest unpacked) and
+# optionally .golden/ (a copy of the golden sets).
+set -uo pipefail
+root=$(pwd)
+out=${OUT:-/tmp}
+exec > >(tee "$out/log") 2>&1
+export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+build=/tmp/ldm-build
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DLDMSERVE_BUILD_SERVICE=OFF \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
+  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" >/dev/null 2>&1
+cmake --build "$build" -j16 2>&1 | grep -E "error|FAILED" | head -20
+(cd "$build" && LDM_GOLDEN_DIR="$root/.golden" ctest 2>&1 | tail -3)
+bench="$build/bench/ldmbench"
+sd=models/configs/sd-v1.json
+"$bench" --config "$sd" --sizes 256,512 --device cuda --dtype f16 --repeats 10
+"$bench" --config "$sd" --sizes 256,512 --device cuda --dtype f32 --repeats 5
+"$bench" --config models/shapes-tiny/config.json --device cuda --repeats 20
+"$bench" --config "$sd" --sizes 256 --device cpu --repeats 2 --threads 16
