@@ -149,7 +149,7 @@ int TextToImage(std::map<std::string, std::string> options) {
   auto model =
       ldm::LatentDiffusion::Load(options["config"], options["weights"], load);
   if (!model.ok()) return Error(model.status());
-  ldm::TextToImageJob job;
+  ldm::JobRequest job;
   job.prompt = options["prompt"];
   if (options.count("steps")) job.sampler.steps = std::stoi(options["steps"]);
   if (options.count("seed")) job.seed = std::stoull(options["seed"]);
@@ -158,10 +158,10 @@ int TextToImage(std::map<std::string, std::string> options) {
   }
   if (options.count("n")) job.num_images = std::stoi(options["n"]);
   // The first run warms up (allocators, kernels); the second is timed.
-  auto images = ldm::RunTextToImage(**model, job);
+  auto images = ldm::RunJob(**model, job);
   if (!images.ok()) return Error(images.status());
   const auto start = std::chrono::steady_clock::now();
-  images = ldm::RunTextToImage(**model, job);
+  images = ldm::RunJob(**model, job);
   if (!images.ok()) return Error(images.status());
   std::printf(
       "txt2img: %d image(s), %d steps on %s in %.3f s\n", job.num_images,

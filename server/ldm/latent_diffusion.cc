@@ -198,7 +198,7 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
 absl::StatusOr<ImageTask> LatentDiffusion::NewImageTask(
     uint64_t seed, int64_t latent_height, int64_t latent_width,
     const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond,
-    at::Tensor concat) const {
+    at::Tensor concat, const at::Tensor& init_latent) const {
   ImageTask task;
   LDM_RETURN_IF_ERROR(CallTorchStatus("new image task", [&]() -> absl::Status {
     c10::InferenceMode inference;
@@ -209,7 +209,7 @@ absl::StatusOr<ImageTask> LatentDiffusion::NewImageTask(
         at::TensorOptions().dtype(options_.dtype).device(options_.device));
     LDM_ASSIGN_OR_RETURN(task.sampler,
                          MakeSampler(sampler, *schedule_, std::move(noise),
-                                     std::move(generator)));
+                                     std::move(generator), init_latent));
     return absl::OkStatus();
   }));
   task.cond = std::move(cond);
@@ -259,8 +259,12 @@ LatentDiffusion::PrepareInpaint(const at::Tensor& image, const at::Tensor& mask,
                        EncodeImages(result.masked_image, noise));
   LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint conditioning", [&] {
     c10::InferenceMode inference;
+    // runwayml's SD inpainting (hybrid) puts the mask first; the paper's
+    // concat-conditioned LDM inpainting model the masked image's latent.
     result.c_concat =
-        at::cat({result.mask_latent, result.masked_image_latent}, 1);
+        config_.conditioning_key == "hybrid"
+            ? at::cat({result.mask_latent, result.masked_image_latent}, 1)
+            : at::cat({result.masked_image_latent, result.mask_latent}, 1);
     return absl::OkStatus();
   }));
   return result;
@@ -356,6 +360,16 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
   if (tasks.empty()) return absl::OkStatus();
   return CallTorchStatus("denoise step", [&] {
     c10::InferenceMode inference;
+    for (ImageTask* task : tasks) {
+      if (!task->blend || !task->sampler->at_step_start()) continue;
+      ImageTask::Blend& blend = *task->blend;
+      const at::Tensor noise = StandardNormal(
+          blend.known.sizes(), blend.generator, blend.known.options());
+      const at::Tensor noised =
+          task->sampler->NoisedToCurrentLevel(blend.known, noise);
+      task->sampler->ReplaceLatent(noised * blend.keep +
+                                   task->sampler->latent() * (1 - blend.keep));
+    }
     std::vector<at::Tensor> inputs, contexts;
     std::vector<float> timesteps;
     for (ImageTask* task : tasks) {
@@ -438,32 +452,151 @@ absl::StatusOr<at::Tensor> LatentDiffusion::PreviewImage(
   });
 }
 
-absl::StatusOr<at::Tensor> RunTextToImage(const LatentDiffusion& model,
-                                          const TextToImageJob& job) {
-  const ModelConfig& config = model.config();
-  const int64_t height =
-      job.latent_height > 0 ? job.latent_height : config.latent_height;
-  const int64_t width =
-      job.latent_width > 0 ? job.latent_width : config.latent_width;
-  LDM_ASSIGN_OR_RETURN(TextConditioning text,
-                       model.EncodeText({job.negative_prompt, job.prompt}));
-  std::vector<ImageTask> tasks;
-  for (int i = 0; i < job.num_images; ++i) {
-    LDM_ASSIGN_OR_RETURN(
-        ImageTask task,
-        model.NewImageTask(job.seed + i, height, width, job.sampler,
-                           text.context.slice(0, 1, 2),
-                           text.context.slice(0, 0, 1)));
-    tasks.push_back(std::move(task));
+namespace {
+
+// A generator for an image's encoder noise, independent of its sampler's.
+at::Generator EncoderGenerator(uint64_t image_seed) {
+  return MakeGenerator(image_seed ^ 0x9E3779B97F4A7C15ull);
+}
+
+}  // namespace
+
+absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
+    const JobRequest& request) const {
+  PreparedJob job;
+  const int64_t f = config_.ae.DownsamplingFactor();
+  const at::Tensor& pixels =
+      request.init_image.defined()      ? request.init_image
+      : request.inpaint_image.defined() ? request.inpaint_image
+                                        : at::Tensor();
+  int64_t height = request.latent_height > 0 ? request.latent_height
+                                             : config_.latent_height;
+  int64_t width =
+      request.latent_width > 0 ? request.latent_width : config_.latent_width;
+  if (pixels.defined()) {
+    height = pixels.size(2) / f;
+    width = pixels.size(3) / f;
+  } else if (request.low_res.defined()) {
+    height = request.low_res.size(2);
+    width = request.low_res.size(3);
   }
+  const bool dedicated_inpaint = config_.kind == "inpaint";
+  if (request.inpaint_image.defined() != request.inpaint_mask.defined()) {
+    return absl::InvalidArgumentError("inpainting needs an image and a mask");
+  }
+  if (dedicated_inpaint && !request.inpaint_image.defined()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", config_.name, " is an inpainting model: give it an image "
+        "and a mask"));
+  }
+  if (config_.kind == "sr" && !request.low_res.defined()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", config_.name, " upscales: give it a low-resolution image"));
+  }
+
+  at::Tensor cond, uncond;
+  if (text_encoder_) {
+    LDM_ASSIGN_OR_RETURN(TextConditioning text,
+                         EncodeText({request.negative_prompt, request.prompt}));
+    job.warnings = text.warnings;
+    cond = text.context.slice(0, 1, 2);
+    uncond = text.context.slice(0, 0, 1);
+  }
+  if (request.inpaint_image.defined()) {
+    LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint", [&] {
+      c10::InferenceMode inference;
+      // Rounded, not truncated: pixels that came in as bytes go out as the
+      // same bytes.
+      job.original_u8 = at::round((request.inpaint_image[0] + 1.0) * 127.5)
+                            .clamp(0, 255)
+                            .to(at::kByte)
+                            .permute({1, 2, 0})
+                            .contiguous()
+                            .to(at::kCPU);
+      job.keep_pixels = (request.inpaint_mask[0][0] < 0.5).to(at::kCPU);
+      return absl::OkStatus();
+    }));
+  }
+
+  const at::TensorOptions latent_options =
+      at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  for (int i = 0; i < request.num_images; ++i) {
+    const uint64_t seed = request.seed + static_cast<uint64_t>(i);
+    at::Generator encoder_generator = EncoderGenerator(seed);
+    auto encoder_noise = [&]() -> absl::StatusOr<at::Tensor> {
+      return CallTorch("noise", [&] {
+        c10::InferenceMode inference;
+        return StandardNormal({1, config_.ae.embed_dim, height, width},
+                              encoder_generator, latent_options);
+      });
+    };
+    at::Tensor concat, init_latent;
+    std::optional<ImageTask::Blend> blend;
+    if (request.init_image.defined()) {
+      LDM_ASSIGN_OR_RETURN(at::Tensor noise, encoder_noise());
+      LDM_ASSIGN_OR_RETURN(init_latent,
+                           EncodeImages(request.init_image, noise));
+    }
+    if (request.inpaint_image.defined()) {
+      LDM_ASSIGN_OR_RETURN(at::Tensor noise, encoder_noise());
+      if (dedicated_inpaint) {
+        LDM_ASSIGN_OR_RETURN(
+            InpaintConditioning prep,
+            PrepareInpaint(request.inpaint_image, request.inpaint_mask, noise));
+        concat = prep.c_concat;
+      } else {
+        LDM_ASSIGN_OR_RETURN(at::Tensor known,
+                             EncodeImages(request.inpaint_image, noise));
+        LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint", [&] {
+          c10::InferenceMode inference;
+          const at::Tensor repaint = at::upsample_nearest2d(
+              request.inpaint_mask.to(options_.device, options_.dtype),
+              {height, width});
+          blend = ImageTask::Blend{1 - (repaint >= 0.5).to(options_.dtype),
+                                   known,
+                                   MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
+          return absl::OkStatus();
+        }));
+      }
+    }
+    if (request.low_res.defined()) {
+      concat = request.low_res.to(options_.device, options_.dtype);
+    }
+    LDM_ASSIGN_OR_RETURN(ImageTask task,
+                         NewImageTask(seed, height, width, request.sampler,
+                                      cond, uncond, concat, init_latent));
+    task.blend = std::move(blend);
+    job.images.push_back(std::move(task));
+  }
+  return job;
+}
+
+absl::StatusOr<at::Tensor> LatentDiffusion::FinishImages(
+    const PreparedJob& job, at::Tensor images) const {
+  if (!job.keep_pixels.defined()) return images;
+  return CallTorch("composite", [&] {
+    if (images.size(1) != job.keep_pixels.size(0) ||
+        images.size(2) != job.keep_pixels.size(1)) {
+      return images;
+    }
+    // The unmasked region is the input, pixel for pixel.
+    const at::Tensor keep = job.keep_pixels.unsqueeze(0).unsqueeze(-1);
+    return at::where(keep, job.original_u8.unsqueeze(0), images);
+  });
+}
+
+absl::StatusOr<at::Tensor> RunJob(const LatentDiffusion& model,
+                                  const JobRequest& request) {
+  LDM_ASSIGN_OR_RETURN(PreparedJob job, model.PrepareJob(request));
   std::vector<ImageTask*> pointers;
-  for (ImageTask& task : tasks) pointers.push_back(&task);
-  while (!tasks.front().sampler->done()) {
+  for (ImageTask& task : job.images) pointers.push_back(&task);
+  while (!job.images.front().sampler->done()) {
     LDM_RETURN_IF_ERROR(model.DenoiseStep(pointers));
   }
   std::vector<at::Tensor> latents;
-  for (ImageTask& task : tasks) latents.push_back(task.sampler->latent());
-  return model.DecodeToImages(latents);
+  for (ImageTask& task : job.images) latents.push_back(task.sampler->latent());
+  LDM_ASSIGN_OR_RETURN(at::Tensor images, model.DecodeToImages(latents));
+  return model.FinishImages(job, std::move(images));
 }
 
 }  // namespace ldm

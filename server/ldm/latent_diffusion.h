@@ -19,7 +19,7 @@
 // Example:
 //   LDM_ASSIGN_OR_RETURN(auto model, LatentDiffusion::Load(config, weights));
 //   LDM_ASSIGN_OR_RETURN(at::Tensor images,
-//                        RunTextToImage(*model, {.prompt = "a red circle"}));
+//                        RunJob(*model, {.prompt = "a red circle"}));
 #ifndef LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_
 #define LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_
 
@@ -69,11 +69,55 @@ struct ImageTask {
   // and "hybrid" conditioning: masked-image latent and mask, low-res image).
   at::Tensor concat;
   float guidance_scale = 1.0f;
+  // Inpainting with a plain model: before each step the kept region
+  // (keep = 1, latent resolution) is reset to `known` noised to the step's
+  // level, as the reference DDIM sampler's mask/x0 arguments do.
+  struct Blend {
+    at::Tensor keep;
+    at::Tensor known;
+    at::Generator generator;
+  };
+  std::optional<Blend> blend;
 };
 
 struct TextConditioning {
   at::Tensor context;  // [B, L, D]
   std::vector<std::string> warnings;
+};
+
+// Everything one job asks of the model. Which pipeline runs follows from the
+// inputs given and the model's conditioning:
+//   text only                          text-to-image
+//   init_image                         image-to-image (sampler.strength)
+//   inpaint_image + inpaint_mask       inpainting: concat/hybrid-conditioned
+//                                      models get the masked image as
+//                                      conditioning; plain models blend the
+//                                      known region in latent space at every
+//                                      step; either way the unmasked pixels
+//                                      are pasted back after decoding
+//   low_res                            super-resolution (concat models)
+// Images are [1, 3, H, W] in [-1, 1]; the mask [1, 1, H, W], 1 = repaint.
+struct JobRequest {
+  std::string prompt;
+  std::string negative_prompt;
+  SamplerOptions sampler;
+  uint64_t seed = 1;  // Image i uses seed + i.
+  int num_images = 1;
+  int64_t latent_height = 0;  // 0 = from the input image or native.
+  int64_t latent_width = 0;
+  at::Tensor init_image;
+  at::Tensor inpaint_image;
+  at::Tensor inpaint_mask;
+  at::Tensor low_res;
+};
+
+// A job ready for the denoising loop, and what finishing it needs.
+struct PreparedJob {
+  std::vector<ImageTask> images;
+  std::vector<std::string> warnings;
+  // Inpainting: uint8 [H, W, 3] original and bool [H, W] pixels to keep.
+  at::Tensor original_u8;
+  at::Tensor keep_pixels;
 };
 
 class LatentDiffusion {
@@ -112,11 +156,11 @@ class LatentDiffusion {
   // A fresh image task: noise x_T of [1, C, h, w] from `seed` and the
   // sampler `sampler` asks for. `cond`/`uncond` are rows of EncodeText
   // results; `concat` is the concat conditioning, if the model has one.
-  absl::StatusOr<ImageTask> NewImageTask(uint64_t seed, int64_t latent_height,
-                                         int64_t latent_width,
-                                         const SamplerOptions& sampler,
-                                         at::Tensor cond, at::Tensor uncond,
-                                         at::Tensor concat = {}) const;
+  // With `init_latent` the sampler starts part-way (img2img strength).
+  absl::StatusOr<ImageTask> NewImageTask(
+      uint64_t seed, int64_t latent_height, int64_t latent_width,
+      const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond,
+      at::Tensor concat = {}, const at::Tensor& init_latent = {}) const;
 
   // Runs one denoising step for every task in one batched UNet call
   // (conditional and unconditional rows of guided tasks included) and
@@ -164,6 +208,13 @@ class LatentDiffusion {
   // truncated, as [B, H, W, 3] on the CPU.
   static at::Tensor ToUint8Images(const at::Tensor& images);
 
+  // Encodes a job's conditioning and creates one ImageTask per image.
+  absl::StatusOr<PreparedJob> PrepareJob(const JobRequest& request) const;
+  // Decoded uint8 images [n, H, W, 3] of `job` -> the job's final images
+  // (inpainting pastes the kept pixels back).
+  absl::StatusOr<at::Tensor> FinishImages(const PreparedJob& job,
+                                          at::Tensor images) const;
+
   // A cheap preview of a latent [1, C, h, w]: a fixed linear projection of
   // the latent channels to RGB, uint8 [h, w, 3], no decoder involved.
   absl::StatusOr<at::Tensor> PreviewImage(const at::Tensor& latent) const;
@@ -188,20 +239,10 @@ class LatentDiffusion {
   std::optional<DiffusionSchedule> schedule_;
 };
 
-struct TextToImageJob {
-  std::string prompt;
-  std::string negative_prompt;
-  SamplerOptions sampler;
-  uint64_t seed = 1;
-  int num_images = 1;
-  int64_t latent_height = 0;  // 0 = the model's native size.
-  int64_t latent_width = 0;
-};
-
-// A whole text-to-image job run alone, stage after stage: the reference
-// result that batched serving must reproduce. Returns uint8 [N, H, W, 3].
-absl::StatusOr<at::Tensor> RunTextToImage(const LatentDiffusion& model,
-                                          const TextToImageJob& job);
+// A whole job run alone, stage after stage: the reference result that
+// batched serving must reproduce. Returns uint8 [N, H, W, 3].
+absl::StatusOr<at::Tensor> RunJob(const LatentDiffusion& model,
+                                  const JobRequest& request);
 
 }  // namespace ldm
 

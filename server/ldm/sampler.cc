@@ -37,6 +37,12 @@ at::Tensor Sampler::DrawNoise() {
   return StandardNormal(x_.sizes(), generator_, x_.options());
 }
 
+at::Tensor Sampler::NoisedToCurrentLevel(const at::Tensor& x0,
+                                         const at::Tensor& noise) const {
+  const double a = schedule_->AlphaCumprodAt(timestep());
+  return std::sqrt(a) * x0 + std::sqrt(1.0 - a) * noise;
+}
+
 std::vector<int64_t> DdimTimesteps(int64_t num_train_timesteps, int steps,
                                    bool quadratic) {
   std::vector<int64_t> timesteps;
@@ -63,7 +69,7 @@ std::vector<int64_t> DdimTimesteps(int64_t num_train_timesteps, int steps,
 DdimSampler::DdimSampler(const DiffusionSchedule& schedule,
                          std::vector<int64_t> timesteps, double eta,
                          at::Tensor x, at::Generator generator, int first_steps)
-    : Sampler(std::move(x), std::move(generator)),
+    : Sampler(schedule, std::move(x), std::move(generator)),
       timesteps_(std::move(timesteps)) {
   for (size_t i = 0; i < timesteps_.size(); ++i) {
     const float a = schedule.alphas_cumprod(timesteps_[i]);
@@ -106,7 +112,7 @@ void DdimSampler::Step(const at::Tensor& eps) {
 PlmsSampler::PlmsSampler(const DiffusionSchedule& schedule,
                          std::vector<int64_t> timesteps, at::Tensor x,
                          at::Generator generator)
-    : Sampler(std::move(x), std::move(generator)),
+    : Sampler(schedule, std::move(x), std::move(generator)),
       timesteps_(std::move(timesteps)) {
   for (size_t i = 0; i < timesteps_.size(); ++i) {
     alphas_.push_back(schedule.alphas_cumprod(timesteps_[i]));
@@ -168,7 +174,7 @@ void PlmsSampler::Step(const at::Tensor& eps) {
 DdpmSampler::DdpmSampler(const DiffusionSchedule& schedule,
                          std::vector<int64_t> timesteps_descending,
                          at::Tensor x, at::Generator generator)
-    : Sampler(std::move(x), std::move(generator)),
+    : Sampler(schedule, std::move(x), std::move(generator)),
       timesteps_(std::move(timesteps_descending)) {
   for (size_t i = 0; i < timesteps_.size(); ++i) {
     const double a = schedule.alphas_cumprod_f64(timesteps_[i]);
@@ -208,10 +214,15 @@ void DdpmSampler::Step(const at::Tensor& eps) {
 
 KarrasStyleSampler::KarrasStyleSampler(const DiffusionSchedule& schedule,
                                        int steps, at::Tensor unit_noise,
-                                       at::Generator generator)
-    : Sampler(std::move(unit_noise), std::move(generator)) {
+                                       at::Generator generator,
+                                       const at::Tensor& init_latent,
+                                       int first_steps)
+    : Sampler(schedule, std::move(unit_noise), std::move(generator)) {
   const double t_max = static_cast<double>(schedule.timesteps() - 1);
-  for (int i = 0; i < steps; ++i) {
+  const int skip = init_latent.defined() && first_steps > 0
+                       ? std::max(0, steps - first_steps)
+                       : 0;
+  for (int i = skip; i < steps; ++i) {
     const double t = steps == 1
                          ? t_max
                          : t_max - static_cast<double>(i) * t_max / (steps - 1);
@@ -219,7 +230,18 @@ KarrasStyleSampler::KarrasStyleSampler(const DiffusionSchedule& schedule,
     sigmas_.push_back(schedule.SigmaForTimestep(t));
   }
   sigmas_.push_back(0.0);
-  x_ = x_ * sigmas_[0];
+  x_ = init_latent.defined() ? init_latent + x_ * sigmas_[0]
+                             : x_ * sigmas_[0];
+  PrepareInput();
+}
+
+at::Tensor KarrasStyleSampler::NoisedToCurrentLevel(
+    const at::Tensor& x0, const at::Tensor& noise) const {
+  return x0 + noise * sigmas_[steps_done_];
+}
+
+void KarrasStyleSampler::ReplaceLatent(at::Tensor x) {
+  x_ = std::move(x);
   PrepareInput();
 }
 
@@ -270,33 +292,65 @@ void DpmSolverPP2MSampler::Advance(const at::Tensor& denoised, int i) {
 
 absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
     const SamplerOptions& options, const DiffusionSchedule& schedule,
-    at::Tensor noise, at::Generator generator) {
+    at::Tensor noise, at::Generator generator,
+    const at::Tensor& init_latent) {
   if (options.steps < 1) {
     return absl::InvalidArgumentError("sampler: steps must be >= 1");
   }
-  const std::vector<int64_t> uniform =
+  if (!(options.strength > 0.0 && options.strength <= 1.0)) {
+    return absl::InvalidArgumentError("sampler: strength must be in (0, 1]");
+  }
+  std::vector<int64_t> uniform =
       DdimTimesteps(schedule.timesteps(), options.steps);
+  // img2img: run the first t_enc entries of the (ascending) timesteps,
+  // i.e. the last t_enc steps, as the reference's img2img.py.
+  const bool partial = init_latent.defined() && options.strength < 1.0;
+  const int count = static_cast<int>(uniform.size());
+  const int t_enc =
+      partial ? std::clamp(static_cast<int>(options.strength * count), 1, count)
+              : count;
+  if (partial) {
+    // DDIM's reference noising index is t_enc (one past the first step it
+    // runs); at t_enc == count the last index stands in.
+    const DdimSampler encoder(schedule, uniform, 0.0, init_latent,
+                              MakeGenerator(0));
+    const int index = std::min(t_enc, count - 1);
+    if (options.kind == SamplerKind::kDdim ||
+        options.kind == SamplerKind::kPlms) {
+      noise = encoder.NoiseTo(index, init_latent, noise);
+    }
+  }
   switch (options.kind) {
     case SamplerKind::kDdim:
       return std::make_unique<DdimSampler>(schedule, uniform, options.eta,
                                            std::move(noise),
-                                           std::move(generator));
+                                           std::move(generator), t_enc);
     case SamplerKind::kPlms:
       if (options.eta != 0.0) {
         return absl::InvalidArgumentError("sampler: PLMS needs eta = 0");
       }
+      uniform.resize(t_enc);
       return std::make_unique<PlmsSampler>(schedule, uniform, std::move(noise),
                                            std::move(generator));
-    case SamplerKind::kDdpm:
+    case SamplerKind::kDdpm: {
+      uniform.resize(t_enc);
+      if (partial) {
+        // Noised exactly to the first timestep it denoises.
+        const double a = schedule.alphas_cumprod_f64(uniform.back());
+        noise = std::sqrt(a) * init_latent + std::sqrt(1.0 - a) * noise;
+      }
       return std::make_unique<DdpmSampler>(
           schedule, std::vector<int64_t>(uniform.rbegin(), uniform.rend()),
           std::move(noise), std::move(generator));
+    }
     case SamplerKind::kEulerAncestral:
       return std::make_unique<EulerAncestralSampler>(
-          schedule, options.steps, std::move(noise), std::move(generator));
+          schedule, options.steps, std::move(noise), std::move(generator),
+          partial ? init_latent : at::Tensor(), t_enc);
     case SamplerKind::kDpmSolverPP2M:
       return std::make_unique<DpmSolverPP2MSampler>(
-          schedule, options.steps, std::move(noise), std::move(generator));
+          schedule, options.steps, std::move(noise), std::move(generator),
+          partial ? init_latent : at::Tensor(), t_enc);
   }
   return absl::InvalidArgumentError("sampler: unknown kind");
 }

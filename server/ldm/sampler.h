@@ -46,12 +46,19 @@ struct SamplerOptions {
   int steps = 25;
   double eta = 0.0;  // DDIM only; PLMS requires 0.
   float guidance_scale = 7.5f;
+  // img2img: with an initial latent, run only the last int(strength * steps)
+  // steps from it, noised to that level (1 = start from pure noise).
+  double strength = 1.0;
 };
 
 class Sampler {
  public:
-  Sampler(at::Tensor x, at::Generator generator)
-      : x_(std::move(x)), generator_(std::move(generator)) {}
+  // `schedule` must outlive the sampler.
+  Sampler(const DiffusionSchedule& schedule, at::Tensor x,
+          at::Generator generator)
+      : schedule_(&schedule),
+        x_(std::move(x)),
+        generator_(std::move(generator)) {}
   virtual ~Sampler() = default;
 
   // Steps in all (PLMS's first step makes two model calls but is one step).
@@ -68,6 +75,16 @@ class Sampler {
   // Takes the noise prediction for model_input() at timestep().
   virtual void Step(const at::Tensor& eps) = 0;
 
+  // Inpainting by blending: false between the model calls of one step
+  // (PLMS's first step), when the latent must not be replaced.
+  virtual bool at_step_start() const { return true; }
+  // `x0` noised to the level of the next step, with `noise` (the reference's
+  // q_sample at the current timestep), in the sampler's own space.
+  virtual at::Tensor NoisedToCurrentLevel(const at::Tensor& x0,
+                                          const at::Tensor& noise) const;
+  // Replaces the current latent (same shape).
+  virtual void ReplaceLatent(at::Tensor x) { x_ = std::move(x); }
+
   // The next stochastic update uses `noise` instead of the generator
   // (reproducing a reference run's stored draws).
   void SetNextNoise(at::Tensor noise) { next_noise_ = std::move(noise); }
@@ -75,6 +92,7 @@ class Sampler {
  protected:
   at::Tensor DrawNoise();
 
+  const DiffusionSchedule* schedule_;
   at::Tensor x_;
   at::Tensor pred_x0_;
   int steps_done_ = 0;
@@ -134,6 +152,7 @@ class PlmsSampler : public Sampler {
   const at::Tensor& model_input() const override {
     return second_call_ ? x_probe_ : x_;
   }
+  bool at_step_start() const override { return !second_call_; }
   double timestep() const override;
   void Step(const at::Tensor& eps) override;
 
@@ -183,14 +202,20 @@ class DdpmSampler : public Sampler {
 // sigma(linspace(T - 1, 0, steps)) then 0.
 class KarrasStyleSampler : public Sampler {
  public:
+  // With `init_latent`, only the last `first_steps` of the `steps` sigmas
+  // run, from init_latent + sigma * unit_noise.
   KarrasStyleSampler(const DiffusionSchedule& schedule, int steps,
-                     at::Tensor unit_noise, at::Generator generator);
+                     at::Tensor unit_noise, at::Generator generator,
+                     const at::Tensor& init_latent = {}, int first_steps = 0);
   int total_steps() const override {
     return static_cast<int>(sigmas_.size()) - 1;
   }
   const at::Tensor& model_input() const override { return scaled_input_; }
   double timestep() const override { return timesteps_[steps_done_]; }
   void Step(const at::Tensor& eps) override;
+  at::Tensor NoisedToCurrentLevel(const at::Tensor& x0,
+                                  const at::Tensor& noise) const override;
+  void ReplaceLatent(at::Tensor x) override;
 
  protected:
   // Advances x_ from sigmas_[i] to sigmas_[i + 1] given `denoised`.
@@ -220,10 +245,15 @@ class DpmSolverPP2MSampler : public KarrasStyleSampler {
   at::Tensor old_denoised_;
 };
 
-// The sampler `options` ask for, starting from unit Gaussian `noise`.
+// The sampler `options` ask for, starting from unit Gaussian `noise`, or,
+// with `init_latent` and strength < 1, from init_latent noised to the level
+// of the first step that runs (img2img). DDIM follows the reference's
+// img2img exactly: t_enc = int(strength * steps), noised to DDIM index t_enc,
+// denoised from index t_enc - 1.
 absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
     const SamplerOptions& options, const DiffusionSchedule& schedule,
-    at::Tensor noise, at::Generator generator);
+    at::Tensor noise, at::Generator generator,
+    const at::Tensor& init_latent = {});
 
 }  // namespace ldm
 

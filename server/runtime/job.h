@@ -38,13 +38,7 @@ const char* TaskKindName(TaskKind kind);
 struct JobSpec {
   std::string model_name;  // As the registry names it.
   TaskKind task = TaskKind::kTextToImage;
-  std::string prompt;
-  std::string negative_prompt;
-  ldm::SamplerOptions sampler;
-  uint64_t seed = 1;
-  int num_images = 1;
-  int64_t latent_height = 0;
-  int64_t latent_width = 0;
+  ldm::JobRequest request;  // Latent size resolved (never 0).
   int preview_every = 0;   // 0 = no previews.
   int progress_every = 1;  // The last step is always reported.
   std::string client_request_id;
@@ -107,8 +101,7 @@ class Job {
 
   // Worker-owned running state.
   struct Running {
-    std::vector<ldm::ImageTask> images;
-    std::vector<std::string> warnings;
+    ldm::PreparedJob prepared;
     absl::Time started_at;
     StageTimings timings;
   };

@@ -153,6 +153,15 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
       break;
     }
   }
+  if (found == nullptr && name.empty()) {
+    // No declared default: the first model that can run the task.
+    for (const auto& model : models_) {
+      if (Has(model->entry.tasks, task)) {
+        found = model.get();
+        break;
+      }
+    }
+  }
   if (found == nullptr) {
     if (name.empty()) {
       return absl::NotFoundError(absl::StrCat("no default model for task ",

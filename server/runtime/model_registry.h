@@ -60,8 +60,8 @@ class ModelRegistry {
     std::unique_ptr<ldm::LatentDiffusion> model;
   };
 
-  // The ready model named `name`, or the default for `task` when `name` is
-  // empty. NOT_FOUND for unknown names, UNAVAILABLE while loading or failed,
+  // The ready model named `name`, or, when `name` is empty, the default for
+  // `task` (else the first model that can run it). NOT_FOUND for unknown names, UNAVAILABLE while loading or failed,
   // FAILED_PRECONDITION when it cannot run `task`.
   absl::StatusOr<const Model*> Find(const std::string& name,
                                     TaskKind task) const;

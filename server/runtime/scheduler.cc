@@ -12,13 +12,13 @@ namespace {
 
 bool SameBatchKey(const Job& a, const Job& b) {
   return &a.model() == &b.model() &&
-         a.spec().latent_height == b.spec().latent_height &&
-         a.spec().latent_width == b.spec().latent_width;
+         a.spec().request.latent_height == b.spec().request.latent_height &&
+         a.spec().request.latent_width == b.spec().request.latent_width;
 }
 
 int ImagesOf(const std::vector<std::shared_ptr<Job>>& jobs) {
   int images = 0;
-  for (const auto& job : jobs) images += job->spec().num_images;
+  for (const auto& job : jobs) images += job->spec().request.num_images;
   return images;
 }
 
@@ -120,10 +120,11 @@ std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
     const std::shared_ptr<Job>& head = queue_.front();
     if (key != nullptr && !SameBatchKey(*key, *head)) break;
     if (images > 0 &&
-        images + head->spec().num_images > options_.max_batch_images) {
+        images + head->spec().request.num_images >
+            options_.max_batch_images) {
       break;
     }
-    images += head->spec().num_images;
+    images += head->spec().request.num_images;
     if (key == nullptr) key = head.get();
     admitted.push_back(head);
     queue_.pop_front();
@@ -143,13 +144,13 @@ void Scheduler::FailJob(const std::shared_ptr<Job>& job, absl::Status status) {
       status.code() != absl::StatusCode::kDeadlineExceeded) {
     LOG(WARNING) << "job " << job->id() << " failed: " << status;
   }
-  job->running().images.clear();
+  job->running().prepared.images.clear();
   job->sink().OnError(std::move(status));
   JobLeft();
 }
 
 void Scheduler::FinishJob(const std::shared_ptr<Job>& job, JobResult result) {
-  job->running().images.clear();
+  job->running().prepared.images.clear();
   job->sink().OnResult(std::move(result));
   JobLeft();
 }
@@ -159,18 +160,10 @@ absl::Status Scheduler::StartJob(Job& job) {
   running.started_at = absl::Now();
   running.timings.queue = running.started_at - job.admitted_at();
   job.sink().OnStarted(running.timings.queue);
-  const JobSpec& spec = job.spec();
-  absl::StatusOr<ldm::TextConditioning> text =
-      job.model().EncodeText({spec.negative_prompt, spec.prompt});
-  if (!text.ok()) return text.status();
-  running.warnings = text->warnings;
-  for (int i = 0; i < spec.num_images; ++i) {
-    absl::StatusOr<ldm::ImageTask> task = job.model().NewImageTask(
-        spec.seed + i, spec.latent_height, spec.latent_width, spec.sampler,
-        text->context.slice(0, 1, 2), text->context.slice(0, 0, 1));
-    if (!task.ok()) return task.status();
-    running.images.push_back(std::move(task).value());
-  }
+  absl::StatusOr<ldm::PreparedJob> prepared =
+      job.model().PrepareJob(job.spec().request);
+  if (!prepared.ok()) return prepared.status();
+  running.prepared = *std::move(prepared);
   running.timings.encode = absl::Now() - running.started_at;
   return absl::OkStatus();
 }
@@ -230,7 +223,7 @@ void Scheduler::WorkerLoop() {
 void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
   std::vector<ldm::ImageTask*> tasks;
   for (const auto& job : running) {
-    for (ldm::ImageTask& image : job->running().images) {
+    for (ldm::ImageTask& image : job->running().prepared.images) {
       tasks.push_back(&image);
     }
   }
@@ -250,7 +243,7 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
     Job::Running& state = job->running();
     const JobSpec& spec = job->spec();
     state.timings.denoise += step_end - step_start;
-    const ldm::Sampler& sampler = *state.images.front().sampler;
+    const ldm::Sampler& sampler = *state.prepared.images.front().sampler;
     ProgressEvent event;
     event.step = sampler.steps_done();
     event.total_steps = sampler.total_steps();
@@ -274,7 +267,7 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
   // Finished jobs are decoded together.
   std::vector<at::Tensor> latents;
   for (const auto& job : finished) {
-    for (const ldm::ImageTask& image : job->running().images) {
+    for (const ldm::ImageTask& image : job->running().prepared.images) {
       latents.push_back(image.sampler->latent());
     }
   }
@@ -290,15 +283,23 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
     const JobSpec& spec = job->spec();
     JobResult result;
     result.model_name = spec.model_name;
-    result.images = images->slice(0, row, row + spec.num_images);
-    row += spec.num_images;
-    for (int i = 0; i < spec.num_images; ++i) {
-      result.seeds.push_back(spec.seed + i);
+    const ldm::JobRequest& request = spec.request;
+    absl::StatusOr<at::Tensor> finished = job->model().FinishImages(
+        job->running().prepared,
+        images->slice(0, row, row + request.num_images));
+    row += request.num_images;
+    if (!finished.ok()) {
+      FailJob(job, finished.status());
+      continue;
+    }
+    result.images = *std::move(finished);
+    for (int i = 0; i < request.num_images; ++i) {
+      result.seeds.push_back(request.seed + i);
     }
     result.timings = job->running().timings;
     result.timings.decode = decode_end - decode_start;
     result.timings.total = decode_end - job->admitted_at();
-    result.warnings = job->running().warnings;
+    result.warnings = job->running().prepared.warnings;
     FinishJob(job, std::move(result));
   }
 }

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "server/ldm/image_tensor.h"
+#include "server/service/png_codec.h"
 
 namespace ldmserve {
 namespace {
@@ -29,6 +31,162 @@ absl::StatusOr<int64_t> ValidateSide(const char* field, bool has_value,
                                        multiple, " (got ", value, ")"));
   }
   return static_cast<int64_t>(value);
+}
+
+absl::Status ValidatePrompts(const char* task, const std::string& prompt,
+                             const std::string& negative,
+                             const ServiceLimits& limits,
+                             ldm::JobRequest* job) {
+  for (const auto& [name, value] :
+       {std::pair<const char*, const std::string*>{"prompt", &prompt},
+        {"negative_prompt", &negative}}) {
+    if (value->size() > limits.max_prompt_bytes) {
+      return Invalid(absl::StrCat(task, ".", name),
+                     absl::StrCat("at most ", limits.max_prompt_bytes,
+                                  " bytes (got ", value->size(), ")"));
+    }
+  }
+  job->prompt = prompt;
+  job->negative_prompt = negative;
+  return absl::OkStatus();
+}
+
+absl::Status CheckPixels(const std::string& field, int64_t width,
+                         int64_t height, const ServiceLimits& limits) {
+  if (static_cast<uint64_t>(width) * static_cast<uint64_t>(height) >
+      limits.max_pixels) {
+    return Invalid(field, absl::StrCat("width * height at most ",
+                                       limits.max_pixels, " pixels (got ",
+                                       width, "x", height, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// A PNG field decoded to RGB, within the byte and pixel limits; its sides a
+// multiple of `multiple` (the output size) unless `multiple` is 0.
+absl::StatusOr<RgbImage> DecodeImageField(const std::string& field,
+                                          const std::string& bytes,
+                                          int64_t multiple,
+                                          const ServiceLimits& limits) {
+  if (bytes.empty()) return Invalid(field, "required (a PNG image)");
+  if (bytes.size() > limits.max_image_bytes) {
+    return Invalid(field, absl::StrCat("at most ", limits.max_image_bytes,
+                                       " bytes (got ", bytes.size(), ")"));
+  }
+  auto image = DecodePng(bytes, field);
+  if (!image.ok()) return image.status();
+  if (multiple > 0 &&
+      (image->width % multiple != 0 || image->height % multiple != 0)) {
+    return Invalid(field, absl::StrCat("sides must be multiples of ", multiple,
+                                       " (got ", image->width, "x",
+                                       image->height, ")"));
+  }
+  absl::Status pixels = CheckPixels(field, image->width, image->height, limits);
+  if (!pixels.ok()) return pixels;
+  return image;
+}
+
+absl::StatusOr<at::Tensor> ImageTensor(const RgbImage& image) {
+  return ldm::ImageTensorFromRgb(image.pixels.data(), image.height,
+                                 image.width);
+}
+
+absl::Status ValidateTask(const GenerateRequest& request,
+                          const ldm::ModelConfig& model,
+                          const ServiceLimits& limits, JobSpec* spec) {
+  ldm::JobRequest& job = spec->request;
+  const int64_t f = model.ae.DownsamplingFactor();
+  const int64_t multiple = SizeMultiple(model);
+  switch (spec->task) {
+    case TaskKind::kTextToImage: {
+      const ldm::v1::TextToImage& text = request.text_to_image();
+      absl::Status status = ValidatePrompts(
+          "text_to_image", text.prompt(), text.negative_prompt(), limits, &job);
+      if (!status.ok()) return status;
+      auto width = ValidateSide("text_to_image.width", text.has_width(),
+                                text.width(), model.native_width(), multiple);
+      if (!width.ok()) return width.status();
+      auto height =
+          ValidateSide("text_to_image.height", text.has_height(),
+                       text.height(), model.native_height(), multiple);
+      if (!height.ok()) return height.status();
+      status = CheckPixels("text_to_image.width", *width, *height, limits);
+      if (!status.ok()) return status;
+      job.latent_width = *width / f;
+      job.latent_height = *height / f;
+      return absl::OkStatus();
+    }
+    case TaskKind::kImageToImage: {
+      const ldm::v1::ImageToImage& task = request.image_to_image();
+      absl::Status status =
+          ValidatePrompts("image_to_image", task.prompt(),
+                          task.negative_prompt(), limits, &job);
+      if (!status.ok()) return status;
+      if (!(task.strength() >= 0.0f && task.strength() <= 1.0f)) {
+        return Invalid("image_to_image.strength", "must be in (0, 1]");
+      }
+      job.sampler.strength = task.strength() == 0.0f ? 0.75 : task.strength();
+      auto image = DecodeImageField("image_to_image.init_image",
+                                    task.init_image(), multiple, limits);
+      if (!image.ok()) return image.status();
+      auto tensor = ImageTensor(*image);
+      if (!tensor.ok()) return tensor.status();
+      job.init_image = *std::move(tensor);
+      job.latent_width = image->width / f;
+      job.latent_height = image->height / f;
+      return absl::OkStatus();
+    }
+    case TaskKind::kInpaint: {
+      const ldm::v1::Inpaint& task = request.inpaint();
+      absl::Status status = ValidatePrompts(
+          "inpaint", task.prompt(), task.negative_prompt(), limits, &job);
+      if (!status.ok()) return status;
+      auto image =
+          DecodeImageField("inpaint.image", task.image(), multiple, limits);
+      if (!image.ok()) return image.status();
+      auto mask = DecodeImageField("inpaint.mask", task.mask(), 0, limits);
+      if (!mask.ok()) return mask.status();
+      if (mask->width != image->width || mask->height != image->height) {
+        return Invalid("inpaint.mask",
+                       absl::StrCat("must be the image's size ", image->width,
+                                    "x", image->height, " (got ", mask->width,
+                                    "x", mask->height, ")"));
+      }
+      auto image_tensor = ImageTensor(*image);
+      if (!image_tensor.ok()) return image_tensor.status();
+      auto mask_tensor = ldm::MaskTensorFromRgb(mask->pixels.data(),
+                                                mask->height, mask->width);
+      if (!mask_tensor.ok()) return mask_tensor.status();
+      job.inpaint_image = *std::move(image_tensor);
+      job.inpaint_mask = *std::move(mask_tensor);
+      job.latent_width = image->width / f;
+      job.latent_height = image->height / f;
+      return absl::OkStatus();
+    }
+    case TaskKind::kSuperResolution: {
+      const ldm::v1::SuperResolution& task = request.super_resolution();
+      if (task.scale() != 0 && task.scale() != static_cast<uint32_t>(f)) {
+        return Invalid("super_resolution.scale",
+                       absl::StrCat("this model upscales by ", f, " (got ",
+                                    task.scale(), ")"));
+      }
+      // The low-res image is the latent: its sides obey the UNet's multiple.
+      auto image = DecodeImageField("super_resolution.low_res_image",
+                                    task.low_res_image(), multiple / f, limits);
+      if (!image.ok()) return image.status();
+      absl::Status status =
+          CheckPixels("super_resolution.low_res_image", image->width * f,
+                      image->height * f, limits);
+      if (!status.ok()) return status;
+      auto tensor = ImageTensor(*image);
+      if (!tensor.ok()) return tensor.status();
+      job.low_res = *std::move(tensor);
+      job.latent_width = image->width;
+      job.latent_height = image->height;
+      return absl::OkStatus();
+    }
+  }
+  return Invalid("task", "unknown");
 }
 
 }  // namespace
@@ -59,102 +217,69 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   auto task = RequestedTask(request);
   if (!task.ok()) return task.status();
   spec.task = *task;
-  if (spec.task != TaskKind::kTextToImage) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("task ", TaskKindName(spec.task), " is not served yet"));
-  }
-  if (request.client_request_id().size() > limits.max_client_request_id_bytes) {
-    return Invalid(
-        "client_request_id",
-        absl::StrCat("at most ", limits.max_client_request_id_bytes, " bytes"));
+  if (request.client_request_id().size() >
+      limits.max_client_request_id_bytes) {
+    return Invalid("client_request_id",
+                   absl::StrCat("at most ", limits.max_client_request_id_bytes,
+                                " bytes"));
   }
   spec.client_request_id = request.client_request_id();
-
-  const ldm::v1::TextToImage& text = request.text_to_image();
-  for (const auto& [field, value] :
-       {std::pair<const char*, const std::string*>{"text_to_image.prompt",
-                                                   &text.prompt()},
-        {"text_to_image.negative_prompt", &text.negative_prompt()}}) {
-    if (value->size() > limits.max_prompt_bytes) {
-      return Invalid(field, absl::StrCat("at most ", limits.max_prompt_bytes,
-                                         " bytes (got ", value->size(), ")"));
-    }
-  }
-  spec.prompt = text.prompt();
-  spec.negative_prompt = text.negative_prompt();
-
-  const int64_t multiple = SizeMultiple(model);
-  auto width = ValidateSide("text_to_image.width", text.has_width(),
-                            text.width(), model.native_width(), multiple);
-  if (!width.ok()) return width.status();
-  auto height = ValidateSide("text_to_image.height", text.has_height(),
-                             text.height(), model.native_height(), multiple);
-  if (!height.ok()) return height.status();
-  if (static_cast<uint64_t>(*width) * static_cast<uint64_t>(*height) >
-      limits.max_pixels) {
-    return Invalid("text_to_image.width",
-                   absl::StrCat("width * height at most ", limits.max_pixels,
-                                " pixels (got ", *width, "x", *height, ")"));
-  }
-  const int64_t f = model.ae.DownsamplingFactor();
-  spec.latent_width = *width / f;
-  spec.latent_height = *height / f;
+  ldm::JobRequest& job = spec.request;
 
   const ldm::v1::SamplerSettings& sampler = request.sampler();
   switch (sampler.kind()) {
     case ldm::v1::SAMPLER_KIND_UNSPECIFIED:
     case ldm::v1::SAMPLER_KIND_DDIM:
-      spec.sampler.kind = ldm::SamplerKind::kDdim;
+      job.sampler.kind = ldm::SamplerKind::kDdim;
       break;
     case ldm::v1::SAMPLER_KIND_PLMS:
-      spec.sampler.kind = ldm::SamplerKind::kPlms;
+      job.sampler.kind = ldm::SamplerKind::kPlms;
       break;
     case ldm::v1::SAMPLER_KIND_DDPM:
-      spec.sampler.kind = ldm::SamplerKind::kDdpm;
+      job.sampler.kind = ldm::SamplerKind::kDdpm;
       break;
     case ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL:
-      spec.sampler.kind = ldm::SamplerKind::kEulerAncestral;
+      job.sampler.kind = ldm::SamplerKind::kEulerAncestral;
       break;
     case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M:
-      spec.sampler.kind = ldm::SamplerKind::kDpmSolverPP2M;
+      job.sampler.kind = ldm::SamplerKind::kDpmSolverPP2M;
       break;
     default:
       return Invalid("sampler.kind",
                      absl::StrCat("unknown value ", sampler.kind()));
   }
   if (sampler.steps() > limits.max_steps) {
-    return Invalid("sampler.steps",
-                   absl::StrCat("at most ", limits.max_steps, " (got ",
-                                sampler.steps(), ")"));
+    return Invalid("sampler.steps", absl::StrCat("at most ", limits.max_steps,
+                                                 " (got ", sampler.steps(),
+                                                 ")"));
   }
-  spec.sampler.steps = sampler.steps() == 0
-                           ? static_cast<int>(limits.default_steps)
-                           : static_cast<int>(sampler.steps());
+  job.sampler.steps = sampler.steps() == 0
+                          ? static_cast<int>(limits.default_steps)
+                          : static_cast<int>(sampler.steps());
   if (!(sampler.eta() >= 0.0f && sampler.eta() <= 1.0f)) {
     return Invalid("sampler.eta", "must be in [0, 1]");
   }
-  if (sampler.eta() != 0.0f && spec.sampler.kind != ldm::SamplerKind::kDdim) {
+  if (sampler.eta() != 0.0f && job.sampler.kind != ldm::SamplerKind::kDdim) {
     return Invalid("sampler.eta", "only DDIM takes eta; leave it 0");
   }
-  spec.sampler.eta = sampler.eta();
+  job.sampler.eta = sampler.eta();
   if (!(sampler.guidance_scale() >= 0.0f &&
         sampler.guidance_scale() <= limits.max_guidance_scale)) {
-    return Invalid(
-        "sampler.guidance_scale",
-        absl::StrCat("must be in [0, ", limits.max_guidance_scale, "]"));
+    return Invalid("sampler.guidance_scale",
+                   absl::StrCat("must be in [0, ", limits.max_guidance_scale,
+                                "]"));
   }
-  spec.sampler.guidance_scale = sampler.guidance_scale() == 0.0f
-                                    ? limits.default_guidance_scale
-                                    : sampler.guidance_scale();
-
+  job.sampler.guidance_scale = sampler.guidance_scale() == 0.0f
+                                   ? limits.default_guidance_scale
+                                   : sampler.guidance_scale();
   if (request.num_images() > limits.max_images) {
-    return Invalid("num_images",
-                   absl::StrCat("at most ", limits.max_images, " (got ",
-                                request.num_images(), ")"));
+    return Invalid("num_images", absl::StrCat("at most ", limits.max_images,
+                                              " (got ", request.num_images(),
+                                              ")"));
   }
-  spec.num_images =
+  job.num_images =
       request.num_images() == 0 ? 1 : static_cast<int>(request.num_images());
-  spec.seed = request.seed() == 0 ? random_seed : request.seed();
+  job.seed = request.seed() == 0 ? random_seed : request.seed();
   spec.preview_every = static_cast<int>(
       std::min<uint32_t>(request.preview_every(), limits.max_steps));
   spec.progress_every = static_cast<int>(std::max<uint32_t>(
@@ -163,6 +288,8 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
       request.output_format() != ldm::v1::IMAGE_FORMAT_PNG) {
     return Invalid("output_format", "only IMAGE_FORMAT_PNG is served");
   }
+  absl::Status status = ValidateTask(request, model, limits, &spec);
+  if (!status.ok()) return status;
   return spec;
 }
 

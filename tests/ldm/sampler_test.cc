@@ -201,6 +201,22 @@ TEST_P(SamplerConvergenceTest, ErrorShrinksWithStepsAndEndsSmall) {
   EXPECT_NEAR(many_mean, data_.mu, 0.015);
 }
 
+std::string KindName(const ::testing::TestParamInfo<ConvergenceCase>& info) {
+  switch (info.param.kind) {
+    case SamplerKind::kDdim:
+      return "Ddim";
+    case SamplerKind::kPlms:
+      return "Plms";
+    case SamplerKind::kDdpm:
+      return "Ddpm";
+    case SamplerKind::kEulerAncestral:
+      return "EulerAncestral";
+    case SamplerKind::kDpmSolverPP2M:
+      return "DpmSolverPP2M";
+  }
+  return "Unknown";
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AllSamplers, SamplerConvergenceTest,
     ::testing::Values(

@@ -86,11 +86,11 @@ class SchedulerTest : public ::testing::Test {
   std::shared_ptr<Job> MakeJob(std::shared_ptr<RecordingSink> sink, int steps,
                                uint64_t seed = 1) {
     JobSpec spec;
-    spec.prompt = "a red circle";
-    spec.sampler.steps = steps;
-    spec.seed = seed;
-    spec.latent_height = 8;
-    spec.latent_width = 8;
+    spec.request.prompt = "a red circle";
+    spec.request.sampler.steps = steps;
+    spec.request.seed = seed;
+    spec.request.latent_height = 8;
+    spec.request.latent_width = 8;
     return std::make_shared<Job>("job", spec, model_.get(), std::move(sink),
                                  absl::InfiniteFuture());
   }
@@ -113,11 +113,11 @@ TEST_F(SchedulerTest, ResultEqualsTheJobRunAlone) {
   auto sink = std::make_shared<RecordingSink>();
   ASSERT_TRUE(scheduler.Submit(MakeJob(sink, 4, 99)).ok());
   sink->done().WaitForNotification();
-  ldm::TextToImageJob alone;
+  ldm::JobRequest alone;
   alone.prompt = "a red circle";
   alone.sampler.steps = 4;
   alone.seed = 99;
-  auto expected = ldm::RunTextToImage(*model_, alone);
+  auto expected = ldm::RunJob(*model_, alone);
   ASSERT_TRUE(expected.ok());
   EXPECT_TRUE(at::equal(sink->result().images, *expected));
 }
@@ -162,9 +162,9 @@ TEST_F(SchedulerTest, ExpiredDeadlineStopsTheJob) {
   Scheduler scheduler({.queue_size = 4, .max_batch_images = 4, .workers = 1});
   auto sink = std::make_shared<RecordingSink>();
   JobSpec spec;
-  spec.sampler.steps = 200;
-  spec.latent_height = 8;
-  spec.latent_width = 8;
+  spec.request.sampler.steps = 200;
+  spec.request.latent_height = 8;
+  spec.request.latent_width = 8;
   auto job = std::make_shared<Job>("late", spec, model_.get(), sink,
                                    absl::Now() - absl::Seconds(1));
   ASSERT_TRUE(scheduler.Submit(job).ok());

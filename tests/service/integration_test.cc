@@ -54,7 +54,8 @@ class IntegrationTest : public ::testing::Test {
     auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
     ModelEntry entry;
     entry.name = kModelName;
-    entry.tasks = {TaskKind::kTextToImage};
+    entry.tasks = {TaskKind::kTextToImage, TaskKind::kImageToImage,
+                   TaskKind::kInpaint};
     entry.default_for = {TaskKind::kTextToImage};
     entry.devices = {"cpu"};
     registry->AddLoaded(entry, std::move(model).value());
@@ -156,12 +157,12 @@ TEST_F(IntegrationTest, GenerateStreamsQueuedProgressAndResult) {
     EXPECT_EQ(result.images(i).width(), 16u);
   }
   // The served pixels are the engine's, run alone with the same seeds.
-  ldm::TextToImageJob alone;
+  ldm::JobRequest alone;
   alone.prompt = "a red circle";
   alone.sampler.steps = 5;
   alone.seed = 42;
   alone.num_images = 2;
-  at::Tensor expected = ldm::RunTextToImage(*reference_, alone).value();
+  at::Tensor expected = ldm::RunJob(*reference_, alone).value();
   for (int i = 0; i < 2; ++i) {
     auto png = DecodePng(result.images(i).data(), "result").value();
     at::Tensor served =
@@ -194,6 +195,81 @@ TEST_F(IntegrationTest, EverySamplerServes) {
   CallResult call = Call(plms_with_eta);
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(call.status.error_message(), HasSubstr("sampler.eta"));
+}
+
+std::string TestPng(uint32_t width, uint32_t height, uint8_t seed) {
+  std::vector<uint8_t> pixels(width * height * 3);
+  for (size_t i = 0; i < pixels.size(); ++i) {
+    pixels[i] = static_cast<uint8_t>((i * 31 + seed * 17) & 0xff);
+  }
+  return EncodePng(pixels.data(), width, height).value();
+}
+
+TEST_F(IntegrationTest, ImageToImageServesTheInputsSize) {
+  GenerateRequest request;
+  ldm::v1::ImageToImage* task = request.mutable_image_to_image();
+  task->set_init_image(TestPng(24, 16, 1));
+  task->set_strength(0.5f);
+  task->set_prompt("a red circle");
+  request.mutable_sampler()->set_steps(10);
+  request.set_seed(4);
+  CallResult call = Call(request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  const GenerateResponse& last_progress = call.events[call.events.size() - 2];
+  EXPECT_EQ(last_progress.progress().total_steps(), 5u);
+  const ldm::v1::Image& image = call.events.back().result().images(0);
+  EXPECT_EQ(image.width(), 24u);
+  EXPECT_EQ(image.height(), 16u);
+
+  task->set_strength(1.5f);
+  call = Call(request);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("strength"));
+  task->set_strength(0.5f);
+  task->set_init_image("not a png");
+  call = Call(request);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("init_image"));
+  task->set_init_image(TestPng(18, 16, 1));
+  call = Call(request);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("multiples of 4"));
+}
+
+TEST_F(IntegrationTest, InpaintKeepsEveryUnmaskedPixel) {
+  const std::string image_png = TestPng(16, 16, 2);
+  std::vector<uint8_t> mask(16 * 16 * 3, 0);
+  for (int y = 4; y < 12; ++y) {
+    for (int x = 0; x < 8; ++x) {
+      for (int c = 0; c < 3; ++c) mask[(y * 16 + x) * 3 + c] = 255;
+    }
+  }
+  GenerateRequest request;
+  ldm::v1::Inpaint* task = request.mutable_inpaint();
+  task->set_image(image_png);
+  task->set_mask(EncodePng(mask.data(), 16, 16).value());
+  task->set_prompt("a blue square");
+  request.mutable_sampler()->set_steps(4);
+  request.set_seed(8);
+  CallResult call = Call(request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  const RgbImage input = DecodePng(image_png, "input").value();
+  const RgbImage output =
+      DecodePng(call.events.back().result().images(0).data(), "output").value();
+  int changed_in_mask = 0;
+  for (size_t i = 0; i < mask.size(); ++i) {
+    if (mask[i] == 0) {
+      ASSERT_EQ(output.pixels[i], input.pixels[i]) << "byte " << i;
+    } else {
+      changed_in_mask += output.pixels[i] != input.pixels[i];
+    }
+  }
+  EXPECT_GT(changed_in_mask, 0);
+
+  task->set_mask(TestPng(8, 8, 0));
+  call = Call(request);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("inpaint.mask"));
 }
 
 TEST_F(IntegrationTest, SeedZeroIsPickedAndReported) {
@@ -273,14 +349,14 @@ TEST_F(IntegrationTest, BadRequestsGetClearStatuses) {
   call = Call(no_task);
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
-  GenerateRequest inpaint;
-  inpaint.mutable_inpaint()->set_prompt("x");
-  call = Call(inpaint);
+  GenerateRequest upscale;
+  upscale.mutable_super_resolution()->set_scale(4);
+  call = Call(upscale);
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::NOT_FOUND);
 
-  GenerateRequest inpaint_named = inpaint;
-  inpaint_named.set_model(kModelName);
-  call = Call(inpaint_named);
+  GenerateRequest upscale_named = upscale;
+  upscale_named.set_model(kModelName);
+  call = Call(upscale_named);
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(call.status.error_message(), HasSubstr("text_to_image"));
 
@@ -303,8 +379,9 @@ TEST_F(IntegrationTest, ListModelsReportsTheLoadedModel) {
   EXPECT_EQ(info.native_width(), 16u);
   EXPECT_EQ(info.latent_channels(), 4u);
   EXPECT_EQ(info.latent_height(), 8u);
-  ASSERT_EQ(info.tasks_size(), 1);
+  ASSERT_EQ(info.tasks_size(), 3);
   EXPECT_EQ(info.tasks(0), ldm::v1::TASK_TEXT_TO_IMAGE);
+  EXPECT_EQ(info.tasks(2), ldm::v1::TASK_INPAINT);
 }
 
 TEST_F(IntegrationTest, PreviewsAndProgressIntervalsAsAsked) {
