@@ -3,6 +3,10 @@
 //   ldmbench [--config models/configs/sd-v1.json] [--sizes 256,512]
 //            [--device cpu|cuda] [--dtype f32|f16|bf16] [--repeats 3]
 //            [--threads N]
+//   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [--device ...]
+//       loads a checkpoint through the real loader and reports the load time
+//       and the process's peak RSS against the file's size (run it in a
+//       fresh process: peak RSS is per process).
 //
 // For each config (repeatable; default: the shipped shapes-tiny at its
 // native size and SD v1 at 256 and 512) and image size it builds the model
@@ -61,6 +65,7 @@ double MedianMs(int repeats, Fn&& fn) {
 }
 
 struct Options {
+  std::string load;
   std::vector<std::string> configs;
   std::vector<int64_t> sizes;
   std::string device = "cpu";
@@ -69,7 +74,38 @@ struct Options {
   int threads = 0;
 };
 
+int RunLoad(const Options& options) {
+  ldm::LoadOptions load;
+  load.device = at::Device(options.device);
+  load.dtype = options.dtype == "f16"    ? at::kHalf
+               : options.dtype == "bf16" ? at::kBFloat16
+                                         : at::kFloat;
+  const double rss_before = CurrentRssMiB();
+  const auto start = std::chrono::steady_clock::now();
+  auto model =
+      ldm::LatentDiffusion::Load(options.configs.at(0), options.load, load);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
+    return 1;
+  }
+  std::ifstream file(options.load, std::ios::binary | std::ios::ate);
+  const double file_mib = static_cast<double>(file.tellg()) / (1 << 20);
+  const double param_mib = static_cast<double>((*model)->NumParameters()) *
+                           c10::elementSize(load.dtype) / (1 << 20);
+  std::printf(
+      "load %s: %.2f s, file %.0f MiB, parameters %.0f MiB, RSS before %.0f "
+      "MiB, after %.0f MiB, peak %.0f MiB (peak - before = %.3f x "
+      "parameters)\n",
+      options.load.c_str(), seconds, file_mib, param_mib, rss_before,
+      CurrentRssMiB(), PeakRssMiB(), (PeakRssMiB() - rss_before) / param_mib);
+  return 0;
+}
+
 int Run(const Options& options) {
+  if (!options.load.empty()) return RunLoad(options);
   ldm::LoadOptions load;
   load.device = at::Device(options.device);
   load.dtype = options.dtype == "f16"    ? at::kHalf
@@ -142,7 +178,9 @@ int main(int argc, char** argv) {
   Options options;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--config") {
+    if (flag == "--load") {
+      options.load = value;
+    } else if (flag == "--config") {
       options.configs.push_back(value);
     } else if (flag == "--sizes") {
       for (absl::string_view size : absl::StrSplit(value, ',')) {

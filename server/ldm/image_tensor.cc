@@ -7,8 +7,7 @@ namespace {
 
 at::Tensor RgbAsTensor(const uint8_t* rgb, int64_t height, int64_t width) {
   // from_blob does not copy; the clone below does, before `rgb` goes away.
-  return at::from_blob(const_cast<uint8_t*>(rgb), {height, width, 3},
-                       at::kByte)
+  return at::from_blob(const_cast<uint8_t*>(rgb), {height, width, 3}, at::kByte)
       .permute({2, 0, 1})
       .unsqueeze(0)
       .to(at::kFloat);
@@ -23,8 +22,8 @@ absl::StatusOr<at::Tensor> ImageTensorFromRgb(const uint8_t* rgb,
   });
 }
 
-absl::StatusOr<at::Tensor> MaskTensorFromRgb(const uint8_t* rgb,
-                                             int64_t height, int64_t width) {
+absl::StatusOr<at::Tensor> MaskTensorFromRgb(const uint8_t* rgb, int64_t height,
+                                             int64_t width) {
   return CallTorch("mask", [&] {
     return (RgbAsTensor(rgb, height, width).slice(1, 0, 1) >= 128.0)
         .to(at::kFloat)

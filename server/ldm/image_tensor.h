@@ -2,9 +2,9 @@
 #ifndef LDMSERVE_SERVER_LDM_IMAGE_TENSOR_H_
 #define LDMSERVE_SERVER_LDM_IMAGE_TENSOR_H_
 
-#include <cstdint>
-
 #include <ATen/ATen.h>
+
+#include <cstdint>
 
 #include "absl/status/statusor.h"
 
@@ -16,8 +16,8 @@ absl::StatusOr<at::Tensor> ImageTensorFromRgb(const uint8_t* rgb,
 
 // Row-major RGB bytes of a mask -> [1, 1, height, width] float32, 1 where
 // the first channel is >= 128 (white = repaint), else 0.
-absl::StatusOr<at::Tensor> MaskTensorFromRgb(const uint8_t* rgb,
-                                             int64_t height, int64_t width);
+absl::StatusOr<at::Tensor> MaskTensorFromRgb(const uint8_t* rgb, int64_t height,
+                                             int64_t width);
 
 }  // namespace ldm
 

@@ -103,14 +103,17 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
   LDM_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(config_path));
   LDM_ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsFile> file,
                        SafetensorsFile::Open(weights_path));
+  // Declared on the meta device: nothing is allocated until each parameter
+  // is read from the file, straight into its device and dtype.
   std::unique_ptr<LatentDiffusion> model(
-      new LatentDiffusion(std::move(config), options));
+      new LatentDiffusion(std::move(config), options, at::kMeta));
   LDM_RETURN_IF_ERROR(CallTorchStatus("load " + weights_path, [&] {
     c10::InferenceMode inference;
     LDM_RETURN_IF_ERROR(model->Build());
     LDM_RETURN_IF_ERROR(model->registry_.LoadFrom(
         *file, "", options.strict,
-        [](const std::string& key) { return IsKnownExtraKey(key); }));
+        [](const std::string& key) { return IsKnownExtraKey(key); },
+        at::TensorOptions().device(options.device).dtype(options.dtype)));
     if (file->Contains("alphas_cumprod")) {
       // The checkpoint's buffer wins where it disagrees with the config;
       // where it agrees (to its float32 storage), the float64 schedule from
@@ -130,7 +133,6 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
       LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("scale_factor"));
       model->config_.scale_factor = stored.to(at::kDouble).item<double>();
     }
-    model->registry_.To(options.device, options.dtype);
     return absl::OkStatus();
   }));
   return model;
@@ -465,12 +467,12 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
     const JobRequest& request) const {
   PreparedJob job;
   const int64_t f = config_.ae.DownsamplingFactor();
-  const at::Tensor& pixels =
-      request.init_image.defined()      ? request.init_image
-      : request.inpaint_image.defined() ? request.inpaint_image
-                                        : at::Tensor();
-  int64_t height = request.latent_height > 0 ? request.latent_height
-                                             : config_.latent_height;
+  const at::Tensor& pixels = request.init_image.defined() ? request.init_image
+                             : request.inpaint_image.defined()
+                                 ? request.inpaint_image
+                                 : at::Tensor();
+  int64_t height =
+      request.latent_height > 0 ? request.latent_height : config_.latent_height;
   int64_t width =
       request.latent_width > 0 ? request.latent_width : config_.latent_width;
   if (pixels.defined()) {
@@ -485,9 +487,10 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
     return absl::InvalidArgumentError("inpainting needs an image and a mask");
   }
   if (dedicated_inpaint && !request.inpaint_image.defined()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", config_.name, " is an inpainting model: give it an image "
-        "and a mask"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", config_.name,
+                     " is an inpainting model: give it an image "
+                     "and a mask"));
   }
   if (config_.kind == "sr" && !request.low_res.defined()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -552,9 +555,9 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
           const at::Tensor repaint = at::upsample_nearest2d(
               request.inpaint_mask.to(options_.device, options_.dtype),
               {height, width});
-          blend = ImageTask::Blend{1 - (repaint >= 0.5).to(options_.dtype),
-                                   known,
-                                   MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
+          blend =
+              ImageTask::Blend{1 - (repaint >= 0.5).to(options_.dtype), known,
+                               MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
           return absl::OkStatus();
         }));
       }
@@ -562,9 +565,9 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
     if (request.low_res.defined()) {
       concat = request.low_res.to(options_.device, options_.dtype);
     }
-    LDM_ASSIGN_OR_RETURN(ImageTask task,
-                         NewImageTask(seed, height, width, request.sampler,
-                                      cond, uncond, concat, init_latent));
+    LDM_ASSIGN_OR_RETURN(
+        ImageTask task, NewImageTask(seed, height, width, request.sampler, cond,
+                                     uncond, concat, init_latent));
     task.blend = std::move(blend);
     job.images.push_back(std::move(task));
   }

@@ -39,7 +39,8 @@ void ParameterRegistry::Declare(const std::string& name,
 
 absl::Status ParameterRegistry::LoadFrom(
     const SafetensorsFile& file, const std::string& prefix, bool strict,
-    const std::function<bool(const std::string&)>& is_known_extra) {
+    const std::function<bool(const std::string&)>& is_known_extra,
+    const at::TensorOptions& options) {
   std::vector<std::string> missing;
   std::set<std::string> claimed;
   for (Entry& entry : entries_) {
@@ -57,11 +58,10 @@ absl::Status ParameterRegistry::LoadFrom(
     }
     absl::StatusOr<at::Tensor> stored = file.Get(key);
     if (!stored.ok()) return stored.status();
-    const at::Tensor& target = *entry.slot;
-    // A copy (not an alias of the mapping) in the model's current dtype: the
-    // mapping may be unaligned and is read-only.
-    *entry.slot = stored->to(target.options(), /*non_blocking=*/false,
-                             /*copy=*/true);
+    // A copy (not an alias of the mapping): the mapping may be unaligned and
+    // is read-only.
+    *entry.slot = stored->to(options, /*non_blocking=*/false, /*copy=*/true);
+    file.ReleasePages(key);
   }
   if (!missing.empty()) {
     return absl::InvalidArgumentError(

@@ -47,9 +47,14 @@ class ParameterRegistry {
   // file under `prefix` that no parameter claims and `is_known_extra` does not
   // accept (schedule buffers, say) are unexpected; with `strict` they are an
   // error.
+  //
+  // Each tensor is copied straight into `options` (device and dtype) and its
+  // pages of the mapping are released at once, so loading needs about the
+  // parameters' bytes, not twice that.
   absl::Status LoadFrom(
       const SafetensorsFile& file, const std::string& prefix, bool strict,
-      const std::function<bool(const std::string&)>& is_known_extra);
+      const std::function<bool(const std::string&)>& is_known_extra,
+      const at::TensorOptions& options);
 
   // Deterministic random weights (fan-in scaled normal, norms at 1/0) from
   // `seed`: every layer matters, so untrained models still exercise all code.

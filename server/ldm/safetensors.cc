@@ -207,6 +207,20 @@ absl::StatusOr<at::Tensor> SafetensorsFile::Get(const std::string& name) const {
       at::TensorOptions().dtype(entry.dtype));
 }
 
+void SafetensorsFile::ReleasePages(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  // Only whole pages inside the tensor: neighbours may still be needed.
+  uintptr_t begin = reinterpret_cast<uintptr_t>(data_ + it->second.begin);
+  uintptr_t end = reinterpret_cast<uintptr_t>(data_ + it->second.end);
+  begin = (begin + page - 1) / page * page;
+  end = end / page * page;
+  if (end > begin) {
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+}
+
 absl::Status WriteSafetensors(
     const std::string& path, const std::map<std::string, at::Tensor>& tensors,
     const std::map<std::string, std::string>& metadata) {

@@ -60,6 +60,10 @@ class SafetensorsFile {
   }
   // A CPU tensor aliasing the mapped bytes (read-only: clone before writing).
   absl::StatusOr<at::Tensor> Get(const std::string& name) const;
+  // Tells the kernel the tensor's pages are not needed now (they are read
+  // back from the file if used again): a loader calls it once it has copied
+  // the tensor, so the mapping does not double the process's memory.
+  void ReleasePages(const std::string& name) const;
 
  private:
   SafetensorsFile() = default;

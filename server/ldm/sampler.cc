@@ -230,8 +230,7 @@ KarrasStyleSampler::KarrasStyleSampler(const DiffusionSchedule& schedule,
     sigmas_.push_back(schedule.SigmaForTimestep(t));
   }
   sigmas_.push_back(0.0);
-  x_ = init_latent.defined() ? init_latent + x_ * sigmas_[0]
-                             : x_ * sigmas_[0];
+  x_ = init_latent.defined() ? init_latent + x_ * sigmas_[0] : x_ * sigmas_[0];
   PrepareInput();
 }
 
@@ -292,8 +291,7 @@ void DpmSolverPP2MSampler::Advance(const at::Tensor& denoised, int i) {
 
 absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
     const SamplerOptions& options, const DiffusionSchedule& schedule,
-    at::Tensor noise, at::Generator generator,
-    const at::Tensor& init_latent) {
+    at::Tensor noise, at::Generator generator, const at::Tensor& init_latent) {
   if (options.steps < 1) {
     return absl::InvalidArgumentError("sampler: steps must be >= 1");
   }
