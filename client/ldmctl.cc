@@ -2,6 +2,9 @@
 //
 //   ldmctl [--addr=HOST:PORT] txt2img --prompt "a red circle" --steps 25 \
 //          --seed 1 --out out.png
+//   ldmctl img2img --image in.png --strength 0.6 --prompt "..." --out out.png
+//   ldmctl inpaint --image in.png --mask mask.png --prompt "..." --out out.png
+//   ldmctl upscale --image small.png --out big.png
 //   ldmctl models
 //   ldmctl health          # exit 0 only when SERVING
 //
@@ -44,6 +47,10 @@ ABSL_FLAG(int, n, 1, "number of images");
 ABSL_FLAG(int, width, 0, "width in pixels; 0 = model native");
 ABSL_FLAG(int, height, 0, "height in pixels; 0 = model native");
 ABSL_FLAG(double, timeout, 0, "deadline in seconds; 0 = none");
+ABSL_FLAG(std::string, image, "", "img2img/inpaint/upscale: the input PNG");
+ABSL_FLAG(std::string, mask, "", "inpaint: the mask PNG, white = repaint");
+ABSL_FLAG(double, strength, 0, "img2img: (0, 1]; 0 = server default 0.75");
+ABSL_FLAG(uint32_t, scale, 0, "upscale: factor; 0 = the model's");
 ABSL_FLAG(std::string, out, "out.png",
           "output file; with several images use {i} and/or {seed}");
 
@@ -126,17 +133,67 @@ std::string OutputPath(const std::string& pattern, int index, uint64_t seed,
   return path;
 }
 
-int TextToImage(ldm::v1::ImageSynthesisService::Stub& stub) {
+bool ReadFile(const std::string& path, std::string* bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  bytes->assign(std::istreambuf_iterator<char>(in), {});
+  return true;
+}
+
+// Fills the task of `request` for `command`; false (with a message) on bad
+// flags.
+bool BuildTask(const std::string& command, ldm::v1::GenerateRequest* request) {
+  const std::string prompt = absl::GetFlag(FLAGS_prompt);
+  const std::string negative = absl::GetFlag(FLAGS_negative);
+  auto read_image = [](const std::string& flag, const std::string& path,
+                       std::string* bytes) {
+    if (path.empty() || !ReadFile(path, bytes)) {
+      std::fprintf(stderr, "ldmctl: %s: cannot read '%s' (a PNG file)\n",
+                   flag.c_str(), path.c_str());
+      return false;
+    }
+    return true;
+  };
+  if (command == "txt2img") {
+    ldm::v1::TextToImage* task = request->mutable_text_to_image();
+    task->set_prompt(prompt);
+    task->set_negative_prompt(negative);
+    if (absl::GetFlag(FLAGS_width) > 0) {
+      task->set_width(absl::GetFlag(FLAGS_width));
+    }
+    if (absl::GetFlag(FLAGS_height) > 0) {
+      task->set_height(absl::GetFlag(FLAGS_height));
+    }
+    return true;
+  }
+  if (command == "img2img") {
+    ldm::v1::ImageToImage* task = request->mutable_image_to_image();
+    task->set_prompt(prompt);
+    task->set_negative_prompt(negative);
+    task->set_strength(static_cast<float>(absl::GetFlag(FLAGS_strength)));
+    return read_image("--image", absl::GetFlag(FLAGS_image),
+                      task->mutable_init_image());
+  }
+  if (command == "inpaint") {
+    ldm::v1::Inpaint* task = request->mutable_inpaint();
+    task->set_prompt(prompt);
+    task->set_negative_prompt(negative);
+    return read_image("--image", absl::GetFlag(FLAGS_image),
+                      task->mutable_image()) &&
+           read_image("--mask", absl::GetFlag(FLAGS_mask),
+                      task->mutable_mask());
+  }
+  ldm::v1::SuperResolution* task = request->mutable_super_resolution();
+  task->set_scale(absl::GetFlag(FLAGS_scale));
+  return read_image("--image", absl::GetFlag(FLAGS_image),
+                    task->mutable_low_res_image());
+}
+
+int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
+             const std::string& command) {
   ldm::v1::GenerateRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
-  ldm::v1::TextToImage* task = request.mutable_text_to_image();
-  task->set_prompt(absl::GetFlag(FLAGS_prompt));
-  task->set_negative_prompt(absl::GetFlag(FLAGS_negative));
-  if (absl::GetFlag(FLAGS_width) > 0)
-    task->set_width(absl::GetFlag(FLAGS_width));
-  if (absl::GetFlag(FLAGS_height) > 0) {
-    task->set_height(absl::GetFlag(FLAGS_height));
-  }
+  if (!BuildTask(command, &request)) return kUsageError;
   ldm::v1::SamplerSettings* sampler = request.mutable_sampler();
   const std::string kind = absl::GetFlag(FLAGS_sampler);
   if (kind == "ddim") {
@@ -318,11 +375,12 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Client for ldmserve.\nUsage: ldmctl [--addr=HOST:PORT] "
-      "txt2img|models|health [flags]");
+      "txt2img|img2img|inpaint|upscale|models|health [flags]");
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() != 2) {
     std::fprintf(stderr,
-                 "usage: ldmctl [--addr=HOST:PORT] txt2img|models|health "
+                 "usage: ldmctl [--addr=HOST:PORT] "
+                 "txt2img|img2img|inpaint|upscale|models|health "
                  "[flags] (--help for flags)\n");
     return kUsageError;
   }
@@ -332,7 +390,10 @@ int main(int argc, char** argv) {
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
       absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials(), arguments);
   auto stub = ldm::v1::ImageSynthesisService::NewStub(channel);
-  if (command == "txt2img") return TextToImage(*stub);
+  if (command == "txt2img" || command == "img2img" || command == "inpaint" ||
+      command == "upscale") {
+    return Generate(*stub, command);
+  }
   if (command == "models") return Models(*stub);
   if (command == "health") return Health(channel);
   std::fprintf(stderr, "ldmctl: unknown command '%s'\n", command.c_str());

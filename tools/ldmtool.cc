@@ -4,8 +4,10 @@
 //                       [--dtype f32|f16]
 //       builds the model of CONFIG with seeded random weights and saves it
 //       under the reference key names.
-//   ldmtool inspect WEIGHTS.safetensors
-//       lists tensors (name, dtype, shape) and parameter counts per component.
+//   ldmtool inspect WEIGHTS.safetensors [--configs DIR]
+//       lists tensors (name, dtype, shape), parameter counts per component,
+//       and the model family: the configs in DIR (default models/configs)
+//       that build exactly its UNet and autoencoder keys and shapes.
 //   ldmtool reproduce --set DIR --out FILE.safetensors
 //       computes every output of the golden set DIR (see
 //       ../shared/golden/README.md) through the production code and writes
@@ -22,6 +24,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
@@ -40,7 +43,7 @@ int Usage() {
       stderr,
       "usage:\n"
       "  ldmtool init-random --config C --seed S --out W [--dtype f16]\n"
-      "  ldmtool inspect W\n"
+      "  ldmtool inspect W [--configs DIR]\n"
       "  ldmtool txt2img --config C --weights W --prompt P "
       "[--steps N] [--seed S] [--cfg X] [--n N] [--device D] [--dtype f16] "
       "--out IMAGE.ppm\n");
@@ -82,21 +85,58 @@ int InitRandom(std::map<std::string, std::string> options) {
   return 0;
 }
 
-int Inspect(const std::string& path) {
+// The model family whose config builds exactly the checkpoint's UNet and
+// autoencoder keys and shapes, among the configs in `config_dir`.
+std::string DetectFamily(const ldm::SafetensorsFile& file,
+                         const std::string& config_dir) {
+  std::error_code error;
+  std::vector<std::string> matches;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(config_dir, error)) {
+    if (entry.path().extension() != ".json") continue;
+    auto config = ldm::ReadModelConfig(entry.path().string());
+    if (!config.ok()) continue;
+    auto expected = ldm::LatentDiffusion::ExpectedParameters(*config);
+    if (!expected.ok()) continue;
+    bool all = true;
+    for (const auto& [name, shape] : *expected) {
+      // The text encoder (CLIP) is not part of these configs yet.
+      if (name.rfind("cond_stage_model.", 0) == 0) continue;
+      auto it = file.entries().find(name);
+      if (it == file.entries().end() || it->second.shape != shape) {
+        all = false;
+        break;
+      }
+    }
+    if (all) matches.push_back(config->name);
+  }
+  if (matches.empty()) return "unknown (no config in " + config_dir + " fits)";
+  return absl::StrJoin(matches, ", ");
+}
+
+int Inspect(const std::string& path, const std::string& config_dir) {
   auto file = ldm::SafetensorsFile::Open(path);
   if (!file.ok()) return Error(file.status());
   std::map<std::string, int64_t> per_component;
   for (const auto& [name, entry] : (*file)->entries()) {
     int64_t count = 1;
     for (int64_t d : entry.shape) count *= d;
-    per_component[name.substr(0, name.find('.'))] += count;
+    // model.diffusion_model / first_stage_model / cond_stage_model / ...
+    const size_t dot = name.find('.');
+    const size_t second = name.find('.', dot + 1);
+    std::string component = name.substr(0, dot);
+    if (component == "model" && second != std::string::npos) {
+      component = name.substr(0, second);
+    }
+    per_component[component] += count;
     std::printf("%s\t%s\t[%s]\n", name.c_str(), c10::toString(entry.dtype),
                 absl::StrJoin(entry.shape, ", ").c_str());
   }
   for (const auto& [component, count] : per_component) {
-    std::printf("# %s: %lld elements\n", component.c_str(),
+    std::printf("# %s: %lld parameters\n", component.c_str(),
                 static_cast<long long>(count));
   }
+  std::printf("# family: %s\n", DetectFamily(**file, config_dir).c_str());
   return 0;
 }
 
@@ -184,7 +224,13 @@ int main(int argc, char** argv) {
   at::set_num_threads(2);
   const std::string command = argv[1];
   if (command == "init-random") return InitRandom(ParseOptions(argc, argv, 2));
-  if (command == "inspect" && argc == 3) return Inspect(argv[2]);
+  if (command == "inspect" && argc >= 3) {
+    auto options = ParseOptions(argc, argv, 3);
+    return Inspect(argv[2],
+                   options.count("configs")
+                       ? options["configs"]
+                       : std::string(LDMSERVE_SOURCE_DIR) + "/models/configs");
+  }
   if (command == "txt2img") return TextToImage(ParseOptions(argc, argv, 2));
   if (command == "reproduce") return Reproduce(ParseOptions(argc, argv, 2));
   if (command == "compare") return Compare(ParseOptions(argc, argv, 2));

@@ -55,6 +55,20 @@ done
   --steps 5 --seed 7 --out "$work/again.png" 2>/dev/null || fail "txt2img again"
 cmp -s "$work/out.png" "$work/again.png" || fail "same seed, different image"
 
+# img2img and inpaint on the PNG just made (as inpaint mask it serves too:
+# its red channel >= 128 marks what to repaint); both keep the input's size.
+"$ldmctl" --addr="$addr" img2img --image "$work/out.png" --strength 0.5 \
+  --prompt "a blue square" --steps 4 --seed 2 --out "$work/i2i.png" 2>"$work/i2i.txt" \
+  || fail "img2img: $(cat "$work/i2i.txt")"
+grep -q "step 2/2" "$work/i2i.txt" || fail "img2img ran $(grep -o 'step [0-9]*/[0-9]*' "$work/i2i.txt" | tail -1)"
+"$ldmctl" --addr="$addr" inpaint --image "$work/out.png" --mask "$work/out.png" \
+  --prompt "a blue square" --steps 3 --seed 2 --out "$work/inpaint.png" 2>"$work/inp.txt" \
+  || fail "inpaint: $(cat "$work/inp.txt")"
+for f in i2i inpaint; do
+  [[ "$(dd if="$work/$f.png" bs=1 skip=16 count=8 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "0000004000000040" ]] \
+    || fail "$f.png is not 64x64"
+done
+
 # Errors: one line, exit code 10 + gRPC code.
 set +e
 "$ldmctl" --addr="$addr" txt2img --model no-such-model --out "$work/x.png" 2>"$work/err.txt"
