@@ -372,7 +372,7 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
       task->sampler->ReplaceLatent(noised * blend.keep +
                                    task->sampler->latent() * (1 - blend.keep));
     }
-    std::vector<at::Tensor> inputs, contexts;
+    std::vector<at::Tensor> inputs, contexts, labels;
     std::vector<float> timesteps;
     for (ImageTask* task : tasks) {
       at::Tensor x = task->sampler->model_input();
@@ -383,11 +383,23 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
         // [uncond; cond], the order of the reference's batched CFG call.
         inputs.push_back(x);
         contexts.push_back(task->uncond);
+        if (task->uncond_class_labels.defined()) {
+          labels.push_back(task->uncond_class_labels);
+        }
         timesteps.insert(timesteps.end(), rows, t);
       }
       inputs.push_back(x);
       if (task->cond.defined()) contexts.push_back(task->cond);
+      if (task->class_labels.defined()) labels.push_back(task->class_labels);
       timesteps.insert(timesteps.end(), rows, t);
+    }
+    at::Tensor class_labels;
+    if (!labels.empty()) {
+      if (labels.size() != inputs.size()) {
+        return absl::InvalidArgumentError(
+            "denoise step: class labels must be given for every row");
+      }
+      class_labels = at::cat(labels, 0).to(options_.device);
     }
     at::Tensor context;
     if (!contexts.empty()) {
@@ -399,7 +411,7 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
     }
     at::Tensor t = at::tensor(timesteps).to(options_.device);
     at::Tensor input = at::cat(inputs, 0);
-    at::Tensor out = unet_->Forward(input, t, context);
+    at::Tensor out = unet_->Forward(input, t, context, class_labels);
     std::vector<at::Tensor> guided;
     int64_t row = 0;
     for (ImageTask* task : tasks) {

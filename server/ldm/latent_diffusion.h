@@ -69,6 +69,10 @@ struct ImageTask {
   // and "hybrid" conditioning: masked-image latent and mask, low-res image).
   at::Tensor concat;
   float guidance_scale = 1.0f;
+  // "adm" conditioning: class labels [n] (int64) fed to the UNet's
+  // label_emb; `uncond_class_labels` for the unconditional rows of CFG.
+  at::Tensor class_labels;
+  at::Tensor uncond_class_labels;
   // Inpainting with a plain model: before each step the kept region
   // (keep = 1, latent resolution) is reset to `known` noised to the step's
   // level, as the reference DDIM sampler's mask/x0 arguments do.

@@ -298,8 +298,8 @@ absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
   if (!(options.strength > 0.0 && options.strength <= 1.0)) {
     return absl::InvalidArgumentError("sampler: strength must be in (0, 1]");
   }
-  std::vector<int64_t> uniform =
-      DdimTimesteps(schedule.timesteps(), options.steps);
+  std::vector<int64_t> uniform = DdimTimesteps(
+      schedule.timesteps(), options.steps, options.quadratic_timesteps);
   // img2img: run the first t_enc entries of the (ascending) timesteps,
   // i.e. the last t_enc steps, as the reference's img2img.py.
   const bool partial = init_latent.defined() && options.strength < 1.0;

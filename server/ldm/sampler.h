@@ -49,6 +49,9 @@ struct SamplerOptions {
   // img2img: with an initial latent, run only the last int(strength * steps)
   // steps from it, noised to that level (1 = start from pure noise).
   double strength = 1.0;
+  // DDIM/PLMS/DDPM timesteps: the reference's "quad" discretisation instead
+  // of "uniform".
+  bool quadratic_timesteps = false;
 };
 
 class Sampler {

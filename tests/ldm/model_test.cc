@@ -404,6 +404,47 @@ TEST(PipelineTest, DedicatedInpaintingAndSuperResolutionModels) {
   EXPECT_EQ(upscaled->sizes(), (at::IntArrayRef{1, 16, 24, 3}));
 }
 
+TEST(LatentDiffusionTest, ClassLabelsConditionTheUNet) {
+  ModelConfig config = testing::TinyTextToImageConfig();
+  config.conditioning_key = "adm";
+  config.unet.num_classes = 10;
+  auto model = LatentDiffusion::CreateRandom(config, 6);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto text = (*model)->EncodeText({"a red circle"});
+  ASSERT_TRUE(text.ok());
+  SamplerOptions options;
+  options.steps = 2;
+  options.guidance_scale = 1.0f;
+  auto step_with_label = [&](int64_t label) {
+    auto task = (*model)->NewImageTask(3, 8, 8, options, text->context, {});
+    EXPECT_TRUE(task.ok());
+    task->class_labels = at::tensor({label});
+    ImageTask* pointer = &*task;
+    EXPECT_TRUE((*model)->DenoiseStep({&pointer, 1}).ok());
+    return task->sampler->latent();
+  };
+  EXPECT_TRUE(at::equal(step_with_label(3), step_with_label(3)));
+  EXPECT_FALSE(at::allclose(step_with_label(3), step_with_label(4)));
+}
+
+TEST(LatentDiffusionTest, Bfloat16OnTheCpuStaysNearFloat32) {
+  auto f32 = TinyModel(3);
+  LoadOptions bf16;
+  bf16.dtype = at::kBFloat16;
+  auto low = LatentDiffusion::CreateRandom(f32->config(), 3, bf16);
+  ASSERT_TRUE(low.ok()) << low.status();
+  JobRequest request;
+  request.prompt = "a red circle";
+  request.sampler.steps = 5;
+  auto a = RunJob(*f32, request);
+  auto b = RunJob(**low, request);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status();
+  // Measured: mean 2.1 levels of 255 after 5 guided steps.
+  const at::Tensor diff = (a->to(at::kFloat) - b->to(at::kFloat)).abs();
+  EXPECT_LT(diff.mean().item<double>(), 4.0);
+  EXPECT_GT(diff.mean().item<double>(), 0.0);  // It did run in bf16.
+}
+
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {
   WordTokenizer tokenizer({"<pad>", "<unk>", "a", "red", "circle"}, 4);
   auto encoding = tokenizer.Encode("A  red, CIRCLE!");
