@@ -3,6 +3,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -235,8 +236,7 @@ absl::StatusOr<at::Tensor> LatentDiffusion::EncodeImages(
     const at::Tensor& images, const at::Tensor& noise) const {
   return CallTorch("encode images", [&] {
     c10::InferenceMode inference;
-    const at::Tensor encoded =
-        autoencoder_->EncodeMoments(images.to(options_.device, options_.dtype));
+    const at::Tensor encoded = EncodeMoments(images);
     if (autoencoder_->is_vq()) return config_.scale_factor * encoded;
     const DiagonalGaussian posterior = Autoencoder::Posterior(encoded);
     return config_.scale_factor *
@@ -318,6 +318,47 @@ at::Tensor AxisWeights(int64_t start, int64_t length, int64_t size,
   return weights;
 }
 
+// Runs `fn` on overlapping tiles of `input`, whose grid is `h` x `w` cells
+// (latent pixels) of `in_scale` tensor pixels a side, and blends the outputs
+// (`out_scale` pixels a cell, `out_channels` channels) with linear ramps over
+// the overlaps. Blending happens on the CPU in float32, so the device only
+// ever holds one tile's activations.
+at::Tensor BlendTiles(const at::Tensor& input, int64_t in_scale,
+                      int64_t out_scale, int64_t out_channels,
+                      const TileOptions& tiles,
+                      const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  const int64_t h = input.size(2) / in_scale, w = input.size(3) / in_scale;
+  const int64_t tile = std::max<int64_t>(1, tiles.tile);
+  const int64_t overlap = std::clamp<int64_t>(tiles.overlap, 0, tile - 1);
+  const int64_t th = std::min(tile, h), tw = std::min(tile, w);
+  at::Tensor sum = at::zeros(
+      {input.size(0), out_channels, h * out_scale, w * out_scale}, at::kFloat);
+  at::Tensor weight_sum =
+      at::zeros({1, 1, h * out_scale, w * out_scale}, at::kFloat);
+  for (int64_t y : TileStarts(h, tile, overlap)) {
+    for (int64_t x : TileStarts(w, tile, overlap)) {
+      const at::Tensor out =
+          fn(input.slice(2, y * in_scale, (y + th) * in_scale)
+                 .slice(3, x * in_scale, (x + tw) * in_scale))
+              .to(at::kCPU, at::kFloat);
+      const at::Tensor weights =
+          at::outer(AxisWeights(y * out_scale, th * out_scale, h * out_scale,
+                                overlap * out_scale),
+                    AxisWeights(x * out_scale, tw * out_scale, w * out_scale,
+                                overlap * out_scale))
+              .unsqueeze(0)
+              .unsqueeze(0);
+      auto region = [&](const at::Tensor& t) {
+        return t.slice(2, y * out_scale, (y + th) * out_scale)
+            .slice(3, x * out_scale, (x + tw) * out_scale);
+      };
+      region(sum).add_(out * weights);
+      region(weight_sum).add_(weights);
+    }
+  }
+  return sum / weight_sum;
+}
+
 }  // namespace
 
 absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatentsTiled(
@@ -326,35 +367,30 @@ absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatentsTiled(
     c10::InferenceMode inference;
     const at::Tensor z = (1.0 / config_.scale_factor) *
                          latents.to(options_.device, options_.dtype);
-    const int64_t f = config_.ae.DownsamplingFactor();
-    const int64_t h = z.size(2), w = z.size(3);
-    const int64_t tile = std::max<int64_t>(1, tiles.tile);
-    const int64_t overlap = std::clamp<int64_t>(tiles.overlap, 0, tile - 1);
-    // Sum of weighted tiles and of weights, on the CPU in float32 so the
-    // device only ever holds one tile's activations.
-    at::Tensor sum = at::zeros({z.size(0), 3, h * f, w * f}, at::kFloat);
-    at::Tensor weight_sum = at::zeros({1, 1, h * f, w * f}, at::kFloat);
-    for (int64_t y : TileStarts(h, tile, overlap)) {
-      for (int64_t x : TileStarts(w, tile, overlap)) {
-        const int64_t th = std::min(tile, h), tw = std::min(tile, w);
-        const at::Tensor decoded =
-            autoencoder_->Decode(z.slice(2, y, y + th).slice(3, x, x + tw))
-                .to(at::kCPU, at::kFloat);
-        const at::Tensor weights =
-            at::outer(AxisWeights(y * f, th * f, h * f, overlap * f),
-                      AxisWeights(x * f, tw * f, w * f, overlap * f))
-                .unsqueeze(0)
-                .unsqueeze(0);
-        sum.slice(2, y * f, (y + th) * f)
-            .slice(3, x * f, (x + tw) * f)
-            .add_(decoded * weights);
-        weight_sum.slice(2, y * f, (y + th) * f)
-            .slice(3, x * f, (x + tw) * f)
-            .add_(weights);
-      }
-    }
-    return (sum / weight_sum).to(options_.device, options_.dtype);
+    return BlendTiles(z, 1, config_.ae.DownsamplingFactor(), config_.ae.out_ch,
+                      tiles,
+                      [&](const at::Tensor& tile) {
+                        return autoencoder_->Decode(tile);
+                      })
+        .to(options_.device, options_.dtype);
   });
+}
+
+at::Tensor LatentDiffusion::EncodeMoments(const at::Tensor& images) const {
+  const at::Tensor x = images.to(options_.device, options_.dtype);
+  const int64_t f = config_.ae.DownsamplingFactor();
+  const TileOptions& tiles = options_.tiles;
+  if (tiles.max_untiled_latent_pixels <= 0 ||
+      (x.size(2) / f) * (x.size(3) / f) <= tiles.max_untiled_latent_pixels) {
+    return autoencoder_->EncodeMoments(x);
+  }
+  const int64_t channels =
+      (autoencoder_->is_vq() ? 1 : 2) * config_.ae.embed_dim;
+  return BlendTiles(x, f, 1, channels, tiles,
+                    [&](const at::Tensor& tile) {
+                      return autoencoder_->EncodeMoments(tile);
+                    })
+      .to(options_.device, options_.dtype);
 }
 
 absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,

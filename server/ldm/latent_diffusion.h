@@ -231,6 +231,8 @@ class LatentDiffusion {
  private:
   LatentDiffusion(ModelConfig config, LoadOptions options,
                   at::Device declare_on = at::kCPU);
+  // quant_conv(encoder(images)), tiled past the load options' threshold.
+  at::Tensor EncodeMoments(const at::Tensor& images) const;
   absl::Status Build();
 
   ModelConfig config_;

@@ -445,6 +445,31 @@ TEST(LatentDiffusionTest, Bfloat16OnTheCpuStaysNearFloat32) {
   EXPECT_GT(diff.mean().item<double>(), 0.0);  // It did run in bf16.
 }
 
+TEST(TiledEncodeTest, LargeImagesEncodeInBlendedTiles) {
+  auto whole = TinyModel(3);
+  const at::Tensor picture = TestPicture(32, 48);
+  const at::Tensor noise = at::zeros({1, 4, 16, 24});
+  const at::Tensor reference = *whole->EncodeImages(picture, noise);
+  // Relative mean error of a tiled encode against the whole one.
+  auto relative_error = [&](int64_t tile, int64_t overlap) {
+    LoadOptions options;
+    options.tiles = {tile, overlap, 8 * 8};
+    auto tiled = LatentDiffusion::CreateRandom(whole->config(), 3, options);
+    EXPECT_TRUE(tiled.ok());
+    auto latent = (*tiled)->EncodeImages(picture, noise);
+    EXPECT_TRUE(latent.ok()) << latent.status();
+    EXPECT_EQ(latent->sizes(), reference.sizes());
+    return (*latent - reference).abs().mean().item<double>() /
+           reference.abs().mean().item<double>();
+  };
+  const double small_tiles = relative_error(8, 4);
+  const double large_tiles = relative_error(16, 8);
+  std::printf("tiled encode relative error: tile 8/4 %.3f, tile 16/8 %.3f\n",
+              small_tiles, large_tiles);
+  EXPECT_GT(small_tiles, 0.0);  // It did tile.
+  EXPECT_LT(large_tiles, small_tiles);
+}
+
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {
   WordTokenizer tokenizer({"<pad>", "<unk>", "a", "red", "circle"}, 4);
   auto encoding = tokenizer.Encode("A  red, CIRCLE!");
