@@ -50,7 +50,7 @@ struct TileOptions {
   int64_t tile = 64;     // Tile side in latent pixels.
   int64_t overlap = 16;  // Overlap between neighbouring tiles, latent pixels.
   // Latents with more pixels (h * w) than this are tiled; 0 = never.
-  int64_t max_untiled_latent_pixels = 96 * 96;
+  int64_t max_untiled_latent_pixels = int64_t{96} * 96;
 };
 
 struct LoadOptions {

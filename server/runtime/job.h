@@ -39,8 +39,8 @@ struct JobSpec {
   std::string model_name;  // As the registry names it.
   TaskKind task = TaskKind::kTextToImage;
   ldm::JobRequest request;  // Latent size resolved (never 0).
-  int preview_every = 0;   // 0 = no previews.
-  int progress_every = 1;  // The last step is always reported.
+  int preview_every = 0;    // 0 = no previews.
+  int progress_every = 1;   // The last step is always reported.
   std::string client_request_id;
 };
 

@@ -61,8 +61,9 @@ class ModelRegistry {
   };
 
   // The ready model named `name`, or, when `name` is empty, the default for
-  // `task` (else the first model that can run it). NOT_FOUND for unknown names, UNAVAILABLE while loading or failed,
-  // FAILED_PRECONDITION when it cannot run `task`.
+  // `task` (else the first model that can run it). NOT_FOUND for unknown names,
+  // UNAVAILABLE while loading or failed, FAILED_PRECONDITION when it cannot run
+  // `task`.
   absl::StatusOr<const Model*> Find(const std::string& name,
                                     TaskKind task) const;
   struct ModelStatus {

@@ -32,7 +32,7 @@ Scheduler::Scheduler(SchedulerOptions options) : options_(options) {
 
 Scheduler::~Scheduler() { Shutdown(absl::ZeroDuration()); }
 
-absl::Status Scheduler::Submit(std::shared_ptr<Job> job) {
+absl::Status Scheduler::Submit(const std::shared_ptr<Job>& job) {
   absl::MutexLock lock(&mu_);
   if (!accepting_) {
     return absl::UnavailableError("server is shutting down");
@@ -120,8 +120,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
     const std::shared_ptr<Job>& head = queue_.front();
     if (key != nullptr && !SameBatchKey(*key, *head)) break;
     if (images > 0 &&
-        images + head->spec().request.num_images >
-            options_.max_batch_images) {
+        images + head->spec().request.num_images > options_.max_batch_images) {
       break;
     }
     images += head->spec().request.num_images;

@@ -49,7 +49,7 @@ class Scheduler {
   // Queues `job` and reports its position. RESOURCE_EXHAUSTED when the queue
   // is full, UNAVAILABLE after Shutdown() began; the job is then not admitted
   // and its sink is not called.
-  absl::Status Submit(std::shared_ptr<Job> job);
+  absl::Status Submit(const std::shared_ptr<Job>& job);
 
   // Stops `job` with `reason`: at once if it is still queued, else at its
   // next step boundary. A job that already ended is left alone.

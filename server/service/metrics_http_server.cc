@@ -123,7 +123,7 @@ void MetricsHttpServer::Serve() {
 void MetricsHttpServer::HandleConnection(int fd) {
   std::string request;
   char buffer[1024];
-  while (request.find("\r\n\r\n") == std::string::npos &&
+  while (!absl::StrContains(request, "\r\n\r\n") &&
          request.size() < kMaxRequestBytes) {
     pollfd readable = {fd, POLLIN, 0};
     if (::poll(&readable, 1, kReadTimeoutMs) <= 0) return;

@@ -55,9 +55,9 @@ absl::Status CheckPixels(const std::string& field, int64_t width,
                          int64_t height, const ServiceLimits& limits) {
   if (static_cast<uint64_t>(width) * static_cast<uint64_t>(height) >
       limits.max_pixels) {
-    return Invalid(field, absl::StrCat("width * height at most ",
-                                       limits.max_pixels, " pixels (got ",
-                                       width, "x", height, ")"));
+    return Invalid(field,
+                   absl::StrCat("width * height at most ", limits.max_pixels,
+                                " pixels (got ", width, "x", height, ")"));
   }
   return absl::OkStatus();
 }
@@ -77,9 +77,9 @@ absl::StatusOr<RgbImage> DecodeImageField(const std::string& field,
   if (!image.ok()) return image.status();
   if (multiple > 0 &&
       (image->width % multiple != 0 || image->height % multiple != 0)) {
-    return Invalid(field, absl::StrCat("sides must be multiples of ", multiple,
-                                       " (got ", image->width, "x",
-                                       image->height, ")"));
+    return Invalid(
+        field, absl::StrCat("sides must be multiples of ", multiple, " (got ",
+                            image->width, "x", image->height, ")"));
   }
   absl::Status pixels = CheckPixels(field, image->width, image->height, limits);
   if (!pixels.ok()) return pixels;
@@ -107,8 +107,8 @@ absl::Status ValidateTask(const GenerateRequest& request,
                                 text.width(), model.native_width(), multiple);
       if (!width.ok()) return width.status();
       auto height =
-          ValidateSide("text_to_image.height", text.has_height(),
-                       text.height(), model.native_height(), multiple);
+          ValidateSide("text_to_image.height", text.has_height(), text.height(),
+                       model.native_height(), multiple);
       if (!height.ok()) return height.status();
       status = CheckPixels("text_to_image.width", *width, *height, limits);
       if (!status.ok()) return status;
@@ -217,11 +217,10 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   auto task = RequestedTask(request);
   if (!task.ok()) return task.status();
   spec.task = *task;
-  if (request.client_request_id().size() >
-      limits.max_client_request_id_bytes) {
-    return Invalid("client_request_id",
-                   absl::StrCat("at most ", limits.max_client_request_id_bytes,
-                                " bytes"));
+  if (request.client_request_id().size() > limits.max_client_request_id_bytes) {
+    return Invalid(
+        "client_request_id",
+        absl::StrCat("at most ", limits.max_client_request_id_bytes, " bytes"));
   }
   spec.client_request_id = request.client_request_id();
   ldm::JobRequest& job = spec.request;
@@ -249,9 +248,9 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
                      absl::StrCat("unknown value ", sampler.kind()));
   }
   if (sampler.steps() > limits.max_steps) {
-    return Invalid("sampler.steps", absl::StrCat("at most ", limits.max_steps,
-                                                 " (got ", sampler.steps(),
-                                                 ")"));
+    return Invalid("sampler.steps",
+                   absl::StrCat("at most ", limits.max_steps, " (got ",
+                                sampler.steps(), ")"));
   }
   job.sampler.steps = sampler.steps() == 0
                           ? static_cast<int>(limits.default_steps)
@@ -265,17 +264,17 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   job.sampler.eta = sampler.eta();
   if (!(sampler.guidance_scale() >= 0.0f &&
         sampler.guidance_scale() <= limits.max_guidance_scale)) {
-    return Invalid("sampler.guidance_scale",
-                   absl::StrCat("must be in [0, ", limits.max_guidance_scale,
-                                "]"));
+    return Invalid(
+        "sampler.guidance_scale",
+        absl::StrCat("must be in [0, ", limits.max_guidance_scale, "]"));
   }
   job.sampler.guidance_scale = sampler.guidance_scale() == 0.0f
                                    ? limits.default_guidance_scale
                                    : sampler.guidance_scale();
   if (request.num_images() > limits.max_images) {
-    return Invalid("num_images", absl::StrCat("at most ", limits.max_images,
-                                              " (got ", request.num_images(),
-                                              ")"));
+    return Invalid("num_images",
+                   absl::StrCat("at most ", limits.max_images, " (got ",
+                                request.num_images(), ")"));
   }
   job.num_images =
       request.num_images() == 0 ? 1 : static_cast<int>(request.num_images());
