@@ -33,6 +33,11 @@ ABSL_FLAG(std::string, models, LDMSERVE_DEFAULT_REGISTRY,
 ABSL_FLAG(int, threads, 0, "intra-op threads for LibTorch; 0 = one per core");
 ABSL_FLAG(int, queue_size, 64, "jobs that may wait in the queue");
 ABSL_FLAG(int, max_batch, 8, "images per denoising call");
+ABSL_FLAG(int64_t, max_batch_latent_pixels, 0,
+          "latent pixels (images x h x w) per denoising call; 0 = no limit");
+ABSL_FLAG(std::string, batching, "step",
+          "step: jobs join and leave at step boundaries; request: jobs that "
+          "queue together run together; none: one job at a time");
 ABSL_FLAG(double, drain_timeout, 30,
           "seconds running jobs get to finish on SIGTERM");
 ABSL_FLAG(std::string, port_file, "",
@@ -101,6 +106,20 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.scheduler.queue_size = absl::GetFlag(FLAGS_queue_size);
   options.scheduler.max_batch_images = absl::GetFlag(FLAGS_max_batch);
+  options.scheduler.max_batch_latent_pixels =
+      absl::GetFlag(FLAGS_max_batch_latent_pixels);
+  const std::string batching = absl::GetFlag(FLAGS_batching);
+  if (batching == "step") {
+    options.scheduler.batching = ldmserve::Batching::kStep;
+  } else if (batching == "request") {
+    options.scheduler.batching = ldmserve::Batching::kRequest;
+  } else if (batching == "none") {
+    options.scheduler.batching = ldmserve::Batching::kNone;
+  } else {
+    std::fprintf(stderr,
+                 "ldmserve: --batching must be step, request or none\n");
+    return 2;
+  }
   auto server = ldmserve::LdmServer::Start(
       options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
   if (!server.ok()) {

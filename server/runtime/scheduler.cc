@@ -22,6 +22,11 @@ int ImagesOf(const std::vector<std::shared_ptr<Job>>& jobs) {
   return images;
 }
 
+int64_t LatentPixelsOf(const Job& job) {
+  const ldm::JobRequest& request = job.spec().request;
+  return request.num_images * request.latent_height * request.latent_width;
+}
+
 }  // namespace
 
 Scheduler::Scheduler(SchedulerOptions options) : options_(options) {
@@ -113,20 +118,31 @@ void Scheduler::ReportQueuePositions() {
 std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
     const std::vector<std::shared_ptr<Job>>& running) {
   std::vector<std::shared_ptr<Job>> admitted;
+  // Request-level and unbatched modes only start work on an idle worker.
+  if (options_.batching != Batching::kStep && !running.empty()) return {};
   int images = ImagesOf(running);
+  int64_t pixels = 0;
+  for (const auto& job : running) pixels += LatentPixelsOf(*job);
   const Job* key = running.empty() ? nullptr : running.front().get();
   // FIFO: stop at the first job that cannot join, so none is overtaken.
   while (!queue_.empty()) {
     const std::shared_ptr<Job>& head = queue_.front();
     if (key != nullptr && !SameBatchKey(*key, *head)) break;
-    if (images > 0 &&
+    const bool empty = images == 0;
+    if (!empty &&
         images + head->spec().request.num_images > options_.max_batch_images) {
       break;
     }
+    if (!empty && options_.max_batch_latent_pixels > 0 &&
+        pixels + LatentPixelsOf(*head) > options_.max_batch_latent_pixels) {
+      break;
+    }
     images += head->spec().request.num_images;
+    pixels += LatentPixelsOf(*head);
     if (key == nullptr) key = head.get();
     admitted.push_back(head);
     queue_.pop_front();
+    if (options_.batching == Batching::kNone) break;
   }
   running_ += static_cast<int>(admitted.size());
   if (!admitted.empty()) ReportQueuePositions();
@@ -219,6 +235,29 @@ void Scheduler::WorkerLoop() {
   }
 }
 
+std::vector<absl::Status> Scheduler::StepWithRetry(
+    const ldm::LatentDiffusion& model,
+    const std::vector<ldm::ImageTask*>& tasks) {
+  absl::Status status;
+  if (options_.step_fault_for_testing) {
+    status = options_.step_fault_for_testing(tasks.size());
+  }
+  if (status.ok()) status = model.DenoiseStep(tasks);
+  if (status.code() == absl::StatusCode::kResourceExhausted &&
+      tasks.size() > 1) {
+    LOG(WARNING) << "out of memory with " << tasks.size()
+                 << " images in a call; retrying in halves";
+    const auto middle = tasks.begin() + static_cast<int64_t>(tasks.size() / 2);
+    std::vector<absl::Status> outcomes = StepWithRetry(
+        model, std::vector<ldm::ImageTask*>(tasks.begin(), middle));
+    std::vector<absl::Status> rest =
+        StepWithRetry(model, std::vector<ldm::ImageTask*>(middle, tasks.end()));
+    outcomes.insert(outcomes.end(), rest.begin(), rest.end());
+    return outcomes;
+  }
+  return std::vector<absl::Status>(tasks.size(), status);
+}
+
 void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
   std::vector<ldm::ImageTask*> tasks;
   for (const auto& job : running) {
@@ -228,14 +267,24 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
   }
   const ldm::LatentDiffusion& model = running.front()->model();
   const absl::Time step_start = absl::Now();
-  absl::Status status = model.DenoiseStep(tasks);
+  const std::vector<absl::Status> outcomes = StepWithRetry(model, tasks);
   const absl::Time step_end = absl::Now();
-  if (!status.ok()) {
-    // A failed call fails only the jobs in it; the worker keeps serving.
-    for (const auto& job : running) FailJob(job, status);
-    running.clear();
-    return;
+  // A failed call fails only the jobs in it; the worker keeps serving.
+  size_t task_index = 0;
+  std::vector<std::shared_ptr<Job>> stepped;
+  for (const auto& job : running) {
+    absl::Status status;
+    for (size_t i = 0; i < job->running().prepared.images.size(); ++i) {
+      if (status.ok()) status = outcomes[task_index];
+      ++task_index;
+    }
+    if (status.ok()) {
+      stepped.push_back(job);
+    } else {
+      FailJob(job, status);
+    }
   }
+  running = std::move(stepped);
   std::vector<std::shared_ptr<Job>> finished;
   std::vector<std::shared_ptr<Job>> continuing;
   for (const auto& job : running) {

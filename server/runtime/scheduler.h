@@ -21,6 +21,7 @@
 #define LDMSERVE_SERVER_RUNTIME_SCHEDULER_H_
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -33,10 +34,25 @@
 
 namespace ldmserve {
 
+// How jobs share UNet calls.
+enum class Batching {
+  kStep,     // Jobs join and leave a running batch at every step boundary.
+  kRequest,  // Jobs queued together start together; none joins until the
+             // whole batch is done (what most servers do).
+  kNone,     // One job at a time.
+};
+
 struct SchedulerOptions {
   int queue_size = 64;       // Jobs waiting, not counting running ones.
   int max_batch_images = 8;  // Images per UNet call (CFG doubles the rows).
-  int workers = 1;           // 0 = none: jobs queue but never run (tests).
+  // Latent pixels (images x h x w) per UNet call; 0 = no limit. A job larger
+  // than the budget still runs, alone.
+  int64_t max_batch_latent_pixels = 0;
+  Batching batching = Batching::kStep;
+  int workers = 1;  // 0 = none: jobs queue but never run (tests).
+  // Test hook: consulted before each UNet call with its number of image
+  // tasks; an error is taken as that call's outcome (fault injection).
+  std::function<absl::Status(size_t tasks)> step_fault_for_testing;
 };
 
 class Scheduler {
@@ -80,6 +96,11 @@ class Scheduler {
   absl::Status StartJob(Job& job);
   // One step for all of `running`, then progress, decode and results.
   void StepBatch(std::vector<std::shared_ptr<Job>>& running);
+  // One denoising call over `tasks`; out of memory, it retries the halves.
+  // Returns the outcome for each task.
+  std::vector<absl::Status> StepWithRetry(
+      const ldm::LatentDiffusion& model,
+      const std::vector<ldm::ImageTask*>& tasks);
 
   const SchedulerOptions options_;
   mutable absl::Mutex mu_;

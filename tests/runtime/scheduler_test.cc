@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,8 +27,11 @@ class RecordingSink : public JobSink {
     events_.push_back("queued " + std::to_string(position));
   }
   void OnStarted(absl::Duration) override {
-    absl::MutexLock lock(&mu_);
-    events_.push_back("started");
+    {
+      absl::MutexLock lock(&mu_);
+      events_.push_back("started");
+    }
+    started_.Notify();
   }
   void OnProgress(const ProgressEvent& event) override {
     absl::MutexLock lock(&mu_);
@@ -64,6 +69,7 @@ class RecordingSink : public JobSink {
     return result_;
   }
   absl::Notification& done() { return done_; }
+  absl::Notification& started() { return started_; }
 
  private:
   absl::Mutex mu_;
@@ -71,6 +77,7 @@ class RecordingSink : public JobSink {
   JobResult result_ ABSL_GUARDED_BY(mu_);
   int terminal_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Notification done_;
+  absl::Notification started_;
 };
 
 class SchedulerTest : public ::testing::Test {
@@ -170,6 +177,121 @@ TEST_F(SchedulerTest, ExpiredDeadlineStopsTheJob) {
   ASSERT_TRUE(scheduler.Submit(job).ok());
   sink->done().WaitForNotification();
   EXPECT_EQ(sink->events().back(), "error DEADLINE_EXCEEDED");
+}
+
+// Records the size of every UNet call; the first call waits until the test
+// has queued everything it wants queued behind it.
+class CallRecorder {
+ public:
+  absl::Status OnCall(size_t tasks) {
+    queued_.WaitForNotification();
+    absl::MutexLock lock(&mu_);
+    sizes_.push_back(tasks);
+    return fault_ ? fault_(sizes_.size(), tasks) : absl::OkStatus();
+  }
+  void AllQueued() { queued_.Notify(); }
+  std::vector<size_t> sizes() {
+    absl::MutexLock lock(&mu_);
+    return sizes_;
+  }
+  // (call number from 1, tasks) -> the call's outcome.
+  std::function<absl::Status(size_t, size_t)> fault_;
+
+ private:
+  absl::Notification queued_;
+  absl::Mutex mu_;
+  std::vector<size_t> sizes_ ABSL_GUARDED_BY(mu_);
+};
+
+class BatchingModeTest : public SchedulerTest,
+                         public ::testing::WithParamInterface<Batching> {};
+
+TEST_P(BatchingModeTest, JobsShareCallsAsTheModeSays) {
+  CallRecorder recorder;
+  SchedulerOptions options;
+  options.batching = GetParam();
+  options.step_fault_for_testing = [&](size_t tasks) {
+    return recorder.OnCall(tasks);
+  };
+  Scheduler scheduler(options);
+  // A starts (and its first call waits); B and C queue behind it.
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 3; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(scheduler.Submit(MakeJob(sinks.back(), 3, 10 + i)).ok());
+    if (i == 0) sinks[0]->started().WaitForNotification();
+  }
+  recorder.AllQueued();
+  for (auto& sink : sinks) sink->done().WaitForNotification();
+  for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
+  const std::vector<size_t> sizes = recorder.sizes();
+  const size_t widest = *std::max_element(sizes.begin(), sizes.end());
+  switch (GetParam()) {
+    case Batching::kStep:  // B and C join A's batch at its second step.
+      EXPECT_EQ(widest, 3u);
+      break;
+    case Batching::kRequest:  // B and C start together once A is done.
+      EXPECT_EQ(widest, 2u);
+      break;
+    case Batching::kNone:
+      EXPECT_EQ(widest, 1u);
+      EXPECT_EQ(sizes.size(), 9u);
+      break;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, BatchingModeTest,
+                         ::testing::Values(Batching::kStep, Batching::kRequest,
+                                           Batching::kNone));
+
+TEST_F(SchedulerTest, OutOfMemoryRetriesInHalves) {
+  CallRecorder recorder;
+  recorder.fault_ = [](size_t, size_t tasks) {
+    return tasks > 1 ? absl::ResourceExhaustedError("out of memory (test)")
+                     : absl::OkStatus();
+  };
+  SchedulerOptions options;
+  options.step_fault_for_testing = [&](size_t tasks) {
+    return recorder.OnCall(tasks);
+  };
+  Scheduler scheduler(options);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 3; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(scheduler.Submit(MakeJob(sinks.back(), 2, 20 + i)).ok());
+    if (i == 0) sinks[0]->started().WaitForNotification();
+  }
+  recorder.AllQueued();
+  for (auto& sink : sinks) sink->done().WaitForNotification();
+  for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
+  const std::vector<size_t> sizes = recorder.sizes();
+  // A alone; then A+B+C fails and is retried as [A] and [B, C], the
+  // latter again as [B] and [C].
+  ASSERT_GE(sizes.size(), 6u);
+  EXPECT_EQ(std::vector<size_t>(sizes.begin(), sizes.begin() + 6),
+            (std::vector<size_t>{1, 3, 1, 2, 1, 1}));
+}
+
+TEST_F(SchedulerTest, AFailedCallFailsOnlyItsJobs) {
+  CallRecorder recorder;
+  recorder.fault_ = [](size_t call, size_t) {
+    return call == 1 ? absl::InternalError("injected fault") : absl::OkStatus();
+  };
+  SchedulerOptions options;
+  options.step_fault_for_testing = [&](size_t tasks) {
+    return recorder.OnCall(tasks);
+  };
+  Scheduler scheduler(options);
+  auto first = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(scheduler.Submit(MakeJob(first, 3, 1)).ok());
+  recorder.AllQueued();
+  first->done().WaitForNotification();
+  EXPECT_EQ(first->events().back(), "error INTERNAL");
+  EXPECT_EQ(first->terminal(), 1);
+  auto second = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(scheduler.Submit(MakeJob(second, 3, 2)).ok());
+  second->done().WaitForNotification();
+  EXPECT_EQ(second->events().back(), "result");
 }
 
 TEST_F(SchedulerTest, DrainLetsRunningJobsFinish) {
