@@ -180,6 +180,10 @@ absl::Status Scheduler::StartJob(Job& job) {
   if (!prepared.ok()) return prepared.status();
   running.prepared = *std::move(prepared);
   running.timings.encode = absl::Now() - running.started_at;
+  if (options_.observer != nullptr) {
+    options_.observer->OnQueueWait(running.timings.queue);
+    options_.observer->OnStage("encode", running.timings.encode);
+  }
   return absl::OkStatus();
 }
 
@@ -269,6 +273,11 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
   const absl::Time step_start = absl::Now();
   const std::vector<absl::Status> outcomes = StepWithRetry(model, tasks);
   const absl::Time step_end = absl::Now();
+  if (options_.observer != nullptr) {
+    options_.observer->OnDenoiseCall(static_cast<int>(running.size()),
+                                     static_cast<int>(tasks.size()),
+                                     step_end - step_start);
+  }
   // A failed call fails only the jobs in it; the worker keeps serving.
   size_t task_index = 0;
   std::vector<std::shared_ptr<Job>> stepped;
@@ -322,6 +331,9 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
   const absl::Time decode_start = absl::Now();
   absl::StatusOr<at::Tensor> images = model.DecodeToImages(latents);
   const absl::Time decode_end = absl::Now();
+  if (options_.observer != nullptr) {
+    options_.observer->OnStage("decode", decode_end - decode_start);
+  }
   int64_t row = 0;
   for (const auto& job : finished) {
     if (!images.ok()) {

@@ -34,6 +34,18 @@
 
 namespace ldmserve {
 
+// What the scheduler reports for metrics (the service turns these into
+// Prometheus series). Called from worker threads; must not block.
+class SchedulerObserver {
+ public:
+  virtual ~SchedulerObserver() = default;
+  virtual void OnQueueWait(absl::Duration wait) = 0;
+  // One UNet call: how many jobs and images shared it, and how long it took.
+  virtual void OnDenoiseCall(int jobs, int images, absl::Duration duration) = 0;
+  // "encode" (conditioning) per job, "decode" per batch of finished jobs.
+  virtual void OnStage(const char* stage, absl::Duration duration) = 0;
+};
+
 // How jobs share UNet calls.
 enum class Batching {
   kStep,     // Jobs join and leave a running batch at every step boundary.
@@ -50,6 +62,7 @@ struct SchedulerOptions {
   int64_t max_batch_latent_pixels = 0;
   Batching batching = Batching::kStep;
   int workers = 1;  // 0 = none: jobs queue but never run (tests).
+  SchedulerObserver* observer = nullptr;  // Must outlive the scheduler.
   // Test hook: consulted before each UNet call with its number of image
   // tasks; an error is taken as that call's outcome (fault injection).
   std::function<absl::Status(size_t tasks)> step_fault_for_testing;

@@ -97,6 +97,12 @@ class GenerateStream : public JobSink {
 
   // Ends a call whose job was never admitted.
   void Reject(const absl::Status& status) { OnError(status); }
+  // The model and task the call's metrics are labelled with.
+  void SetLabels(std::string model, std::string task) {
+    absl::MutexLock lock(&mu_);
+    model_label_ = std::move(model);
+    task_label_ = std::move(task);
+  }
   void OnWriteDone(bool ok);
 
   // Marks the call cancelled; returns whether the job still needs stopping.
@@ -135,6 +141,8 @@ class GenerateStream : public JobSink {
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> final_status_ ABSL_GUARDED_BY(mu_);
   int last_position_ ABSL_GUARDED_BY(mu_) = -1;
+  std::string model_label_ ABSL_GUARDED_BY(mu_);
+  std::string task_label_ ABSL_GUARDED_BY(mu_);
 };
 
 class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
@@ -225,7 +233,8 @@ void GenerateStream::EndLocked(grpc::Status status,
                                std::optional<GenerateResponse> last_message) {
   if (ended_) return;
   ended_ = true;
-  metrics_->RequestEnded(static_cast<absl::StatusCode>(status.error_code()),
+  metrics_->RequestEnded(model_label_, task_label_,
+                         static_cast<absl::StatusCode>(status.error_code()),
                          absl::Now() - created_at_);
   if (last_message) {
     // A result is never coalesced away: it queues behind pending events.
@@ -297,6 +306,7 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     stream->Reject(task.status());
     return reactor;
   }
+  stream->SetLabels(request->model(), TaskKindName(*task));
   absl::StatusOr<const ModelRegistry::Model*> model =
       models_->Find(request->model(), *task);
   if (!model.ok()) {
@@ -310,6 +320,7 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     return reactor;
   }
   spec->model_name = (*model)->entry.name;
+  stream->SetLabels(spec->model_name, TaskKindName(*task));
   auto job =
       std::make_shared<Job>(job_id, *std::move(spec), (*model)->model.get(),
                             stream, absl::FromChrono(context->deadline()));

@@ -3,12 +3,28 @@
 #include "absl/status/status.h"
 
 namespace ldmserve {
+namespace {
+
+const prometheus::Histogram::BucketBoundaries& SecondsBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+      1,     2.5,    5,     10,   25,    50,   100, 250};
+  return *buckets;
+}
+
+const prometheus::Histogram::BucketBoundaries& CountBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      1, 2, 3, 4, 6, 8, 12, 16, 24, 32};
+  return *buckets;
+}
+
+}  // namespace
 
 ServiceMetrics::ServiceMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       requests_(prometheus::BuildCounter()
                     .Name("ldmserve_requests_total")
-                    .Help("Generate calls by final status code.")
+                    .Help("Generate calls by model, task and final status code.")
                     .Register(*registry_)),
       images_(prometheus::BuildCounter()
                   .Name("ldmserve_images_generated_total")
@@ -25,19 +41,87 @@ ServiceMetrics::ServiceMetrics()
                         .Help("Jobs in a running batch.")
                         .Register(*registry_)
                         .Add({})),
-      request_seconds_(
-          prometheus::BuildHistogram()
-              .Name("ldmserve_request_duration_seconds")
-              .Help("Generate calls from admission to final status.")
-              .Register(*registry_)
-              .Add({}, prometheus::Histogram::BucketBoundaries{
-                           0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100,
-                           250})) {}
+      request_seconds_(prometheus::BuildHistogram()
+                           .Name("ldmserve_request_duration_seconds")
+                           .Help("Generate calls from arrival to final status.")
+                           .Register(*registry_)
+                           .Add({}, SecondsBuckets())),
+      queue_wait_seconds_(prometheus::BuildHistogram()
+                              .Name("ldmserve_queue_wait_seconds")
+                              .Help("Time jobs spent queued.")
+                              .Register(*registry_)
+                              .Add({}, SecondsBuckets())),
+      step_seconds_(prometheus::BuildHistogram()
+                        .Name("ldmserve_denoise_call_seconds")
+                        .Help("One batched denoising (UNet) call.")
+                        .Register(*registry_)
+                        .Add({}, SecondsBuckets())),
+      stage_seconds_(prometheus::BuildHistogram()
+                         .Name("ldmserve_stage_seconds")
+                         .Help("Encode (per job) and decode (per batch) "
+                               "stages.")
+                         .Register(*registry_)),
+      batch_jobs_(prometheus::BuildHistogram()
+                      .Name("ldmserve_batch_jobs")
+                      .Help("Jobs sharing one denoising call.")
+                      .Register(*registry_)
+                      .Add({}, CountBuckets())),
+      batch_images_(prometheus::BuildHistogram()
+                        .Name("ldmserve_batch_images")
+                        .Help("Images sharing one denoising call.")
+                        .Register(*registry_)
+                        .Add({}, CountBuckets())),
+      busy_seconds_(prometheus::BuildCounter()
+                        .Name("ldmserve_worker_busy_seconds_total")
+                        .Help("Seconds workers spent in denoising calls "
+                              "(rate() of it is the busy ratio).")
+                        .Register(*registry_)
+                        .Add({})),
+      model_ready_(prometheus::BuildGauge()
+                       .Name("ldmserve_model_ready")
+                       .Help("1 when the model is loaded and serving.")
+                       .Register(*registry_)),
+      resident_memory_(prometheus::BuildGauge()
+                           .Name("ldmserve_process_resident_memory_bytes")
+                           .Help("Resident memory of the server process.")
+                           .Register(*registry_)
+                           .Add({})) {}
 
-void ServiceMetrics::RequestEnded(absl::StatusCode code,
+void ServiceMetrics::RequestEnded(const std::string& model,
+                                  const std::string& task,
+                                  absl::StatusCode code,
                                   absl::Duration duration) {
-  requests_.Add({{"code", absl::StatusCodeToString(code)}}).Increment();
+  requests_
+      .Add({{"model", model},
+            {"task", task},
+            {"code", absl::StatusCodeToString(code)}})
+      .Increment();
   request_seconds_.Observe(absl::ToDoubleSeconds(duration));
+}
+
+void ServiceMetrics::OnQueueWait(absl::Duration wait) {
+  queue_wait_seconds_.Observe(absl::ToDoubleSeconds(wait));
+}
+
+void ServiceMetrics::OnDenoiseCall(int jobs, int images,
+                                   absl::Duration duration) {
+  step_seconds_.Observe(absl::ToDoubleSeconds(duration));
+  batch_jobs_.Observe(jobs);
+  batch_images_.Observe(images);
+  busy_seconds_.Increment(absl::ToDoubleSeconds(duration));
+}
+
+void ServiceMetrics::OnStage(const char* stage, absl::Duration duration) {
+  stage_seconds_.Add({{"stage", stage}}, SecondsBuckets())
+      .Observe(absl::ToDoubleSeconds(duration));
+}
+
+void ServiceMetrics::SetModelReady(const std::string& model, bool ready) {
+  model_ready_.Add({{"model", model}}).Set(ready ? 1 : 0);
+}
+
+void ServiceMetrics::SetResidentMemory(double bytes) {
+  resident_memory_.Set(bytes);
 }
 
 void ServiceMetrics::ImagesGenerated(int count) { images_.Increment(count); }

@@ -3,6 +3,9 @@
 #include <glog/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <unistd.h>
+
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -18,17 +21,19 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
   std::unique_ptr<LdmServer> server(new LdmServer());
   server->models_ = std::move(models);
   server->metrics_ = std::make_unique<ServiceMetrics>();
-  server->scheduler_ = std::make_unique<Scheduler>(options.scheduler);
+  SchedulerOptions scheduler_options = options.scheduler;
+  if (scheduler_options.observer == nullptr) {
+    scheduler_options.observer = server->metrics_.get();
+  }
+  server->scheduler_ = std::make_unique<Scheduler>(scheduler_options);
   server->service_ = std::make_unique<ImageSynthesisService>(
       server->models_.get(), server->scheduler_.get(), server->metrics_.get(),
       options.limits);
   if (!options.metrics_listen.empty()) {
     LdmServer* raw = server.get();
     auto metrics_server = MetricsHttpServer::Start(
-        options.metrics_listen, server->metrics_->registry(), [raw] {
-          raw->metrics_->SetQueueDepth(raw->scheduler_->queue_depth());
-          raw->metrics_->SetRunningJobs(raw->scheduler_->running_jobs());
-        });
+        options.metrics_listen, server->metrics_->registry(),
+        [raw] { raw->RefreshGauges(); });
     if (!metrics_server.ok()) return metrics_server.status();
     server->metrics_server_ = std::move(metrics_server).value();
   }
@@ -51,6 +56,21 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
 }
 
 LdmServer::~LdmServer() { Shutdown(absl::ZeroDuration()); }
+
+void LdmServer::RefreshGauges() {
+  metrics_->SetQueueDepth(scheduler_->queue_depth());
+  metrics_->SetRunningJobs(scheduler_->running_jobs());
+  for (const ModelRegistry::ModelStatus& model : models_->Snapshot()) {
+    metrics_->SetModelReady(model.entry.name,
+                            model.state == ModelState::kReady);
+  }
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  if (statm >> pages >> resident) {
+    metrics_->SetResidentMemory(static_cast<double>(resident) *
+                                static_cast<double>(sysconf(_SC_PAGESIZE)));
+  }
+}
 
 absl::Status LdmServer::LoadModels() {
   absl::Status status = models_->LoadAll();

@@ -59,6 +59,8 @@ class LdmServer {
  private:
   LdmServer() = default;
   void SetServing(bool serving);
+  // Gauges read from elsewhere, refreshed before each scrape.
+  void RefreshGauges();
 
   std::unique_ptr<ModelRegistry> models_;
   std::unique_ptr<ServiceMetrics> metrics_;

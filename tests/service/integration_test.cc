@@ -302,9 +302,18 @@ TEST_F(IntegrationTest, CancelMidwayStopsTheJobAndTheServerKeepsServing) {
   ASSERT_TRUE(call.status.ok()) << call.status.error_message();
   const std::string metrics = ScrapeMetrics();
   EXPECT_THAT(metrics, HasSubstr("HTTP/1.1 200 OK"));
+  const std::string labels =
+      std::string("model=\"") + kModelName + "\",task=\"text_to_image\"";
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_requests_total{code=\"CANCELLED\"," +
+                                 labels + "} 1"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_requests_total{code=\"OK\"," +
+                                 labels + "} 1"));
+  EXPECT_THAT(metrics, HasSubstr(std::string("ldmserve_model_ready{model=\"") +
+                                 kModelName + "\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_batch_images_count"));
   EXPECT_THAT(metrics,
-              HasSubstr("ldmserve_requests_total{code=\"CANCELLED\"} 1"));
-  EXPECT_THAT(metrics, HasSubstr("ldmserve_requests_total{code=\"OK\"} 1"));
+              HasSubstr("ldmserve_stage_seconds_count{stage=\"decode\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_process_resident_memory_bytes "));
 }
 
 TEST_F(IntegrationTest, DeadlineExpiresDuringGeneration) {
