@@ -22,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/ldm/layers.h"
 #include "server/service/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -40,6 +41,10 @@ ABSL_FLAG(std::string, batching, "step",
           "queue together run together; none: one job at a time");
 ABSL_FLAG(double, drain_timeout, 30,
           "seconds running jobs get to finish on SIGTERM");
+ABSL_FLAG(bool, batch_invariant, true,
+          "compute each image of a batch on its own so results are "
+          "bit-identical however jobs are batched (costs throughput; see "
+          "docs/benchmarks.md)");
 ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port here once listening (for tests)");
 
@@ -93,6 +98,7 @@ int main(int argc, char** argv) {
                           : static_cast<int>(std::max(
                                 1u, std::thread::hardware_concurrency())));
   at::set_num_interop_threads(1);
+  ldm::SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
 
   auto entries =
       ldmserve::ModelRegistry::ReadRegistryFile(absl::GetFlag(FLAGS_models));

@@ -1,8 +1,29 @@
 #include "server/ldm/layers.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace ldm {
+namespace {
+
+std::atomic<bool> batch_invariant{false};
+
+// `fn` over each sample of `x` (dim 0) alone, results concatenated.
+template <typename Fn>
+at::Tensor PerSample(const at::Tensor& x, Fn&& fn) {
+  if (x.size(0) <= 1) return fn(x);
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(x.size(0));
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    outputs.push_back(fn(x.slice(0, i, i + 1)));
+  }
+  return at::cat(outputs, 0);
+}
+
+}  // namespace
+
+void SetBatchInvariant(bool on) { batch_invariant.store(on); }
+bool BatchInvariant() { return batch_invariant.load(); }
 
 Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
                int64_t out_channels, int64_t kernel, int64_t stride,
@@ -14,8 +35,11 @@ Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
 }
 
 at::Tensor Conv2d::Forward(const at::Tensor& x) const {
-  return at::conv2d(x, weight_, bias_, {stride_, stride_},
-                    {padding_, padding_});
+  auto conv = [&](const at::Tensor& input) {
+    return at::conv2d(input, weight_, bias_, {stride_, stride_},
+                      {padding_, padding_});
+  };
+  return BatchInvariant() ? PerSample(x, conv) : conv(x);
 }
 
 Conv1x1d::Conv1x1d(const ParamScope& scope, int64_t in_channels,
@@ -25,7 +49,10 @@ Conv1x1d::Conv1x1d(const ParamScope& scope, int64_t in_channels,
 }
 
 at::Tensor Conv1x1d::Forward(const at::Tensor& x) const {
-  return at::conv1d(x, weight_, bias_);
+  auto conv = [&](const at::Tensor& input) {
+    return at::conv1d(input, weight_, bias_);
+  };
+  return BatchInvariant() ? PerSample(x, conv) : conv(x);
 }
 
 Linear::Linear(const ParamScope& scope, int64_t in_features,
@@ -35,7 +62,11 @@ Linear::Linear(const ParamScope& scope, int64_t in_features,
 }
 
 at::Tensor Linear::Forward(const at::Tensor& x) const {
-  return at::linear(x, weight_, bias_);
+  auto linear = [&](const at::Tensor& input) {
+    return at::linear(input, weight_, bias_);
+  };
+  // Dim 0 is the batch (for a 2-D input each row is a sample).
+  return BatchInvariant() ? PerSample(x, linear) : linear(x);
 }
 
 GroupNorm::GroupNorm(const ParamScope& scope, int64_t groups, int64_t channels,

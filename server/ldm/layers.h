@@ -14,6 +14,16 @@
 
 namespace ldm {
 
+// Batch-invariant numerics: when on, convolutions and linear layers compute
+// every sample of a batch on its own, so a sample's result does not depend
+// on what else shares its batch (oneDNN and BLAS pick other kernels and
+// blockings for other batch sizes, which moves results by ~1e-6). The
+// scheduler relies on it for bit-identical results however jobs are
+// batched. Process-wide, like LibTorch's thread counts: set it once, before
+// serving. Default off.
+void SetBatchInvariant(bool on);
+bool BatchInvariant();
+
 class Conv2d {
  public:
   // Not copyable: the parameter registry points into the layer.

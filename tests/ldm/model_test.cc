@@ -7,6 +7,7 @@
 
 #include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/layers.h"
 #include "server/ldm/safetensors.h"
 #include "tests/ldm/test_util.h"
 
@@ -468,6 +469,46 @@ TEST(TiledEncodeTest, LargeImagesEncodeInBlendedTiles) {
               small_tiles, large_tiles);
   EXPECT_GT(small_tiles, 0.0);  // It did tile.
   EXPECT_LT(large_tiles, small_tiles);
+}
+
+TEST(BatchInvarianceTest, BatchedStepsAreBitIdenticalToStepsAlone) {
+  SetBatchInvariant(true);
+  auto model = TinyModel();
+  auto text = model->EncodeText({"", "a red circle", "a blue square"});
+  ASSERT_TRUE(text.ok());
+  auto make = [&](uint64_t seed, int steps, float scale, int prompt,
+                  SamplerKind kind) {
+    SamplerOptions options;
+    options.kind = kind;
+    options.steps = steps;
+    options.guidance_scale = scale;
+    auto task = model->NewImageTask(seed, 8, 8, options,
+                                    text->context.slice(0, prompt, prompt + 1),
+                                    text->context.slice(0, 0, 1));
+    EXPECT_TRUE(task.ok());
+    return std::move(task).value();
+  };
+  ImageTask alone_a = make(1, 5, 7.5f, 1, SamplerKind::kDdim);
+  ImageTask alone_b = make(2, 8, 3.0f, 2, SamplerKind::kEulerAncestral);
+  ImageTask batch_a = make(1, 5, 7.5f, 1, SamplerKind::kDdim);
+  ImageTask batch_b = make(2, 8, 3.0f, 2, SamplerKind::kEulerAncestral);
+  for (int step = 0; step < 3; ++step) {
+    ImageTask* pa = &alone_a;
+    ImageTask* pb = &alone_b;
+    ASSERT_TRUE(model->DenoiseStep({&pa, 1}).ok());
+    ASSERT_TRUE(model->DenoiseStep({&pb, 1}).ok());
+    std::vector<ImageTask*> both = {&batch_a, &batch_b};
+    ASSERT_TRUE(model->DenoiseStep(both).ok());
+  }
+  EXPECT_TRUE(at::equal(alone_a.sampler->latent(), batch_a.sampler->latent()));
+  EXPECT_TRUE(at::equal(alone_b.sampler->latent(), batch_b.sampler->latent()));
+  // And decoding together equals decoding alone.
+  auto together = model->DecodeToImages(
+      {batch_a.sampler->latent(), batch_b.sampler->latent()});
+  auto first = model->DecodeToImages({alone_a.sampler->latent()});
+  ASSERT_TRUE(together.ok() && first.ok());
+  EXPECT_TRUE(at::equal(together->slice(0, 0, 1), *first));
+  SetBatchInvariant(false);
 }
 
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {

@@ -13,11 +13,13 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "ldm/v1/image_synthesis.grpc.pb.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/layers.h"
 #include "server/service/png_codec.h"
 #include "server/service/server.h"
 #include "tests/ldm/test_util.h"
@@ -41,6 +43,8 @@ class IntegrationTest : public ::testing::Test {
   static void SetUpTestSuite() {
     // Keep a core for gRPC's threads while the worker computes.
     at::set_num_threads(1);
+    // As ldmserve runs by default: results independent of batching.
+    ldm::SetBatchInvariant(true);
   }
 
   void SetUp() override {
@@ -170,6 +174,62 @@ TEST_F(IntegrationTest, GenerateStreamsQueuedProgressAndResult) {
     EXPECT_TRUE(at::equal(served, expected[i])) << "image " << i;
   }
   EXPECT_GT(result.timings().total_ms() + 1, result.timings().denoise_ms());
+}
+
+TEST_F(IntegrationTest, ConcurrentClientsGetExactlyTheirAloneResults) {
+  struct Case {
+    int steps;
+    uint64_t seed;
+    ldm::v1::SamplerKind kind;
+    ldm::SamplerKind engine_kind;
+  };
+  const std::vector<Case> cases = {
+      {3, 101, ldm::v1::SAMPLER_KIND_DDIM, ldm::SamplerKind::kDdim},
+      {5, 102, ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL,
+       ldm::SamplerKind::kEulerAncestral},
+      {8, 103, ldm::v1::SAMPLER_KIND_DDIM, ldm::SamplerKind::kDdim},
+      {4, 104, ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M,
+       ldm::SamplerKind::kDpmSolverPP2M},
+      {6, 105, ldm::v1::SAMPLER_KIND_PLMS, ldm::SamplerKind::kPlms},
+      {2, 106, ldm::v1::SAMPLER_KIND_DDPM, ldm::SamplerKind::kDdpm},
+  };
+  std::vector<CallResult> results(cases.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    clients.emplace_back([&, i] {
+      GenerateRequest request =
+          TextRequest("a red circle", cases[i].steps, cases[i].seed);
+      request.mutable_sampler()->set_kind(cases[i].kind);
+      results[i] = Call(request);
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    ldm::JobRequest alone;
+    alone.prompt = "a red circle";
+    alone.sampler.steps = cases[i].steps;
+    alone.sampler.kind = cases[i].engine_kind;
+    alone.seed = cases[i].seed;
+    const at::Tensor expected = ldm::RunJob(*reference_, alone).value();
+    auto png =
+        DecodePng(results[i].events.back().result().images(0).data(), "result")
+            .value();
+    const at::Tensor served =
+        at::from_blob(png.pixels.data(), {16, 16, 3}, at::kByte).clone();
+    EXPECT_TRUE(at::equal(served, expected[0]));
+  }
+  // And they did share calls: more images than calls.
+  const std::string metrics = ScrapeMetrics();
+  auto value = [&](const std::string& name) {
+    const size_t at = metrics.find("\n" + name + " ");
+    return at == std::string::npos
+               ? -1.0
+               : std::stod(metrics.substr(at + name.size() + 2));
+  };
+  EXPECT_GT(value("ldmserve_batch_images_sum"),
+            value("ldmserve_batch_images_count"));
 }
 
 TEST_F(IntegrationTest, EverySamplerServes) {
