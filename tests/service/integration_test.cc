@@ -522,6 +522,54 @@ TEST_F(IntegrationTest, ReflectionListsTheService) {
   EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
 }
 
+TEST(QueueFullTest, RefusedAtOnceWithARetryHint) {
+  // No workers: admitted jobs stay queued, so the queue fills for sure.
+  auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
+  ModelEntry entry;
+  entry.name = kModelName;
+  entry.tasks = {TaskKind::kTextToImage};
+  entry.default_for = {TaskKind::kTextToImage};
+  registry->AddLoaded(entry, ldm::LatentDiffusion::CreateRandom(
+                                 ldm::testing::TinyTextToImageConfig(), 5)
+                                 .value());
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.scheduler.queue_size = 1;
+  options.scheduler.workers = 0;
+  auto server = LdmServer::Start(options, std::move(registry)).value();
+  server->MarkServing();
+  auto stub = ldm::v1::ImageSynthesisService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->port()),
+                          grpc::InsecureChannelCredentials()));
+  GenerateRequest request;
+  request.mutable_text_to_image()->set_prompt("a red circle");
+  grpc::ClientContext waiting_context;
+  auto waiting = stub->Generate(&waiting_context, request);
+  GenerateResponse queued;
+  ASSERT_TRUE(waiting->Read(&queued));
+  EXPECT_EQ(queued.queued().position(), 0u);
+
+  grpc::ClientContext refused_context;
+  auto refused = stub->Generate(&refused_context, request);
+  GenerateResponse ignored;
+  EXPECT_FALSE(refused->Read(&ignored));
+  const grpc::Status status = refused->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("queue is full"));
+  const auto& trailers = refused_context.GetServerTrailingMetadata();
+  auto hint = trailers.find("retry-after-ms");
+  ASSERT_NE(hint, trailers.end());
+  EXPECT_EQ(std::string(hint->second.data(), hint->second.size()), "1000");
+
+  // Shutting down ends the queued job with one clear status.
+  server->Shutdown(absl::ZeroDuration());
+  while (waiting->Read(&ignored)) {
+  }
+  const grpc::Status ended = waiting->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(ended.error_message(), HasSubstr("shut down"));
+}
+
 TEST_F(IntegrationTest, ShutdownRefusesNewCallsWithUnavailable) {
   server_->scheduler().Shutdown(absl::ZeroDuration());
   CallResult call = Call(TextRequest("a red circle", 2, 1));
