@@ -160,12 +160,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   return config;
 }
 
-absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::stringstream text;
   text << in.rdbuf();
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(text.str());
+  return text.str();
+}
+
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(*text);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
                         absl::StrCat(path, ": ", config.status().message()));

@@ -96,6 +96,9 @@ struct ModelConfig {
   }
 };
 
+// The whole file at `path`; NOT_FOUND naming it when it cannot be read.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
+
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text);
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path);
 std::string ModelConfigToJson(const ModelConfig& config);

@@ -30,12 +30,10 @@ bool Has(const std::vector<TaskKind>& tasks, TaskKind task) {
 
 absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
     const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream text;
-  text << in.rdbuf();
+  absl::StatusOr<std::string> text = ldm::ReadTextFile(path);
+  if (!text.ok()) return text.status();
   const nlohmann::json root =
-      nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+      nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object() || !root.contains("models") ||
       !root["models"].is_array()) {
     return absl::InvalidArgumentError(

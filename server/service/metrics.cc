@@ -22,10 +22,11 @@ const prometheus::Histogram::BucketBoundaries& CountBuckets() {
 
 ServiceMetrics::ServiceMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      requests_(prometheus::BuildCounter()
-                    .Name("ldmserve_requests_total")
-                    .Help("Generate calls by model, task and final status code.")
-                    .Register(*registry_)),
+      requests_(
+          prometheus::BuildCounter()
+              .Name("ldmserve_requests_total")
+              .Help("Generate calls by model, task and final status code.")
+              .Register(*registry_)),
       images_(prometheus::BuildCounter()
                   .Name("ldmserve_images_generated_total")
                   .Help("Images returned to clients.")

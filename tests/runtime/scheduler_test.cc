@@ -203,6 +203,24 @@ class CallRecorder {
   std::vector<size_t> sizes_ ABSL_GUARDED_BY(mu_);
 };
 
+// Submits three jobs of `steps` steps: the first starts (its first call
+// waits in `recorder`), the other two queue behind it; then waits for all
+// three to end.
+std::vector<std::shared_ptr<RecordingSink>> RunThreeBehindOne(
+    Scheduler& scheduler, CallRecorder& recorder,
+    const std::function<std::shared_ptr<Job>(std::shared_ptr<RecordingSink>,
+                                             int)>& make_job) {
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 3; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    EXPECT_TRUE(scheduler.Submit(make_job(sinks.back(), i)).ok());
+    if (i == 0) sinks[0]->started().WaitForNotification();
+  }
+  recorder.AllQueued();
+  for (auto& sink : sinks) sink->done().WaitForNotification();
+  return sinks;
+}
+
 class BatchingModeTest : public SchedulerTest,
                          public ::testing::WithParamInterface<Batching> {};
 
@@ -214,15 +232,10 @@ TEST_P(BatchingModeTest, JobsShareCallsAsTheModeSays) {
     return recorder.OnCall(tasks);
   };
   Scheduler scheduler(options);
-  // A starts (and its first call waits); B and C queue behind it.
-  std::vector<std::shared_ptr<RecordingSink>> sinks;
-  for (int i = 0; i < 3; ++i) {
-    sinks.push_back(std::make_shared<RecordingSink>());
-    ASSERT_TRUE(scheduler.Submit(MakeJob(sinks.back(), 3, 10 + i)).ok());
-    if (i == 0) sinks[0]->started().WaitForNotification();
-  }
-  recorder.AllQueued();
-  for (auto& sink : sinks) sink->done().WaitForNotification();
+  const auto sinks = RunThreeBehindOne(
+      scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
+        return MakeJob(std::move(sink), 3, 10 + i);
+      });
   for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
   const std::vector<size_t> sizes = recorder.sizes();
   const size_t widest = *std::max_element(sizes.begin(), sizes.end());
@@ -255,14 +268,10 @@ TEST_F(SchedulerTest, OutOfMemoryRetriesInHalves) {
     return recorder.OnCall(tasks);
   };
   Scheduler scheduler(options);
-  std::vector<std::shared_ptr<RecordingSink>> sinks;
-  for (int i = 0; i < 3; ++i) {
-    sinks.push_back(std::make_shared<RecordingSink>());
-    ASSERT_TRUE(scheduler.Submit(MakeJob(sinks.back(), 2, 20 + i)).ok());
-    if (i == 0) sinks[0]->started().WaitForNotification();
-  }
-  recorder.AllQueued();
-  for (auto& sink : sinks) sink->done().WaitForNotification();
+  const auto sinks = RunThreeBehindOne(
+      scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
+        return MakeJob(std::move(sink), 2, 20 + i);
+      });
   for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
   const std::vector<size_t> sizes = recorder.sizes();
   // A alone; then A+B+C fails and is retried as [A] and [B, C], the

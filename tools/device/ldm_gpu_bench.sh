@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# On the GPU machine: builds server/ldm, its tests and ldmbench (service off)
-# against the machine's PyTorch, runs the model and parity tests, then
-# ldmbench on CUDA (f16 and f32) and on the machine's CPU. Log in $OUT/log.
+# On the GPU machine: builds server/ldm, its tests, tools and ldmbench
+# (service off) against the machine's PyTorch, runs the model and parity
+# tests, ldmbench on CUDA (f16 and f32) and on the machine's CPU, and a whole
+# shipped-model job on CPU and CUDA, comparing pixels. Log in $OUT/log.
 # Needs .deps/ (Debian's Abseil, nlohmann-json, GoogleTest unpacked) and
 # optionally .golden/ (a copy of the golden sets).
 set -uo pipefail
@@ -25,3 +26,23 @@ sd=models/configs/sd-v1.json
 "$bench" --config "$sd" --sizes 256,512 --device cuda --dtype f32 --repeats 5
 "$bench" --config models/shapes-tiny/config.json --device cuda --repeats 20
 "$bench" --config "$sd" --sizes 256 --device cpu --repeats 2 --threads 16
+# The shipped model, a whole job: CPU vs CUDA f32 and f16 pixels.
+tool="$build/tools/ldmtool"
+model=(--config models/shapes-tiny/config.json
+       --weights models/shapes-tiny/weights.safetensors --prompt "a red circle")
+"$tool" txt2img "${model[@]}" --steps 25 --n 4 --device cpu --out "$out/cpu.ppm"
+"$tool" txt2img "${model[@]}" --steps 25 --n 4 --device cuda --out "$out/cuda.ppm"
+"$tool" txt2img "${model[@]}" --steps 25 --n 4 --device cuda --dtype f16 \
+  --out "$out/cuda16.ppm"
+python3 - "$out" <<'PY'
+import sys, numpy as np
+def read(p):
+    data = open(p, "rb").read()
+    parts = data.split(b"\n", 3)
+    w, h = map(int, parts[1].split())
+    return np.frombuffer(parts[3], np.uint8).reshape(h, w, 3).astype(int)
+cpu = read(sys.argv[1] + "/cpu.ppm")
+for name in ("cuda", "cuda16"):
+    d = np.abs(cpu - read(sys.argv[1] + f"/{name}.ppm"))
+    print(f"{name} vs cpu: max |diff| {d.max()} levels, mean {d.mean():.3f}")
+PY

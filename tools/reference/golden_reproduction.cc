@@ -26,12 +26,9 @@ struct Harness {
 };
 
 absl::StatusOr<Harness> ReadHarness(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream text;
-  text << in.rdbuf();
+  LDM_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
   const nlohmann::json root =
-      nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+      nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not JSON"));
   }
