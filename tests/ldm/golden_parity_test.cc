@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "server/ldm/clip_text_model.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/safetensors.h"
 #include "tests/ldm/test_util.h"
@@ -21,20 +22,33 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> GoldenSets() {
+// The golden sets of `kind_prefix` kinds ("clip" for CLIP text models,
+// anything else for latent diffusion sets): folders up to two levels down
+// with a config.json and a golden.safetensors, recognised by the config's
+// `kind`, never by the folder's name.
+std::vector<std::string> GoldenSets(bool clip) {
   std::vector<std::string> sets;
   const fs::path root = testing::GoldenDir();
   std::error_code error;
   if (!fs::is_directory(root, error)) return sets;
-  for (const auto& entry : fs::directory_iterator(root)) {
-    if (fs::exists(entry.path() / "config.json") &&
-        fs::exists(entry.path() / "golden.safetensors")) {
-      sets.push_back(entry.path().string());
+  for (auto it = fs::recursive_directory_iterator(root, error);
+       it != fs::recursive_directory_iterator(); it.increment(error)) {
+    if (it.depth() > 1) it.disable_recursion_pending();
+    const fs::path dir = it->path();
+    if (!fs::exists(dir / "config.json") ||
+        !fs::exists(dir / "golden.safetensors")) {
+      continue;
     }
+    auto text = ReadTextFile((dir / "config.json").string());
+    const bool is_clip =
+        text.ok() && text->find("\"clip_text_model\"") != std::string::npos;
+    if (is_clip == clip) sets.push_back(dir.string());
   }
   std::sort(sets.begin(), sets.end());
   return sets;
 }
+
+std::vector<std::string> GoldenSets() { return GoldenSets(/*clip=*/false); }
 
 double RelMax(const at::Tensor& actual, const at::Tensor& expected) {
   const at::Tensor e = expected.to(at::kDouble);
@@ -88,6 +102,39 @@ TEST(GoldenParityTest, EveryOutputMatchesTheReference) {
     for (const reference::KeyComparison& c : comparisons) {
       EXPECT_TRUE(c.passed) << c.key << ": error " << c.error << " > tolerance "
                             << c.tolerance << " " << c.detail;
+    }
+  }
+}
+
+TEST(GoldenParityTest, ClipTextModelMatchesTheReference) {
+  const std::vector<std::string> sets = GoldenSets(/*clip=*/true);
+  if (sets.empty()) {
+    GTEST_SKIP() << "no CLIP text golden sets under " << testing::GoldenDir();
+  }
+  for (const std::string& dir : sets) {
+    SCOPED_TRACE(dir);
+    auto model =
+        ClipTextModel::Load(dir + "/config.json", dir + "/weights.safetensors");
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto golden = SafetensorsFile::Open(dir + "/golden.safetensors");
+    ASSERT_TRUE(golden.ok());
+    c10::InferenceMode inference;
+    const at::Tensor ids = (*golden)->Get("inputs.input_ids")->clone();
+    const ClipTextModel::Output output = (*model)->Forward(ids);
+    // The README's tolerance for the text encoder.
+    constexpr double kTolerance = 5e-5;
+    EXPECT_LE(RelMax(output.last_hidden_state,
+                     *(*golden)->Get("clip.last_hidden_state")),
+              kTolerance);
+    EXPECT_LE(RelMax((*model)->Encode(ids, /*clip_skip=*/2),
+                     *(*golden)->Get("clip.clip_skip_2")),
+              kTolerance);
+    for (size_t i = 0; i < output.hidden_states.size(); ++i) {
+      const std::string key = "clip.dbg.hidden_states." + std::to_string(i);
+      if (!(*golden)->Contains(key)) continue;
+      EXPECT_LE(RelMax(output.hidden_states[i], *(*golden)->Get(key)),
+                kTolerance)
+          << key;
     }
   }
 }

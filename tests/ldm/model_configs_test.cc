@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "server/ldm/clip_text_model.h"
 #include "server/ldm/latent_diffusion.h"
 #include "tests/ldm/test_util.h"
 
@@ -24,7 +25,7 @@ std::string ConfigPath(const std::string& name) {
   return std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/" + name;
 }
 
-// key<TAB>[d0, d1, ...] lines; '#' comments.
+// "key<whitespace>[dtype<whitespace>][d0, d1, ...]" lines; '#' comments.
 std::map<std::string, std::vector<int64_t>> ReadKeyFile(
     const std::string& path) {
   std::map<std::string, std::vector<int64_t>> keys;
@@ -32,17 +33,21 @@ std::map<std::string, std::vector<int64_t>> ReadKeyFile(
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
-    std::vector<std::string> fields = absl::StrSplit(line, '\t');
-    if (fields.size() != 2) continue;
+    const size_t key_end = line.find_first_of(" \t");
+    const size_t open = line.find('['), close = line.find(']');
+    if (key_end == std::string::npos || open == std::string::npos ||
+        close == std::string::npos) {
+      continue;
+    }
     std::vector<int64_t> shape;
     for (absl::string_view dim :
-         absl::StrSplit(fields[1].substr(1, fields[1].size() - 2), ", ",
+         absl::StrSplit(line.substr(open + 1, close - open - 1), ", ",
                         absl::SkipEmpty())) {
       int64_t value = 0;
       EXPECT_TRUE(absl::SimpleAtoi(dim, &value)) << line;
       shape.push_back(value);
     }
-    keys[fields[0]] = shape;
+    keys[line.substr(0, key_end)] = shape;
   }
   return keys;
 }
@@ -101,6 +106,23 @@ TEST(ModelConfigsTest, PaperVqModelsBuild) {
   EXPECT_EQ(params->count(
                 "model.diffusion_model.input_blocks.3.0.in_layers.2.weight"),
             1u);
+}
+
+TEST(ModelConfigsTest, ClipVitL14BuildsEverySdV1TextEncoderKey) {
+  const std::string key_file = testing::GoldenDir() + "/clip/keys-vit-l14.txt";
+  if (!std::filesystem::exists(key_file)) GTEST_SKIP() << "no " << key_file;
+  ClipTextConfig config;  // The defaults are ViT-L/14's text tower.
+  ParameterRegistry registry(at::kMeta);
+  ClipTextModel model(
+      config, ParamScope(&registry, "cond_stage_model.transformer.text_model"));
+  std::map<std::string, std::vector<int64_t>> reference = ReadKeyFile(key_file);
+  // Optional in checkpoints; positions are always 0..76.
+  EXPECT_EQ(
+      reference.erase(
+          "cond_stage_model.transformer.text_model.embeddings.position_ids"),
+      1u);
+  EXPECT_EQ(reference.size(), 196u);
+  EXPECT_EQ(registry.Shapes(), reference);
 }
 
 }  // namespace
