@@ -18,6 +18,7 @@ RUNTIME_PACKAGES=(
   libprometheus-cpp-core1.0
   libspng0
   libgoogle-glog0v6
+  libicu72
   ca-certificates
 )
 
@@ -36,6 +37,7 @@ BUILD_PACKAGES=(
   libspng-dev
   libgoogle-glog-dev
   nlohmann-json3-dev
+  libicu-dev
   libgtest-dev
   libgmock-dev
   libbenchmark-dev

@@ -15,6 +15,9 @@
 //   ldmtool compare --golden GOLDEN.safetensors --actual FILE.safetensors
 //       prints rel_max per key against the README's tolerances; exit 1 on
 //       any failure.
+//   ldmtool tokenize --tokenizer DIR [--padded] PROMPT...
+//       prints each prompt's CLIP BPE ids on one line (the 77-id SD v1 form
+//       with --padded), for debugging prompts.
 //   ldmtool txt2img --config C --weights W --prompt P [--steps N] [--seed S]
 //                   [--n N] [--device cpu|cuda] [--dtype f32|f16] --out X.ppm
 //       runs a whole job alone through the engine twice (the second timed)
@@ -31,6 +34,7 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
+#include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
@@ -140,6 +144,34 @@ int Inspect(const std::string& path, const std::string& config_dir) {
   return 0;
 }
 
+// ldmtool tokenize --tokenizer DIR [--padded] PROMPT...: one line of ids per
+// prompt.
+int Tokenize(int argc, char** argv) {
+  std::string dir;
+  bool padded = false;
+  std::vector<std::string> prompts;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--tokenizer" && i + 1 < argc) {
+      dir = argv[++i];
+    } else if (arg == "--padded") {
+      padded = true;
+    } else {
+      prompts.push_back(arg);
+    }
+  }
+  if (dir.empty()) return Usage();
+  auto tokenizer = ldm::ClipTokenizer::Load(dir);
+  if (!tokenizer.ok()) return Error(tokenizer.status());
+  for (const std::string& prompt : prompts) {
+    const std::vector<int64_t> ids =
+        padded ? (*tokenizer)->EncodePadded(prompt).ids
+               : (*tokenizer)->Encode(prompt);
+    std::printf("%s\n", absl::StrJoin(ids, " ").c_str());
+  }
+  return 0;
+}
+
 int Reproduce(std::map<std::string, std::string> options) {
   if (!options.count("set") || !options.count("out")) return Usage();
   auto outputs = ldm::reference::ReproduceGoldenSet(options["set"]);
@@ -233,6 +265,7 @@ int main(int argc, char** argv) {
   }
   if (command == "txt2img") return TextToImage(ParseOptions(argc, argv, 2));
   if (command == "reproduce") return Reproduce(ParseOptions(argc, argv, 2));
+  if (command == "tokenize") return Tokenize(argc, argv);
   if (command == "compare") return Compare(ParseOptions(argc, argv, 2));
   return Usage();
 }
