@@ -42,9 +42,13 @@ const std::set<std::string>& ScheduleBufferNames() {
 }
 
 bool IsKnownExtraKey(const std::string& key) {
-  // EMA copies are skipped; the non-EMA weights are the model's own.
+  // EMA copies are skipped; the non-EMA weights are the model's own. CLIP's
+  // position_ids are optional: positions are always 0..76.
   return ScheduleBufferNames().count(key) > 0 ||
-         absl::StartsWith(key, "model_ema.");
+         absl::StartsWith(key, "model_ema.") ||
+         key ==
+             "cond_stage_model.transformer.text_model.embeddings."
+             "position_ids";
 }
 
 // A fixed latent -> RGB projection for previews. For 4-channel latents these
@@ -93,8 +97,27 @@ absl::Status LatentDiffusion::Build() {
     tokenizer_ = std::make_unique<WordTokenizer>(
         config_.text_encoder->vocab, config_.text_encoder->max_length);
   }
-  schedule_ = DiffusionSchedule::Linear(config_.linear_start,
-                                        config_.linear_end, config_.timesteps);
+  if (config_.clip) {
+    if (config_.clip->text.hidden_size != config_.unet.context_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config: cond_stage.hidden_size ", config_.clip->text.hidden_size,
+          " != unet.context_dim ", config_.unet.context_dim));
+    }
+    clip_text_ = std::make_unique<ClipTextModel>(
+        config_.clip->text,
+        root.Sub(kTextEncoderPrefix).Sub("transformer").Sub("text_model"));
+  }
+  LDM_ASSIGN_OR_RETURN(
+      schedule_,
+      DiffusionSchedule::Make(config_.beta_schedule, config_.linear_start,
+                              config_.linear_end, config_.timesteps));
+  return absl::OkStatus();
+}
+
+absl::Status LatentDiffusion::LoadTokenizer() {
+  if (!config_.clip) return absl::OkStatus();
+  LDM_ASSIGN_OR_RETURN(clip_tokenizer_,
+                       ClipTokenizer::Load(config_.clip->tokenizer_dir));
   return absl::OkStatus();
 }
 
@@ -111,6 +134,7 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
   LDM_RETURN_IF_ERROR(CallTorchStatus("load " + weights_path, [&] {
     c10::InferenceMode inference;
     LDM_RETURN_IF_ERROR(model->Build());
+    LDM_RETURN_IF_ERROR(model->LoadTokenizer());
     LDM_RETURN_IF_ERROR(model->registry_.LoadFrom(
         *file, "", options.strict,
         [](const std::string& key) { return IsKnownExtraKey(key); },
@@ -145,6 +169,9 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
   LDM_RETURN_IF_ERROR(CallTorchStatus("create random model", [&] {
     c10::InferenceMode inference;
     LDM_RETURN_IF_ERROR(model->Build());
+    // Random weights serve tools and benchmarks: a missing tokenizer only
+    // matters once text is encoded (EncodeText then says so).
+    (void)model->LoadTokenizer();
     model->registry_.InitRandom(seed);
     model->registry_.To(options.device, options.dtype);
     return absl::OkStatus();
@@ -168,6 +195,32 @@ absl::Status LatentDiffusion::Save(const std::string& weights_path,
 
 absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
     const std::vector<std::string>& prompts) const {
+  if (clip_text_ && clip_tokenizer_) {
+    return CallTorch("encode text", [&] {
+      c10::InferenceMode inference;
+      TextConditioning result;
+      std::vector<int64_t> ids;
+      for (const std::string& prompt : prompts) {
+        ClipTokenizer::Padded padded = clip_tokenizer_->EncodePadded(prompt);
+        if (padded.truncated) {
+          result.warnings.push_back("prompt truncated to 75 CLIP tokens");
+        }
+        ids.insert(ids.end(), padded.ids.begin(), padded.ids.end());
+      }
+      const at::Tensor id_tensor =
+          at::tensor(ids, at::TensorOptions().dtype(at::kLong))
+              .reshape({static_cast<int64_t>(prompts.size()), -1})
+              .to(options_.device);
+      result.context = clip_text_->Encode(id_tensor, config_.clip->clip_skip)
+                           .to(options_.dtype);
+      return result;
+    });
+  }
+  if (clip_text_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", config_.name, ": no CLIP tokenizer at ",
+                     config_.clip->tokenizer_dir));
+  }
   if (!text_encoder_) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", config_.name, " has no text encoder"));
@@ -546,7 +599,7 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
   }
 
   at::Tensor cond, uncond;
-  if (text_encoder_) {
+  if (has_text_encoder()) {
     LDM_ASSIGN_OR_RETURN(TextConditioning text,
                          EncodeText({request.negative_prompt, request.prompt}));
     job.warnings = text.warnings;

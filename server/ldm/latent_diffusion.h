@@ -35,6 +35,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "server/ldm/autoencoder.h"
+#include "server/ldm/clip_text_model.h"
+#include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/parameters.h"
 #include "server/ldm/sampler.h"
@@ -152,7 +154,9 @@ class LatentDiffusion {
   const ModelConfig& config() const { return config_; }
   const at::Device& device() const { return options_.device; }
   int64_t NumParameters() const { return registry_.NumElements(); }
-  bool has_text_encoder() const { return text_encoder_ != nullptr; }
+  bool has_text_encoder() const {
+    return text_encoder_ != nullptr || clip_text_ != nullptr;
+  }
 
   absl::StatusOr<TextConditioning> EncodeText(
       const std::vector<std::string>& prompts) const;
@@ -234,6 +238,8 @@ class LatentDiffusion {
   // quant_conv(encoder(images)), tiled past the load options' threshold.
   at::Tensor EncodeMoments(const at::Tensor& images) const;
   absl::Status Build();
+  // The CLIP tokenizer's files, for models conditioned on CLIP.
+  absl::Status LoadTokenizer();
 
   ModelConfig config_;
   LoadOptions options_;
@@ -242,6 +248,8 @@ class LatentDiffusion {
   std::unique_ptr<Autoencoder> autoencoder_;
   std::unique_ptr<TextTransformer> text_encoder_;
   std::unique_ptr<WordTokenizer> tokenizer_;
+  std::unique_ptr<ClipTextModel> clip_text_;
+  std::unique_ptr<ClipTokenizer> clip_tokenizer_;
   std::optional<DiffusionSchedule> schedule_;
 };
 

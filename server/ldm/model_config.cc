@@ -152,6 +152,25 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   if (config.parameterization != "eps" && config.parameterization != "v") {
     return absl::InvalidArgumentError("config parameterization: eps or v");
   }
+  if (root.contains("cond_stage")) {
+    const json& object = root.at("cond_stage");
+    if (!object.is_object() || object.value("kind", "") != "clip") {
+      return absl::InvalidArgumentError(
+          "config cond_stage: only {\"kind\": \"clip\", ...} is supported");
+    }
+    auto text = ParseClipTextConfig(object.dump());
+    if (!text.ok()) return text.status();
+    ClipCondition clip;
+    clip.text = *text;
+    clip.text.checkpoint_prefix = "cond_stage_model.transformer.text_model.";
+    LDM_READ(object, "tokenizer", "cond_stage", &clip.tokenizer_dir);
+    LDM_READ(object, "clip_skip", "cond_stage", &clip.clip_skip);
+    if (clip.clip_skip < 1 || clip.clip_skip > clip.text.num_hidden_layers) {
+      return absl::InvalidArgumentError(
+          "config cond_stage.clip_skip: 1 .. num_hidden_layers");
+    }
+    config.clip = std::move(clip);
+  }
   if (config.timesteps <= 0 || config.linear_start <= 0 ||
       config.linear_end <= config.linear_start) {
     return absl::InvalidArgumentError(
@@ -172,6 +191,13 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
   absl::StatusOr<std::string> text = ReadTextFile(path);
   if (!text.ok()) return text.status();
   absl::StatusOr<ModelConfig> config = ParseModelConfig(*text);
+  if (config.ok() && config->clip && !config->clip->tokenizer_dir.empty() &&
+      config->clip->tokenizer_dir[0] != '/') {
+    const size_t slash = path.rfind('/');
+    const std::string dir =
+        slash == std::string::npos ? "." : path.substr(0, slash);
+    config->clip->tokenizer_dir = dir + "/" + config->clip->tokenizer_dir;
+  }
   if (!config.ok()) {
     return absl::Status(config.status().code(),
                         absl::StrCat(path, ": ", config.status().message()));
@@ -222,6 +248,21 @@ std::string ModelConfigToJson(const ModelConfig& config) {
                    {"z_channels", a.z_channels},
                    {"double_z", a.double_z},
                    {"attn_type", a.attn_type}}}}}};
+  if (config.clip) {
+    const ClipTextConfig& c = config.clip->text;
+    root["cond_stage"] = {
+        {"kind", "clip"},
+        {"tokenizer", config.clip->tokenizer_dir},
+        {"clip_skip", config.clip->clip_skip},
+        {"vocab_size", c.vocab_size},
+        {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size},
+        {"num_attention_heads", c.num_attention_heads},
+        {"num_hidden_layers", c.num_hidden_layers},
+        {"max_position_embeddings", c.max_position_embeddings},
+        {"layer_norm_eps", c.layer_norm_eps},
+        {"hidden_act", c.hidden_act}};
+  }
   if (config.text_encoder) {
     const TextEncoderConfig& t = *config.text_encoder;
     root["text_encoder"] = {{"vocab", t.vocab},

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/ldm/clip_text_model.h"
 
 namespace ldm {
 
@@ -71,6 +72,14 @@ struct TextEncoderConfig {
   int64_t max_length = 16;
 };
 
+// SD v1's conditioning: the CLIP text transformer and its tokenizer.
+struct ClipCondition {
+  ClipTextConfig text;
+  std::string tokenizer_dir;  // vocab.json + merges.txt; relative paths are
+                              // resolved against the config file's folder.
+  int clip_skip = 1;          // 2 = the penultimate layer.
+};
+
 struct ModelConfig {
   std::string name;
   std::string kind = "txt2img";                // txt2img | inpaint | sr
@@ -87,6 +96,9 @@ struct ModelConfig {
   UNetConfig unet;
   AutoencoderConfig ae;
   std::optional<TextEncoderConfig> text_encoder;
+  // "cond_stage": {"kind": "clip", "tokenizer": "tokenizer", "clip_skip": 1,
+  //                <CLIPTextConfig fields>}
+  std::optional<ClipCondition> clip;
 
   int64_t native_height() const {
     return latent_height * ae.DownsamplingFactor();

@@ -1,6 +1,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
@@ -476,6 +477,44 @@ TEST(BatchInvarianceTest, BatchedStepsAreBitIdenticalToStepsAlone) {
   ASSERT_TRUE(together.ok() && first.ok());
   EXPECT_TRUE(at::equal(together->slice(0, 0, 1), *first));
   SetBatchInvariant(false);
+}
+
+TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
+  const std::string tokenizer = testing::GoldenDir() + "/clip/tokenizer";
+  if (!std::filesystem::exists(tokenizer + "/vocab.json")) {
+    GTEST_SKIP() << "no CLIP tokenizer under " << tokenizer;
+  }
+  ModelConfig config = testing::TinyTextToImageConfig();
+  config.text_encoder.reset();
+  ClipCondition clip;
+  clip.text.hidden_size = config.unet.context_dim;
+  clip.text.intermediate_size = 4 * config.unet.context_dim;
+  clip.text.num_attention_heads = 2;
+  clip.text.num_hidden_layers = 2;
+  clip.tokenizer_dir = tokenizer;
+  config.clip = clip;
+  config.ctx_len = 77;
+  auto model = LatentDiffusion::CreateRandom(config, 4);
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::string long_prompt;
+  for (int i = 0; i < 100; ++i) long_prompt += "cat ";
+  auto text = (*model)->EncodeText({"", long_prompt});
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(text->context.sizes(), (at::IntArrayRef{2, 77, 16}));
+  ASSERT_EQ(text->warnings.size(), 1u);  // The long prompt.
+  // A whole job runs, and saving/loading keeps the text encoder.
+  JobRequest request;
+  request.prompt = "an astronaut riding a horse on mars";
+  request.sampler.steps = 2;
+  auto images = RunJob(**model, request);
+  ASSERT_TRUE(images.ok()) << images.status();
+  const std::string dir = ::testing::TempDir();
+  ASSERT_TRUE((*model)->Save(dir + "/clip.safetensors").ok());
+  std::ofstream(dir + "/clip.json") << ModelConfigToJson((*model)->config());
+  auto loaded =
+      LatentDiffusion::Load(dir + "/clip.json", dir + "/clip.safetensors");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(at::equal(*images, *RunJob(**loaded, request)));
 }
 
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {
