@@ -517,6 +517,16 @@ TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
   EXPECT_TRUE(at::equal(*images, *RunJob(**loaded, request)));
 }
 
+TEST(LatentDiffusionTest, TheConfigsBetaScheduleIsUsed) {
+  ModelConfig config = testing::TinyTextToImageConfig();
+  config.beta_schedule = "cosine";
+  auto cosine = LatentDiffusion::CreateRandom(config, 1);
+  ASSERT_TRUE(cosine.ok()) << cosine.status();
+  // Linear 0.00085..0.012 ends at 0.0047; cosine near zero.
+  EXPECT_LT((*cosine)->schedule().alphas_cumprod_f64(999), 1e-3);
+  EXPECT_GT(TinyModel()->schedule().alphas_cumprod_f64(999), 4e-3);
+}
+
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {
   WordTokenizer tokenizer({"<pad>", "<unk>", "a", "red", "circle"}, 4);
   auto encoding = tokenizer.Encode("A  red, CIRCLE!");
