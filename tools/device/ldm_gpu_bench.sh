@@ -3,8 +3,10 @@
 # (service off) against the machine's PyTorch, runs the model and parity
 # tests, ldmbench on CUDA (f16 and f32) and on the machine's CPU, and a whole
 # shipped-model job on CPU and CUDA, comparing pixels. Log in $OUT/log.
-# Needs .deps/ (Debian's Abseil, nlohmann-json, GoogleTest unpacked) and
-# optionally .golden/ (a copy of the golden sets).
+# Needs .deps/ (Debian 12 packages unpacked with dpkg -x: libabsl-dev,
+# libabsl20220623, nlohmann-json3-dev, libgtest-dev, libgmock-dev, libicu-dev,
+# libicu72; drop static libraries but GoogleTest's to stay under the 64 MiB
+# carry limit) and optionally .golden/ (a copy of some golden sets).
 set -uo pipefail
 root=$(pwd)
 out=${OUT:-/tmp}
@@ -17,9 +19,11 @@ build=/tmp/ldm-build
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DLDMSERVE_BUILD_SERVICE=OFF \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
-  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" >/dev/null 2>&1
+  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
+  -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
 cmake --build "$build" -j16 2>&1 | grep -E "error|FAILED" | head -20
-(cd "$build" && LDM_GOLDEN_DIR="$root/.golden" ctest 2>&1 | tail -3)
+(cd "$build" && LDM_GOLDEN_DIR="$root/.golden" ctest 2>&1 |
+  grep -E "tests passed|Failed|Skipped|FAILED")
 bench="$build/bench/ldmbench"
 sd=models/configs/sd-v1.json
 "$bench" --config "$sd" --sizes 256,512 --device cuda --dtype f16 --repeats 10
