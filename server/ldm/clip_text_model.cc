@@ -75,23 +75,16 @@ class ClipTextModel::Layer {
              config.hidden_size) {}
 
   at::Tensor Forward(at::Tensor x, const at::Tensor& causal_mask) const {
-    const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
-    const int64_t head_dim = d / heads_;
-    auto split = [&](const at::Tensor& y) {
-      return y.reshape({b, t, heads_, head_dim})
-          .permute({0, 2, 1, 3})
-          .reshape({b * heads_, t, head_dim});
-    };
+    const int64_t head_dim = x.size(2) / heads_;
     const at::Tensor h = layer_norm1_.Forward(x);
-    const at::Tensor q =
-        split(q_proj_.Forward(h) * (1.0 / std::sqrt(double(head_dim))));
-    const at::Tensor k = split(k_proj_.Forward(h));
-    const at::Tensor v = split(v_proj_.Forward(h));
-    const at::Tensor scores = at::bmm(q, k.transpose(1, 2)) + causal_mask;
-    at::Tensor attended = at::bmm(at::softmax(scores, -1), v)
-                              .reshape({b, heads_, t, head_dim})
-                              .permute({0, 2, 1, 3})
-                              .reshape({b, t, d});
+    // The reference scales q after its projection (bias included).
+    const at::Tensor attended = MergeHeads(
+        Attention(
+            SplitHeads(q_proj_.Forward(h) * (1.0 / std::sqrt(double(head_dim))),
+                       heads_),
+            SplitHeads(k_proj_.Forward(h), heads_),
+            SplitHeads(v_proj_.Forward(h), heads_), 1.0, causal_mask),
+        heads_);
     x = x + out_proj_.Forward(attended);
     at::Tensor hidden = fc1_.Forward(layer_norm2_.Forward(x));
     hidden =

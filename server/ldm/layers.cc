@@ -103,25 +103,41 @@ at::Tensor Embedding::Forward(const at::Tensor& ids) const {
   return at::embedding(weight_, ids);
 }
 
+at::Tensor SplitHeads(const at::Tensor& x, int64_t heads) {
+  const int64_t b = x.size(0), t = x.size(1), d = x.size(2) / heads;
+  return x.reshape({b, t, heads, d})
+      .permute({0, 2, 1, 3})
+      .reshape({b * heads, t, d});
+}
+
+at::Tensor MergeHeads(const at::Tensor& x, int64_t heads) {
+  const int64_t b = x.size(0) / heads, t = x.size(1), d = x.size(2);
+  return x.reshape({b, heads, t, d})
+      .permute({0, 2, 1, 3})
+      .reshape({b, t, heads * d});
+}
+
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, double scale) {
+                     const at::Tensor& v, double scale,
+                     const at::Tensor& mask) {
   // Bound each chunk's score matrix to about 32M elements.
   constexpr int64_t kMaxScores = int64_t{1} << 25;
   const int64_t batch = q.size(0), queries = q.size(1), keys = k.size(1);
   const int64_t chunk =
       std::max<int64_t>(1, kMaxScores / std::max<int64_t>(1, batch * keys));
   const at::Tensor k_t = k.transpose(1, 2);
-  auto attend = [&](const at::Tensor& q_part) {
+  auto attend = [&](int64_t start, int64_t end) {
+    const at::Tensor q_part = q.slice(1, start, end);
     at::Tensor scores = at::baddbmm(
         at::empty({q_part.size(0), q_part.size(1), keys}, q_part.options()),
         q_part, k_t, /*beta=*/0, /*alpha=*/scale);
+    if (mask.defined()) scores = scores + mask.slice(0, start, end);
     return at::bmm(at::softmax(scores, -1), v);
   };
-  if (queries <= chunk) return attend(q);
+  if (queries <= chunk) return attend(0, queries);
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < queries; start += chunk) {
-    parts.push_back(
-        attend(q.slice(1, start, std::min(queries, start + chunk))));
+    parts.push_back(attend(start, std::min(queries, start + chunk)));
   }
   return at::cat(parts, 1);
 }

@@ -107,11 +107,18 @@ class Embedding {
   at::Tensor weight_;
 };
 
-// softmax(q k^T * scale) v over [B*heads, T, d] tensors, in query chunks so
-// that memory stays bounded for long sequences (a 64x64 latent has 4096
-// tokens: the full score matrix per head would be 64 MiB).
+// softmax(q k^T * scale + mask) v over [B*heads, T, d] tensors, in query
+// chunks so that memory stays bounded for long sequences (a 64x64 latent has
+// 4096 tokens: the full score matrix per head would be 64 MiB). `mask`, if
+// given, is [Tq, Tk] and added to the scores (-inf hides a key).
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
-                     const at::Tensor& v, double scale);
+                     const at::Tensor& v, double scale,
+                     const at::Tensor& mask = {});
+
+// [B, T, heads*d] -> [B*heads, T, d], head j taking features [j*d, (j+1)*d).
+at::Tensor SplitHeads(const at::Tensor& x, int64_t heads);
+// The inverse: [B*heads, T, d] -> [B, T, heads*d].
+at::Tensor MergeHeads(const at::Tensor& x, int64_t heads);
 
 }  // namespace ldm
 

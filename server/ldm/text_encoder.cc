@@ -59,20 +59,14 @@ class TextTransformer::Layer {
         ff_out_(ff_scope.Sub(1).Sub("net").Sub(2), dim * 4, dim) {}
 
   at::Tensor Forward(at::Tensor x) const {
-    const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
-    const int64_t dh = d / heads_;
-    auto split = [&](const at::Tensor& y) {
-      return y.reshape({b, t, heads_, dh})
-          .permute({0, 2, 1, 3})
-          .reshape({b * heads_, t, dh});
-    };
-    at::Tensor normed = attention_norm_.Forward(x);
-    at::Tensor attended = Attention(
-        split(to_q_.Forward(normed)), split(to_k_.Forward(normed)),
-        split(to_v_.Forward(normed)), 1.0 / std::sqrt(static_cast<double>(dh)));
-    attended = attended.reshape({b, heads_, t, dh})
-                   .permute({0, 2, 1, 3})
-                   .reshape({b, t, d});
+    const int64_t dh = x.size(2) / heads_;
+    const at::Tensor normed = attention_norm_.Forward(x);
+    const at::Tensor attended =
+        MergeHeads(Attention(SplitHeads(to_q_.Forward(normed), heads_),
+                             SplitHeads(to_k_.Forward(normed), heads_),
+                             SplitHeads(to_v_.Forward(normed), heads_),
+                             1.0 / std::sqrt(static_cast<double>(dh))),
+                   heads_);
     x = x + to_out_.Forward(attended);
     return x + ff_out_.Forward(at::gelu(ff_in_.Forward(ff_norm_.Forward(x))));
   }

@@ -119,22 +119,6 @@ class InputConv : public UNetLayer {
   Conv2d conv_;
 };
 
-// [B, T, heads*d] -> [B*heads, T, d]
-at::Tensor SplitHeads(const at::Tensor& x, int64_t heads) {
-  const int64_t b = x.size(0), t = x.size(1), d = x.size(2) / heads;
-  return x.reshape({b, t, heads, d})
-      .permute({0, 2, 1, 3})
-      .reshape({b * heads, t, d});
-}
-
-// [B*heads, T, d] -> [B, T, heads*d]
-at::Tensor MergeHeads(const at::Tensor& x, int64_t heads) {
-  const int64_t b = x.size(0) / heads, t = x.size(1), d = x.size(2);
-  return x.reshape({b, heads, t, d})
-      .permute({0, 2, 1, 3})
-      .reshape({b, t, heads * d});
-}
-
 class CrossAttention {
  public:
   CrossAttention(const ParamScope& scope, int64_t query_dim,
