@@ -207,7 +207,6 @@ int main(int argc, char** argv) {
     options.configs = {
         std::string(LDMSERVE_SOURCE_DIR) + "/models/shapes-tiny/config.json",
         std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/sd-v1.json"};
-    if (options.sizes.empty()) options.sizes = {};
   }
   absl::Status status = ldm::CallTorchStatus("ldmbench", [&] {
     return Run(options) == 0 ? absl::OkStatus() : absl::InternalError("failed");

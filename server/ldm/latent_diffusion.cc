@@ -195,58 +195,48 @@ absl::Status LatentDiffusion::Save(const std::string& weights_path,
 
 absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
     const std::vector<std::string>& prompts) const {
-  if (clip_text_ && clip_tokenizer_) {
-    return CallTorch("encode text", [&] {
-      c10::InferenceMode inference;
-      TextConditioning result;
-      std::vector<int64_t> ids;
-      for (const std::string& prompt : prompts) {
-        ClipTokenizer::Padded padded = clip_tokenizer_->EncodePadded(prompt);
-        if (padded.truncated) {
-          result.warnings.push_back("prompt truncated to 75 CLIP tokens");
-        }
-        ids.insert(ids.end(), padded.ids.begin(), padded.ids.end());
-      }
-      const at::Tensor id_tensor =
-          at::tensor(ids, at::TensorOptions().dtype(at::kLong))
-              .reshape({static_cast<int64_t>(prompts.size()), -1})
-              .to(options_.device);
-      result.context = clip_text_->Encode(id_tensor, config_.clip->clip_skip)
-                           .to(options_.dtype);
-      return result;
-    });
-  }
-  if (clip_text_) {
+  if (clip_text_ && !clip_tokenizer_) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", config_.name, ": no CLIP tokenizer at ",
                      config_.clip->tokenizer_dir));
   }
-  if (!text_encoder_) {
+  if (!clip_text_ && !text_encoder_) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", config_.name, " has no text encoder"));
   }
+  // Tokens first (one row per prompt), then one encoder call for all.
+  TextConditioning result;
+  std::vector<int64_t> ids;
+  for (const std::string& prompt : prompts) {
+    if (clip_text_) {
+      ClipTokenizer::Padded padded = clip_tokenizer_->EncodePadded(prompt);
+      if (padded.truncated) {
+        result.warnings.push_back("prompt truncated to 75 CLIP tokens");
+      }
+      ids.insert(ids.end(), padded.ids.begin(), padded.ids.end());
+      continue;
+    }
+    WordTokenizer::Encoding encoding = tokenizer_->Encode(prompt);
+    if (encoding.truncated) {
+      result.warnings.push_back(absl::StrCat(
+          "prompt truncated to ", config_.text_encoder->max_length, " words"));
+    }
+    if (encoding.unknown_words > 0) {
+      result.warnings.push_back(absl::StrCat(
+          encoding.unknown_words, " word(s) not in the model's vocabulary"));
+    }
+    ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
+  }
   return CallTorch("encode text", [&] {
     c10::InferenceMode inference;
-    TextConditioning result;
-    std::vector<int64_t> ids;
-    for (const std::string& prompt : prompts) {
-      WordTokenizer::Encoding encoding = tokenizer_->Encode(prompt);
-      if (encoding.truncated) {
-        result.warnings.push_back(absl::StrCat("prompt truncated to ",
-                                               config_.text_encoder->max_length,
-                                               " words"));
-      }
-      if (encoding.unknown_words > 0) {
-        result.warnings.push_back(absl::StrCat(
-            encoding.unknown_words, " word(s) not in the model's vocabulary"));
-      }
-      ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
-    }
-    at::Tensor id_tensor =
+    const at::Tensor id_tensor =
         at::tensor(ids, at::TensorOptions().dtype(at::kLong))
             .reshape({static_cast<int64_t>(prompts.size()), -1})
             .to(options_.device);
-    result.context = text_encoder_->Forward(id_tensor);
+    result.context =
+        clip_text_ ? clip_text_->Encode(id_tensor, config_.clip->clip_skip)
+                         .to(options_.dtype)
+                   : text_encoder_->Forward(id_tensor);
     return result;
   });
 }
