@@ -38,6 +38,7 @@
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
+#include "tools/cli_util.h"
 #include "tools/reference/golden_reproduction.h"
 
 namespace {
@@ -54,16 +55,7 @@ int Usage() {
   return 2;
 }
 
-// --name value pairs after the subcommand.
-std::map<std::string, std::string> ParseOptions(int argc, char** argv,
-                                                int first) {
-  std::map<std::string, std::string> options;
-  for (int i = first; i + 1 < argc; i += 2) {
-    std::string name = argv[i];
-    if (name.rfind("--", 0) == 0) options[name.substr(2)] = argv[i + 1];
-  }
-  return options;
-}
+using ldmtools::ParseOptions;
 
 int Error(const absl::Status& status) {
   std::fprintf(stderr, "ldmtool: %s\n", std::string(status.message()).c_str());
@@ -241,12 +233,7 @@ int TextToImage(std::map<std::string, std::string> options) {
       options.count("device") ? options["device"].c_str() : "cpu",
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count());
-  const at::Tensor image = (*images)[0].contiguous();
-  std::ofstream out(options["out"], std::ios::binary);
-  out << "P6\n" << image.size(1) << " " << image.size(0) << "\n255\n";
-  out.write(reinterpret_cast<const char*>(image.data_ptr<uint8_t>()),
-            image.numel());
-  return out ? 0 : 1;
+  return ldmtools::WritePpm(options["out"], (*images)[0]) ? 0 : 1;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "server/ldm/latent_diffusion.h"
 
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -167,7 +168,8 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
     const ModelConfig& config, uint64_t seed, const LoadOptions& options) {
   std::unique_ptr<LatentDiffusion> model(new LatentDiffusion(config, options));
   LDM_RETURN_IF_ERROR(CallTorchStatus("create random model", [&] {
-    c10::InferenceMode inference;
+    // Plain tensors, not inference tensors: the trainer trains them.
+    c10::NoGradGuard no_grad;
     LDM_RETURN_IF_ERROR(model->Build());
     // Random weights serve tools and benchmarks: a missing tokenizer only
     // matters once text is encoded (EncodeText then says so).

@@ -232,6 +232,17 @@ class LatentDiffusion {
   const Autoencoder& autoencoder() const { return *autoencoder_; }
   const DiffusionSchedule& schedule() const { return *schedule_; }
 
+  // For training (tools/train): the parameters, by reference key name (the
+  // tensors alias the model's own), and our word-level text encoder (null
+  // for CLIP-conditioned and unconditional models).
+  std::map<std::string, at::Tensor> MutableParameters() {
+    return registry_.Named("");
+  }
+  const TextTransformer* word_text_encoder() const {
+    return text_encoder_.get();
+  }
+  const WordTokenizer* word_tokenizer() const { return tokenizer_.get(); }
+
  private:
   LatentDiffusion(ModelConfig config, LoadOptions options,
                   at::Device declare_on = at::kCPU);

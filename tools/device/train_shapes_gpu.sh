@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# On the GPU machine: builds ldmtrain against the machine's PyTorch (service
+# and tests off) and trains the shipped shapes models: the autoencoder first,
+# then the three latent diffusion models side by side on the one GPU, each
+# within the time left before a deadline. Weights, configs and the log come
+# back in $OUT (8 files). Needs .deps/ as tools/device/ldm_gpu_bench.sh says.
+#
+#   DEADLINE_SECONDS (default 540): when the last model must be saved, from
+#   the script's start; AE_SECONDS (default 100): the autoencoder's share.
+set -uo pipefail
+start=$(date +%s)
+root=$(pwd)
+out=${OUT:-/tmp}
+exec > >(tee "$out/log") 2>&1
+export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+deadline=$((start + ${DEADLINE_SECONDS:-540}))
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+build=/tmp/ldm-build
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DLDMSERVE_BUILD_SERVICE=OFF -DLDMSERVE_BUILD_TESTS=OFF \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
+  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
+  -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
+cmake --build "$build" -j16 --target ldmtrain 2>&1 | grep -E "error|FAILED" | head -20
+train="$build/tools/ldmtrain"
+[ -x "$train" ] || { echo "build failed"; exit 1; }
+echo "built in $(($(date +%s) - start)) s"
+work=/tmp/shapes-train
+"$train" ae --device cuda --threads 8 --out "$work/ae" --seed 1 \
+  --steps 8000 --batch 64 --lr 2e-4 --max-seconds "${AE_SECONDS:-100}" \
+  --log-every 500
+cp "$work/ae/ae.safetensors" "$out/"
+left=$((deadline - $(date +%s) - 15))
+echo "diffusion models: $left s each, side by side"
+seed=2
+for task in txt2img inpaint sr; do
+  "$train" "$task" --device cuda --threads 4 --ae "$work/ae" \
+    --out "$work/$task" --seed $seed --steps 40000 --batch 128 --lr 2e-4 \
+    --max-seconds "$left" --log-every 1000 > "$work/$task.log" 2>&1 &
+  seed=$((seed + 1))
+done
+wait
+for task in txt2img inpaint sr; do
+  echo "== $task"
+  cat "$work/$task.log"
+  mkdir -p "$out/$task"
+  cp "$work/$task/weights.safetensors" "$work/$task/config.json" "$out/$task/"
+done
+echo "total $(($(date +%s) - start)) s"

@@ -1,0 +1,631 @@
+#include "tools/train/trainer.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/ldm/autoencoder.h"
+#include "server/ldm/latent_diffusion.h"
+#include "server/ldm/parameters.h"
+#include "server/ldm/safetensors.h"
+#include "server/ldm/sampler.h"
+#include "server/ldm/status_macros.h"
+#include "server/ldm/torch_boundary.h"
+#include "tools/shapes/shapes_world.h"
+#include "tools/train/shapes_batch.h"
+
+namespace ldmtrain {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr char kAutoencoderPrefix[] = "first_stage_model";
+constexpr char kStateFile[] = "train_state.safetensors";
+constexpr char kAutoencoderFile[] = "ae.safetensors";
+constexpr double kAdamBeta1 = 0.9;
+constexpr double kAdamBeta2 = 0.999;
+constexpr double kAdamEpsilon = 1e-8;
+constexpr double kMaxGradNorm = 1.0;
+// The paper's KL weight for its f=4 KL autoencoders.
+constexpr double kKlWeight = 1e-6;
+constexpr int kEvaluationImages = 256;
+
+// The stream of step `step` of a run seeded with `seed`.
+uint64_t StepSeed(uint64_t seed, int64_t step, uint64_t stream) {
+  shapes::ShapesRng mixer(seed * 0x100000001B3ull ^
+                          static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ull ^
+                          stream);
+  return mixer.Next();
+}
+
+std::string TaskName(Task task) {
+  switch (task) {
+    case Task::kAutoencoder:
+      return "ae";
+    case Task::kTextToImage:
+      return "txt2img";
+    case Task::kInpaint:
+      return "inpaint";
+    case Task::kSuperResolution:
+      return "sr";
+  }
+  return "";
+}
+
+ldm::AutoencoderConfig PresetAutoencoder() {
+  ldm::AutoencoderConfig ae;
+  ae.kind = "kl";
+  ae.ch = 32;
+  ae.ch_mult = {1, 2, 2};
+  ae.num_res_blocks = 1;
+  ae.resolution = shapes::kImageSize;
+  ae.z_channels = 4;
+  ae.embed_dim = 4;
+  ae.double_z = true;
+  return ae;
+}
+
+// Adam (no weight decay) with global-norm gradient clipping and an
+// exponential moving average of the weights.
+class AdamWithEma {
+ public:
+  AdamWithEma(std::map<std::string, at::Tensor> parameters, double ema_decay)
+      : ema_decay_(ema_decay) {
+    c10::NoGradGuard no_grad;
+    for (auto& [name, parameter] : parameters) {
+      parameter.requires_grad_(true);
+      slots_.push_back({name, parameter, at::zeros_like(parameter),
+                        at::zeros_like(parameter), parameter.clone()});
+    }
+  }
+
+  // One update with the multi-tensor (_foreach) kernels: a few launches per
+  // step instead of several per parameter, which is what bounds small
+  // models on a GPU.
+  void Step(double learning_rate) {
+    c10::NoGradGuard no_grad;
+    std::vector<at::Tensor> parameters, grads, m, v, ema;
+    for (Slot& slot : slots_) {
+      if (!slot.parameter.grad().defined()) continue;
+      parameters.push_back(slot.parameter);
+      grads.push_back(slot.parameter.grad());
+      m.push_back(slot.m);
+      v.push_back(slot.v);
+      ema.push_back(slot.ema);
+    }
+    if (grads.empty()) return;
+    const double norm =
+        at::stack(at::_foreach_norm(grads)).norm().item<double>();
+    if (norm > kMaxGradNorm) at::_foreach_mul_(grads, kMaxGradNorm / norm);
+    ++t_;
+    const double correction1 = 1 - std::pow(kAdamBeta1, t_);
+    const double correction2 = 1 - std::pow(kAdamBeta2, t_);
+    at::_foreach_mul_(m, kAdamBeta1);
+    at::_foreach_add_(m, grads, 1 - kAdamBeta1);
+    at::_foreach_mul_(v, kAdamBeta2);
+    at::_foreach_addcmul_(v, grads, grads, 1 - kAdamBeta2);
+    std::vector<at::Tensor> denominator = at::_foreach_div(v, correction2);
+    at::_foreach_sqrt_(denominator);
+    at::_foreach_add_(denominator, kAdamEpsilon);
+    at::_foreach_addcdiv_(parameters, m, denominator,
+                          -learning_rate / correction1);
+    const double decay = std::min(ema_decay_, (1.0 + t_) / (10.0 + t_));
+    at::_foreach_mul_(ema, decay);
+    at::_foreach_add_(ema, parameters, 1 - decay);
+    for (Slot& slot : slots_) slot.parameter.mutable_grad().reset();
+  }
+
+  void AddState(std::map<std::string, at::Tensor>& out) const {
+    for (const Slot& slot : slots_) {
+      out["param." + slot.name] = slot.parameter.detach();
+      out["ema." + slot.name] = slot.ema;
+      out["adam_m." + slot.name] = slot.m;
+      out["adam_v." + slot.name] = slot.v;
+    }
+  }
+
+  absl::Status LoadState(const ldm::SafetensorsFile& file) {
+    c10::NoGradGuard no_grad;
+    for (Slot& slot : slots_) {
+      for (auto [prefix, tensor] :
+           {std::pair<std::string, at::Tensor*>{"param.", &slot.parameter},
+            {"ema.", &slot.ema},
+            {"adam_m.", &slot.m},
+            {"adam_v.", &slot.v}}) {
+        LDM_ASSIGN_OR_RETURN(at::Tensor saved, file.Get(prefix + slot.name));
+        tensor->copy_(saved);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The EMA weights, under their parameter names (for export).
+  std::map<std::string, at::Tensor> EmaWeights() const {
+    std::map<std::string, at::Tensor> weights;
+    for (const Slot& slot : slots_) weights[slot.name] = slot.ema;
+    return weights;
+  }
+
+  // Writes the EMA weights into the parameters (once training is over).
+  void CopyEmaIntoParameters() {
+    c10::NoGradGuard no_grad;
+    for (Slot& slot : slots_) slot.parameter.copy_(slot.ema);
+  }
+
+  int64_t t() const { return t_; }
+  void set_t(int64_t t) { t_ = t; }
+
+ private:
+  struct Slot {
+    std::string name;
+    at::Tensor parameter, m, v, ema;
+  };
+  std::vector<Slot> slots_;
+  double ema_decay_;
+  int64_t t_ = 0;
+};
+
+// Warm-up, then cosine decay to a tenth by step `horizon`.
+double LearningRate(const TrainOptions& options, int64_t step,
+                    int64_t horizon) {
+  if (step < options.warmup_steps) {
+    return options.learning_rate * (step + 1) / options.warmup_steps;
+  }
+  const double progress = static_cast<double>(step - options.warmup_steps) /
+                          std::max<int64_t>(1, horizon - options.warmup_steps);
+  return options.learning_rate *
+         (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress))));
+}
+
+struct Batch {
+  std::vector<shapes::Scene> scenes;
+  at::Tensor images;  // [B, 3, 64, 64] on the device
+  std::vector<std::string> captions;
+};
+
+Batch SampleBatch(shapes::ShapesRng& rng, const TrainOptions& options) {
+  Batch batch;
+  for (int64_t i = 0; i < options.batch_size; ++i) {
+    batch.scenes.push_back(shapes::SampleScene(rng));
+    batch.captions.push_back(rng.Chance(options.caption_dropout)
+                                 ? std::string()
+                                 : batch.scenes.back().caption);
+  }
+  // Rendering is the data loader's cost: spread it over the threads.
+  std::vector<std::vector<uint8_t>> pixels(batch.scenes.size());
+  at::parallel_for(0, options.batch_size, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      pixels[i] = shapes::RenderScene(batch.scenes[i]);
+    }
+  });
+  batch.images = ImagesToTensor(pixels).to(options.device);
+  return batch;
+}
+
+// A standalone autoencoder under the checkpoint's key names.
+struct StandaloneAutoencoder {
+  explicit StandaloneAutoencoder(const at::Device& device)
+      : registry(device),
+        model(PresetAutoencoder(),
+              ldm::ParamScope(&registry, "").Sub(kAutoencoderPrefix)) {}
+  ldm::ParameterRegistry registry;
+  ldm::Autoencoder model;
+};
+
+absl::Status LoadAutoencoderWeights(
+    const std::string& dir, std::map<std::string, at::Tensor> parameters) {
+  const std::string path = (std::filesystem::path(dir) / kAutoencoderFile);
+  LDM_ASSIGN_OR_RETURN(auto file, ldm::SafetensorsFile::Open(path));
+  c10::NoGradGuard no_grad;
+  for (auto& [name, tensor] : parameters) {
+    if (name.rfind(kAutoencoderPrefix, 0) != 0) continue;
+    LDM_ASSIGN_OR_RETURN(at::Tensor saved, file->Get(name));
+    if (saved.sizes() != tensor.sizes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": shape of ", name, " differs from the preset"));
+    }
+    tensor.copy_(saved);
+  }
+  return absl::OkStatus();
+}
+
+class TrainingRun {
+ public:
+  TrainingRun(Task task, TrainOptions options)
+      : task_(task), options_(std::move(options)), start_(Clock::now()) {}
+
+  absl::Status Run() {
+    std::filesystem::create_directories(options_.out_dir);
+    return task_ == Task::kAutoencoder ? TrainAutoencoder() : TrainDiffusion();
+  }
+
+ private:
+  std::string OutPath(const std::string& file) const {
+    return (std::filesystem::path(options_.out_dir) / file).string();
+  }
+
+  double Elapsed() const {
+    return std::chrono::duration<double>(Clock::now() - start_).count();
+  }
+
+  // Resumes from OUT/train_state.safetensors if present; returns the step
+  // to start from.
+  absl::StatusOr<int64_t> Resume(AdamWithEma& optimizer,
+                                 std::map<std::string, std::string>* meta) {
+    const std::string path = OutPath(kStateFile);
+    if (!std::filesystem::exists(path)) return 0;
+    LDM_ASSIGN_OR_RETURN(auto file, ldm::SafetensorsFile::Open(path));
+    LDM_RETURN_IF_ERROR(optimizer.LoadState(*file));
+    *meta = file->metadata();
+    const int64_t step = std::stoll(meta->at("step"));
+    optimizer.set_t(step);
+    std::printf("resumed %s at step %lld\n", path.c_str(),
+                static_cast<long long>(step));
+    return step;
+  }
+
+  absl::Status SaveState(const AdamWithEma& optimizer, int64_t step,
+                         std::map<std::string, std::string> meta) {
+    std::map<std::string, at::Tensor> tensors;
+    optimizer.AddState(tensors);
+    meta["step"] = std::to_string(step);
+    meta["task"] = TaskName(task_);
+    return ldm::WriteSafetensors(OutPath(kStateFile), tensors, meta);
+  }
+
+  // Runs `train_step(step, learning_rate) -> loss` until the steps or the
+  // time budget run out, logging and saving along the way. Returns the
+  // last step done.
+  template <typename StepFn>
+  absl::StatusOr<int64_t> Loop(AdamWithEma& optimizer, int64_t first_step,
+                               const std::map<std::string, std::string>& meta,
+                               StepFn train_step) {
+    int64_t step = first_step;
+    at::Tensor loss_sum;
+    int64_t logged_steps = 0;
+    auto window_start = Clock::now();
+    // With a time budget, the learning-rate schedule ends where the budget
+    // will: the horizon is re-estimated from the measured step rate.
+    int64_t horizon = options_.steps;
+    constexpr int64_t kRateProbeSteps = 50;
+    const auto probe_start = Clock::now();
+    for (; step < options_.steps; ++step) {
+      if (options_.max_seconds > 0 && Elapsed() > options_.max_seconds) {
+        std::printf("time budget of %.0f s reached at step %lld\n",
+                    options_.max_seconds, static_cast<long long>(step));
+        break;
+      }
+      if (options_.max_seconds > 0 && step == first_step + kRateProbeSteps) {
+        const double per_step =
+            std::chrono::duration<double>(Clock::now() - probe_start).count() /
+            kRateProbeSteps;
+        const auto reachable = static_cast<int64_t>(
+            step + (options_.max_seconds - Elapsed()) / per_step);
+        horizon = std::min(options_.steps, reachable);
+        std::printf("%.1f ms per step: schedule ends at step %lld\n",
+                    1000 * per_step, static_cast<long long>(horizon));
+      }
+      const double learning_rate = LearningRate(options_, step, horizon);
+      LDM_ASSIGN_OR_RETURN(at::Tensor loss, ldm::CallTorch("train step", [&] {
+                             at::Tensor value = train_step(step);
+                             value.backward();
+                             optimizer.Step(learning_rate);
+                             return value.detach();
+                           }));
+      loss_sum = loss_sum.defined() ? loss_sum + loss : loss;
+      ++logged_steps;
+      if ((step + 1) % options_.log_every == 0 || step + 1 == options_.steps) {
+        const double seconds =
+            std::chrono::duration<double>(Clock::now() - window_start).count();
+        std::printf(
+            "step %lld/%lld loss %.5f lr %.2e %.1f img/s elapsed %.0f s\n",
+            static_cast<long long>(step + 1),
+            static_cast<long long>(options_.steps),
+            loss_sum.item<double>() / logged_steps, learning_rate,
+            logged_steps * options_.batch_size / seconds, Elapsed());
+        std::fflush(stdout);
+        loss_sum = at::Tensor();
+        logged_steps = 0;
+        window_start = Clock::now();
+      }
+      if ((step + 1) % options_.save_every == 0) {
+        LDM_RETURN_IF_ERROR(SaveState(optimizer, step + 1, meta));
+      }
+    }
+    LDM_RETURN_IF_ERROR(SaveState(optimizer, step, meta));
+    return step;
+  }
+
+  absl::Status TrainAutoencoder() {
+    StandaloneAutoencoder ae(options_.device);
+    ae.registry.InitRandom(options_.seed);
+    ae.registry.To(options_.device, at::kFloat);
+    AdamWithEma optimizer(ae.registry.Named(""), options_.ema_decay);
+    std::map<std::string, std::string> meta;
+    LDM_ASSIGN_OR_RETURN(const int64_t first, Resume(optimizer, &meta));
+    std::printf("autoencoder: %lld parameters\n",
+                static_cast<long long>(ae.registry.NumElements()));
+    const ldm::Autoencoder& model = ae.model;
+    const auto latent_options =
+        at::TensorOptions().dtype(at::kFloat).device(options_.device);
+    const int64_t latent_side =
+        shapes::kImageSize / PresetAutoencoder().DownsamplingFactor();
+    LDM_ASSIGN_OR_RETURN(
+        const int64_t last, Loop(optimizer, first, meta, [&](int64_t step) {
+          shapes::ShapesRng rng(StepSeed(options_.seed, step, 0));
+          const Batch batch = SampleBatch(rng, options_);
+          at::Generator generator =
+              ldm::MakeGenerator(StepSeed(options_.seed, step, 1));
+          const ldm::DiagonalGaussian posterior =
+              ldm::Autoencoder::Posterior(model.EncodeMoments(batch.images));
+          const at::Tensor noise = ldm::StandardNormal(
+              {options_.batch_size, PresetAutoencoder().embed_dim, latent_side,
+               latent_side},
+              generator, latent_options);
+          const at::Tensor reconstruction =
+              model.Decode(posterior.SampleWith(noise));
+          const auto count = static_cast<double>(options_.batch_size);
+          const at::Tensor l1 =
+              (batch.images - reconstruction).abs().sum() / count;
+          const at::Tensor kl =
+              0.5 *
+              (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 -
+               posterior.logvar)
+                  .sum() /
+              count;
+          // Reported per pixel value, so the log reads as an L1 distance.
+          return (l1 + kKlWeight * kl) /
+                 static_cast<double>(batch.images[0].numel());
+        }));
+    (void)last;
+    optimizer.CopyEmaIntoParameters();
+    LDM_RETURN_IF_ERROR(ldm::CallTorchStatus("save", [&] {
+      return ldm::WriteSafetensors(OutPath(kAutoencoderFile),
+                                   ae.registry.Named(""));
+    }));
+    return ldm::CallTorchStatus("evaluate", [&] {
+      c10::NoGradGuard no_grad;
+      std::vector<std::vector<uint8_t>> pixels;
+      for (int i = 0; i < kEvaluationImages; ++i) {
+        pixels.push_back(shapes::RenderScene(shapes::HeldOutScene(i)));
+      }
+      const at::Tensor images = ImagesToTensor(pixels).to(options_.device);
+      const at::Tensor reconstruction = model.Decode(
+          ldm::Autoencoder::Posterior(model.EncodeMoments(images)).mean);
+      std::printf("autoencoder: held-out PSNR %.2f dB over %d images\n",
+                  Psnr(TensorToBytes(images), TensorToBytes(reconstruction)),
+                  kEvaluationImages);
+      return absl::OkStatus();
+    });
+  }
+
+  // The paper's scale_factor: 1 / std of the autoencoder's latents (posterior
+  // samples) over a batch of training images.
+  absl::StatusOr<double> MeasureScaleFactor() {
+    StandaloneAutoencoder ae(options_.device);
+    ae.registry.To(options_.device, at::kFloat);
+    LDM_RETURN_IF_ERROR(LoadAutoencoderWeights(options_.autoencoder_dir,
+                                               ae.registry.Named("")));
+    return ldm::CallTorch("scale factor", [&] {
+      c10::NoGradGuard no_grad;
+      shapes::ShapesRng rng(StepSeed(options_.seed, -1, 0));
+      TrainOptions big = options_;
+      big.batch_size = kEvaluationImages;
+      const Batch batch = SampleBatch(rng, big);
+      at::Generator generator =
+          ldm::MakeGenerator(StepSeed(options_.seed, -1, 1));
+      const ldm::DiagonalGaussian posterior =
+          ldm::Autoencoder::Posterior(ae.model.EncodeMoments(batch.images));
+      const at::Tensor latents = posterior.SampleWith(ldm::StandardNormal(
+          posterior.mean.sizes(), generator, posterior.mean.options()));
+      return 1.0 / latents.std().item<double>();
+    });
+  }
+
+  absl::Status TrainDiffusion() {
+    if (options_.autoencoder_dir.empty()) {
+      return absl::InvalidArgumentError("--ae DIR (the autoencoder) is needed");
+    }
+    const std::string name = options_.model_name.empty()
+                                 ? "shapes-" + TaskName(task_)
+                                 : options_.model_name;
+    ldm::ModelConfig config = PresetConfig(task_, name);
+    std::map<std::string, std::string> meta;
+    const std::string state_path = OutPath(kStateFile);
+    if (std::filesystem::exists(state_path)) {
+      LDM_ASSIGN_OR_RETURN(auto file, ldm::SafetensorsFile::Open(state_path));
+      config.scale_factor = std::stod(file->metadata().at("scale_factor"));
+    } else {
+      LDM_ASSIGN_OR_RETURN(config.scale_factor, MeasureScaleFactor());
+    }
+    std::printf("%s: scale_factor %.5f\n", name.c_str(), config.scale_factor);
+
+    ldm::LoadOptions load;
+    load.device = options_.device;
+    LDM_ASSIGN_OR_RETURN(
+        std::unique_ptr<ldm::LatentDiffusion> model,
+        ldm::LatentDiffusion::CreateRandom(config, options_.seed, load));
+    std::map<std::string, at::Tensor> parameters = model->MutableParameters();
+    LDM_RETURN_IF_ERROR(
+        LoadAutoencoderWeights(options_.autoencoder_dir, parameters));
+    std::map<std::string, at::Tensor> trainable;
+    for (auto& [key, tensor] : parameters) {
+      if (key.rfind(kAutoencoderPrefix, 0) != 0) trainable[key] = tensor;
+    }
+    AdamWithEma optimizer(trainable, options_.ema_decay);
+    LDM_ASSIGN_OR_RETURN(const int64_t first, Resume(optimizer, &meta));
+    meta["scale_factor"] = absl::StrCat(config.scale_factor);
+    int64_t trainable_count = 0;
+    for (const auto& [key, tensor] : trainable) {
+      trainable_count += tensor.numel();
+    }
+    std::printf("%s: %lld parameters, %lld trained\n", name.c_str(),
+                static_cast<long long>(model->NumParameters()),
+                static_cast<long long>(trainable_count));
+
+    const ldm::Autoencoder& ae = model->autoencoder();
+    const ldm::UNetModel& unet = model->unet();
+    const ldm::TextTransformer* text = model->word_text_encoder();
+    const ldm::WordTokenizer* tokenizer = model->word_tokenizer();
+    const auto float_options =
+        at::TensorOptions().dtype(at::kFloat).device(options_.device);
+    const at::Tensor alphas_cumprod =
+        at::tensor(model->schedule().alphas_cumprod_f64())
+            .to(options_.device, at::kFloat);
+    const int64_t side = config.latent_height;
+    const int64_t channels = config.ae.embed_dim;
+    const int64_t b = options_.batch_size;
+    const double scale = config.scale_factor;
+
+    LDM_ASSIGN_OR_RETURN(
+        const int64_t last, Loop(optimizer, first, meta, [&](int64_t step) {
+          shapes::ShapesRng rng(StepSeed(options_.seed, step, 0));
+          const Batch batch = SampleBatch(rng, options_);
+          at::Generator generator =
+              ldm::MakeGenerator(StepSeed(options_.seed, step, 1));
+          auto noise = [&] {
+            return ldm::StandardNormal({b, channels, side, side}, generator,
+                                       float_options);
+          };
+          auto encode = [&](const at::Tensor& images) {
+            return scale * ldm::Autoencoder::Posterior(ae.EncodeMoments(images))
+                               .SampleWith(noise());
+          };
+          at::Tensor latents, concat;
+          {
+            c10::NoGradGuard no_grad;
+            latents = encode(batch.images);
+            if (task_ == Task::kInpaint) {
+              std::vector<std::vector<uint8_t>> masks;
+              for (const shapes::Scene& scene : batch.scenes) {
+                masks.push_back(RandomInpaintMask(scene, rng));
+              }
+              const at::Tensor mask = MasksToTensor(masks).to(options_.device);
+              // As LatentDiffusion::PrepareInpaint builds it (hybrid: the
+              // mask first, then the masked image's latent).
+              concat =
+                  at::cat({at::upsample_nearest2d(mask, {side, side}),
+                           encode(batch.images * (mask < 0.5).to(at::kFloat))},
+                          1);
+            } else if (task_ == Task::kSuperResolution) {
+              concat = DownsampleBicubic(batch.images);
+            }
+          }
+          const at::Tensor timesteps =
+              at::randint(0, config.timesteps, {b}, generator,
+                          at::TensorOptions().dtype(at::kLong))
+                  .to(options_.device);
+          const at::Tensor epsilon = noise();
+          const at::Tensor alpha =
+              alphas_cumprod.index_select(0, timesteps).view({b, 1, 1, 1});
+          at::Tensor input =
+              alpha.sqrt() * latents + (1.0 - alpha).sqrt() * epsilon;
+          if (concat.defined()) input = at::cat({input, concat}, 1);
+          at::Tensor context;
+          if (text != nullptr) {
+            std::vector<int64_t> ids;
+            for (const std::string& caption : batch.captions) {
+              const auto encoding = tokenizer->Encode(caption);
+              ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
+            }
+            context = text->Forward(
+                at::tensor(ids).view({b, -1}).to(options_.device));
+          }
+          return (unet.Forward(input, timesteps, context) - epsilon)
+              .pow(2)
+              .mean();
+        }));
+    (void)last;
+    optimizer.CopyEmaIntoParameters();
+    LDM_RETURN_IF_ERROR(model->Save(OutPath("weights.safetensors"), at::kHalf));
+    std::ofstream(OutPath("config.json")) << ldm::ModelConfigToJson(config);
+    std::printf("%s: wrote %s and config.json\n", name.c_str(),
+                OutPath("weights.safetensors").c_str());
+    return absl::OkStatus();
+  }
+
+  Task task_;
+  TrainOptions options_;
+  Clock::time_point start_;
+};
+
+}  // namespace
+
+ldm::ModelConfig PresetConfig(Task task, const std::string& name) {
+  ldm::ModelConfig config;
+  config.name = name;
+  config.linear_start = 0.00085;
+  config.linear_end = 0.012;
+  config.timesteps = 1000;
+  config.ae = PresetAutoencoder();
+  const int64_t side = shapes::kImageSize / config.ae.DownsamplingFactor();
+  config.latent_height = side;
+  config.latent_width = side;
+  const int64_t channels = config.ae.embed_dim;
+
+  ldm::UNetConfig& unet = config.unet;
+  unet.in_channels = channels;
+  unet.out_channels = channels;
+  unet.model_channels = 64;
+  unet.channel_mult = {1, 1, 1};
+  unet.num_res_blocks = 1;
+  unet.attention_resolutions = {2, 4};
+  unet.num_head_channels = 32;
+  unet.use_spatial_transformer = true;
+  unet.legacy = false;
+  unet.transformer_depth = 1;
+
+  ldm::TextEncoderConfig text;
+  text.vocab = {"<pad>", "<unk>"};
+  for (const std::string& word : shapes::Vocabulary()) {
+    text.vocab.push_back(word);
+  }
+  text.dim = 128;
+  text.depth = 2;
+  text.heads = 4;
+  text.max_length = 16;
+  config.ctx_len = text.max_length;
+
+  switch (task) {
+    case Task::kAutoencoder:
+    case Task::kTextToImage:
+      config.kind = "txt2img";
+      config.conditioning_key = "crossattn";
+      unet.context_dim = text.dim;
+      config.text_encoder = text;
+      break;
+    case Task::kInpaint:
+      config.kind = "inpaint";
+      config.conditioning_key = "hybrid";
+      unet.in_channels = 2 * channels + 1;
+      unet.context_dim = text.dim;
+      config.text_encoder = text;
+      break;
+    case Task::kSuperResolution:
+      config.kind = "sr";
+      config.conditioning_key = "concat";
+      unet.in_channels = channels + 3;
+      unet.context_dim = 0;
+      unet.use_spatial_transformer = false;
+      unet.attention_resolutions = {4};
+      break;
+  }
+  return config;
+}
+
+absl::Status Train(Task task, const TrainOptions& options) {
+  TrainingRun run(task, options);
+  return run.Run();
+}
+
+}  // namespace ldmtrain
