@@ -29,23 +29,26 @@ train="$build/tools/ldmtrain"
 echo "built in $(($(date +%s) - start)) s"
 work=/tmp/shapes-train
 "$train" ae --device cuda --threads 8 --out "$work/ae" --seed 1 \
-  --steps 8000 --batch 64 --lr 2e-4 --max-seconds "${AE_SECONDS:-100}" \
-  --log-every 500
+  --steps 20000 --batch 128 --lr 5e-4 --warmup 100 \
+  --max-seconds "${AE_SECONDS:-100}" --log-every 500
 cp "$work/ae/ae.safetensors" "$out/"
 left=$((deadline - $(date +%s) - 15))
 echo "diffusion models: $left s each, side by side"
 seed=2
+# Each model's files go to $OUT as soon as it is saved, so that a run cut
+# short still returns what finished.
 for task in txt2img inpaint sr; do
-  "$train" "$task" --device cuda --threads 4 --ae "$work/ae" \
-    --out "$work/$task" --seed $seed --steps 40000 --batch 128 --lr 2e-4 \
-    --max-seconds "$left" --log-every 1000 > "$work/$task.log" 2>&1 &
+  ("$train" "$task" --device cuda --threads 4 --ae "$work/ae" \
+     --out "$work/$task" --seed $seed --steps 40000 --batch 128 --lr 3e-4 \
+     --max-seconds "$left" --log-every 500 > "$work/$task.log" 2>&1 &&
+   mkdir -p "$out/$task" &&
+   cp "$work/$task/weights.safetensors" "$work/$task/config.json" \
+     "$out/$task/") &
   seed=$((seed + 1))
 done
 wait
 for task in txt2img inpaint sr; do
   echo "== $task"
   cat "$work/$task.log"
-  mkdir -p "$out/$task"
-  cp "$work/$task/weights.safetensors" "$work/$task/config.json" "$out/$task/"
 done
 echo "total $(($(date +%s) - start)) s"

@@ -8,11 +8,14 @@
 //       training flags: --steps N --batch N --lr X --warmup N --ema X
 //       --seed S --max-seconds T --log-every N --save-every N
 //       --device cpu|cuda --threads N --name NAME
+//       --init WEIGHTS (diffusion stages: start from exported weights)
 //       Rerunning with the same --out resumes from DIR/train_state.
 //   ldmtrain sample --model DIR --out GRID.ppm [--steps N] [--cfg X]
+//                   [--what ae]
 //       a grid of samples through the real pipelines: txt2img prompts,
 //       inpainting (input | mask | result) or super-resolution
-//       (low-res | bicubic | model | truth), by the model's kind.
+//       (low-res | bicubic | model | truth), by the model's kind; with
+//       --what ae, held-out images and their autoencoder reconstructions.
 #include <ATen/Parallel.h>
 
 #include <cstdio>
@@ -89,13 +92,31 @@ at::Tensor Grid(const std::vector<std::vector<at::Tensor>>& rows) {
 }
 
 absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
-                                      int steps, float cfg) {
+                                      int steps, float cfg,
+                                      bool autoencoder_only) {
   std::vector<std::vector<at::Tensor>> rows;
   ldm::JobRequest request;
   request.sampler.steps = steps;
   request.sampler.guidance_scale = cfg;
   const std::string& kind = model.config().kind;
-  if (kind == "txt2img") {
+  if (autoencoder_only) {
+    // Held-out images and their reconstructions (posterior mean), in pairs.
+    for (int r = 0; r < 4; ++r) {
+      std::vector<at::Tensor> row;
+      for (int c = 0; c < 2; ++c) {
+        const at::Tensor truth = ldmtrain::ImagesToTensor(
+            {shapes::RenderScene(shapes::HeldOutScene(r * 2 + c))});
+        LDM_ASSIGN_OR_RETURN(
+            at::Tensor latent,
+            model.EncodeImages(
+                truth, at::zeros({1, model.config().ae.embed_dim, 16, 16})));
+        LDM_ASSIGN_OR_RETURN(at::Tensor decoded, model.DecodeLatents(latent));
+        row.push_back(ldmtrain::TensorToBytes(truth)[0]);
+        row.push_back(ldmtrain::TensorToBytes(decoded)[0]);
+      }
+      rows.push_back(std::move(row));
+    }
+  } else if (kind == "txt2img") {
     std::vector<at::Tensor> row;
     for (size_t i = 0; i < GridPrompts().size(); ++i) {
       request.prompt = GridPrompts()[i];
@@ -145,7 +166,7 @@ int Sample(std::map<std::string, std::string> options) {
   if (!model.ok()) return Error(model.status());
   const int steps = options.count("steps") ? std::stoi(options["steps"]) : 25;
   const float cfg = options.count("cfg") ? std::stof(options["cfg"]) : 5.0f;
-  auto grid = SampleGrid(**model, steps, cfg);
+  auto grid = SampleGrid(**model, steps, cfg, options["what"] == "ae");
   if (!grid.ok()) return Error(grid.status());
   return ldmtools::WritePpm(options["out"], *grid) ? 0 : 1;
 }
@@ -156,6 +177,7 @@ int Train(ldmtrain::Task task, std::map<std::string, std::string> options) {
   train.out_dir = options["out"];
   train.autoencoder_dir = options["ae"];
   train.model_name = options["name"];
+  train.init_weights = options["init"];
   if (options.count("steps")) train.steps = std::stoll(options["steps"]);
   if (options.count("batch")) train.batch_size = std::stoll(options["batch"]);
   if (options.count("lr")) train.learning_rate = std::stod(options["lr"]);

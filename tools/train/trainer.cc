@@ -39,6 +39,7 @@ constexpr double kMaxGradNorm = 1.0;
 // The paper's KL weight for its f=4 KL autoencoders.
 constexpr double kKlWeight = 1e-6;
 constexpr int kEvaluationImages = 256;
+constexpr double kInitialLogVariance = -10.0;
 
 // The stream of step `step` of a run seeded with `seed`.
 uint64_t StepSeed(uint64_t seed, int64_t step, uint64_t stream) {
@@ -96,7 +97,13 @@ class AdamWithEma {
     c10::NoGradGuard no_grad;
     std::vector<at::Tensor> parameters, grads, m, v, ema;
     for (Slot& slot : slots_) {
-      if (!slot.parameter.grad().defined()) continue;
+      if (!slot.parameter.grad().defined()) {
+        // A parameter the loss never reaches is a wiring bug; say so once.
+        if (t_ == 0) {
+          std::printf("warning: no gradient for %s\n", slot.name.c_str());
+        }
+        continue;
+      }
       parameters.push_back(slot.parameter);
       grads.push_back(slot.parameter.grad());
       m.push_back(slot.m);
@@ -350,6 +357,17 @@ class TrainingRun {
     StandaloneAutoencoder ae(options_.device);
     ae.registry.InitRandom(options_.seed);
     ae.registry.To(options_.device, at::kFloat);
+    {
+      // The posterior starts nearly deterministic. From logvar = 0, Adam
+      // moves the bias about one learning rate per step, so with the
+      // paper's tiny KL weight the decoder would spend the whole run
+      // learning to read noisy latents (blobs and speckles).
+      c10::NoGradGuard no_grad;
+      ae.registry
+          .Named("")[std::string(kAutoencoderPrefix) + ".quant_conv.bias"]
+          .slice(0, PresetAutoencoder().embed_dim)
+          .fill_(kInitialLogVariance);
+    }
     AdamWithEma optimizer(ae.registry.Named(""), options_.ema_decay);
     std::map<std::string, std::string> meta;
     LDM_ASSIGN_OR_RETURN(const int64_t first, Resume(optimizer, &meta));
@@ -375,8 +393,10 @@ class TrainingRun {
           const at::Tensor reconstruction =
               model.Decode(posterior.SampleWith(noise));
           const auto count = static_cast<double>(options_.batch_size);
-          const at::Tensor l1 =
-              (batch.images - reconstruction).abs().sum() / count;
+          // L1 as the paper, plus L2, which weighs the large errors at
+          // the objects' edges (what PSNR measures) more.
+          const at::Tensor error = batch.images - reconstruction;
+          const at::Tensor l1 = (error.abs() + error.pow(2)).sum() / count;
           const at::Tensor kl =
               0.5 *
               (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 -
@@ -461,6 +481,17 @@ class TrainingRun {
     std::map<std::string, at::Tensor> trainable;
     for (auto& [key, tensor] : parameters) {
       if (key.rfind(kAutoencoderPrefix, 0) != 0) trainable[key] = tensor;
+    }
+    if (!options_.init_weights.empty()) {
+      LDM_ASSIGN_OR_RETURN(auto file,
+                           ldm::SafetensorsFile::Open(options_.init_weights));
+      c10::NoGradGuard no_grad;
+      for (auto& [key, tensor] : trainable) {
+        LDM_ASSIGN_OR_RETURN(at::Tensor saved, file->Get(key));
+        tensor.copy_(saved);
+      }
+      std::printf("%s: started from %s\n", name.c_str(),
+                  options_.init_weights.c_str());
     }
     AdamWithEma optimizer(trainable, options_.ema_decay);
     LDM_ASSIGN_OR_RETURN(const int64_t first, Resume(optimizer, &meta));

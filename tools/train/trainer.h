@@ -29,6 +29,10 @@ struct TrainOptions {
   std::string out_dir;
   // Autoencoder folder (ae.safetensors) for the diffusion stages.
   std::string autoencoder_dir;
+  // Diffusion stages: start from these weights (an exported
+  // weights.safetensors) instead of random ones, with a fresh optimizer;
+  // ignored when resuming.
+  std::string init_weights;
   int64_t steps = 10000;  // Total; the learning rate decays over them.
   int64_t batch_size = 32;
   double learning_rate = 2e-4;
