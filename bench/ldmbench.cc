@@ -8,7 +8,7 @@
 //       and the process's peak RSS against the file's size (run it in a
 //       fresh process: peak RSS is per process).
 //
-// For each config (repeatable; default: the shipped shapes-tiny at its
+// For each config (repeatable; default: the shipped shapes-txt2img at its
 // native size and SD v1 at 256 and 512) and image size it builds the model
 // with seeded random weights, then times one UNet call at batch 1 (no
 // guidance) and batch 2 (a CFG pair), and one autoencoder decode, reporting
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
                           : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
   if (options.configs.empty()) {
     options.configs = {
-        std::string(LDMSERVE_SOURCE_DIR) + "/models/shapes-tiny/config.json",
+        std::string(LDMSERVE_SOURCE_DIR) + "/models/shapes-txt2img/config.json",
         std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/sd-v1.json"};
   }
   absl::Status status = ldm::CallTorchStatus("ldmbench", [&] {

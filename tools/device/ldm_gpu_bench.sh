@@ -28,12 +28,12 @@ bench="$build/bench/ldmbench"
 sd=models/configs/sd-v1.json
 "$bench" --config "$sd" --sizes 256,512 --device cuda --dtype f16 --repeats 10
 "$bench" --config "$sd" --sizes 256,512 --device cuda --dtype f32 --repeats 5
-"$bench" --config models/shapes-tiny/config.json --device cuda --repeats 20
+"$bench" --config models/shapes-txt2img/config.json --device cuda --repeats 20
 "$bench" --config "$sd" --sizes 256 --device cpu --repeats 2 --threads 16
 # The shipped model, a whole job: CPU vs CUDA f32 and f16 pixels.
 tool="$build/tools/ldmtool"
-model=(--config models/shapes-tiny/config.json
-       --weights models/shapes-tiny/weights.safetensors --prompt "a red circle")
+model=(--config models/shapes-txt2img/config.json
+       --weights models/shapes-txt2img/weights.safetensors --prompt "a red circle")
 "$tool" txt2img "${model[@]}" --steps 25 --n 4 --device cpu --out "$out/cpu.ppm"
 "$tool" txt2img "${model[@]}" --steps 25 --n 4 --device cuda --out "$out/cuda.ppm"
 "$tool" txt2img "${model[@]}" --steps 25 --n 4 --device cuda --dtype f16 \
