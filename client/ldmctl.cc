@@ -7,37 +7,52 @@
 //   ldmctl upscale --image small.png --out big.png
 //   ldmctl models
 //   ldmctl health          # exit 0 only when SERVING
+//   ldmctl bench --concurrency 4 --duration 30 --steps 10,20,50 --json s.json
+//   ldmctl bench --rate 2 --requests 100 --prompt "a red circle"
+//       load: closed loop (--concurrency) or open loop (--rate, Poisson);
+//       prints throughput, latency p50/p95/p99 and errors by status; exit 0
+//       only if every request succeeded
 //
 // Errors print one line "ldmctl: CODE: message"; the exit code is 10 + the
 // gRPC status code (so 11 = CANCELLED, 13 = INVALID_ARGUMENT, ...), 2 for
 // usage errors.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <pthread.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "client/load_generator.h"
 #include "ldm/v1/image_synthesis.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "server address");
 ABSL_FLAG(std::string, model, "", "model name; empty = server default");
 ABSL_FLAG(std::string, prompt, "", "what to draw");
 ABSL_FLAG(std::string, negative, "", "negative prompt");
-ABSL_FLAG(int, steps, 0, "denoising steps; 0 = server default");
+ABSL_FLAG(std::string, steps, "0",
+          "denoising steps; 0 = server default (bench: a list, e.g. "
+          "10,20,50, drawn per request)");
 ABSL_FLAG(double, cfg, 0, "guidance scale; 0 = server default");
 ABSL_FLAG(double, eta, 0, "DDIM eta");
 ABSL_FLAG(std::string, sampler, "ddim",
@@ -51,6 +66,18 @@ ABSL_FLAG(std::string, image, "", "img2img/inpaint/upscale: the input PNG");
 ABSL_FLAG(std::string, mask, "", "inpaint: the mask PNG, white = repaint");
 ABSL_FLAG(double, strength, 0, "img2img: (0, 1]; 0 = server default 0.75");
 ABSL_FLAG(uint32_t, scale, 0, "upscale: factor; 0 = the model's");
+ABSL_FLAG(int, concurrency, 1, "bench: clients in flight (closed loop)");
+ABSL_FLAG(double, rate, 0,
+          "bench: requests per second, Poisson arrivals (open loop); 0 = "
+          "closed loop");
+ABSL_FLAG(double, duration, 10, "bench: seconds during which requests start");
+ABSL_FLAG(int, requests, 0, "bench: at most this many requests; 0 = no limit");
+ABSL_FLAG(
+    std::string, tasks, "txt2img",
+    "bench: tasks drawn per request, from txt2img,img2img,inpaint,upscale "
+    "(image tasks use --image/--mask)");
+ABSL_FLAG(int, max_in_flight, 64, "bench: open-loop cap on open calls");
+ABSL_FLAG(std::string, json, "", "bench: also write the summary as JSON here");
 ABSL_FLAG(std::string, out, "out.png",
           "output file; with several images use {i} and/or {seed}");
 
@@ -62,49 +89,9 @@ int ExitCodeFor(const grpc::Status& status) {
   return status.ok() ? 0 : 10 + static_cast<int>(status.error_code());
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
-}
-
 int Fail(const grpc::Status& status) {
-  std::fprintf(stderr, "ldmctl: %s: %s\n", CodeName(status.error_code()),
+  std::fprintf(stderr, "ldmctl: %s: %s\n",
+               ldmctl::StatusCodeName(status.error_code()),
                status.error_message().c_str());
   return ExitCodeFor(status);
 }
@@ -189,12 +176,23 @@ bool BuildTask(const std::string& command, ldm::v1::GenerateRequest* request) {
                     task->mutable_low_res_image());
 }
 
-int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
-             const std::string& command) {
-  ldm::v1::GenerateRequest request;
-  request.set_model(absl::GetFlag(FLAGS_model));
-  if (!BuildTask(command, &request)) return kUsageError;
-  ldm::v1::SamplerSettings* sampler = request.mutable_sampler();
+// The comma-separated --steps values (one for a single request, a mix for
+// bench); empty on a malformed list.
+std::vector<int> StepsList() {
+  std::vector<int> steps;
+  for (absl::string_view part :
+       absl::StrSplit(absl::GetFlag(FLAGS_steps), ',')) {
+    int value = 0;
+    if (!absl::SimpleAtoi(part, &value) || value < 0) return {};
+    steps.push_back(value);
+  }
+  return steps;
+}
+
+// Model, sampler, seed and image count from the flags; false on bad flags.
+bool FillSettings(ldm::v1::GenerateRequest* request) {
+  request->set_model(absl::GetFlag(FLAGS_model));
+  ldm::v1::SamplerSettings* sampler = request->mutable_sampler();
   const std::string kind = absl::GetFlag(FLAGS_sampler);
   if (kind == "ddim") {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_DDIM);
@@ -208,16 +206,56 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
     sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M);
   } else {
     std::fprintf(stderr, "ldmctl: unknown --sampler %s\n", kind.c_str());
-    return kUsageError;
+    return false;
   }
-  sampler->set_steps(absl::GetFlag(FLAGS_steps));
+  const std::vector<int> steps = StepsList();
+  if (steps.empty()) {
+    std::fprintf(stderr, "ldmctl: --steps: expected N or N,N,...\n");
+    return false;
+  }
+  sampler->set_steps(steps[0]);
   sampler->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_cfg)));
   sampler->set_eta(static_cast<float>(absl::GetFlag(FLAGS_eta)));
-  request.set_seed(absl::GetFlag(FLAGS_seed));
-  request.set_num_images(absl::GetFlag(FLAGS_n));
+  request->set_seed(absl::GetFlag(FLAGS_seed));
+  request->set_num_images(absl::GetFlag(FLAGS_n));
+  return true;
+}
+
+int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
+             const std::string& command) {
+  ldm::v1::GenerateRequest request;
+  if (StepsList().size() != 1) {
+    std::fprintf(stderr, "ldmctl: --steps: one value (lists are for bench)\n");
+    return kUsageError;
+  }
+  if (!FillSettings(&request) || !BuildTask(command, &request)) {
+    return kUsageError;
+  }
 
   grpc::ClientContext context;
   SetDeadline(&context);
+  // Ctrl-C cancels the call (the server frees the job's slot at the next
+  // step) instead of killing the process mid-stream. SIGINT is blocked in
+  // every thread (main) and taken here; SIGUSR1 ends the watcher.
+  std::atomic<bool> interrupted{false};
+  std::thread interrupt_watcher([&context, &interrupted] {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGUSR1);
+    int signal = 0;
+    if (sigwait(&signals, &signal) == 0 && signal == SIGINT) {
+      interrupted = true;
+      context.TryCancel();
+    }
+  });
+  struct StopWatcher {
+    std::thread& watcher;
+    ~StopWatcher() {
+      pthread_kill(watcher.native_handle(), SIGUSR1);
+      watcher.join();
+    }
+  } stop_watcher{interrupt_watcher};
   const bool tty = isatty(STDERR_FILENO) != 0;
   const absl::Time start = absl::Now();
   std::unique_ptr<grpc::ClientReader<ldm::v1::GenerateResponse>> reader =
@@ -247,8 +285,10 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
       case ldm::v1::GenerateResponse::kProgress: {
         const ldm::v1::Progress& p = response.progress();
         const double elapsed = p.elapsed_ms() / 1000.0;
-        std::fprintf(stderr, "%sstep %u/%u  %.1fs elapsed  eta %.1fs%s",
-                     tty ? "\r" : "", p.step(), p.total_steps(), elapsed,
+        std::fprintf(stderr,
+                     "%sstep %u/%u  %.1f steps/s  %.1fs elapsed  eta %.1fs%s",
+                     tty ? "\r" : "", p.step(), p.total_steps(),
+                     elapsed > 0 ? p.step() / elapsed : 0.0, elapsed,
                      p.estimated_remaining_ms() / 1000.0, tty ? "" : "\n");
         progress_line_open = tty;
         break;
@@ -264,6 +304,10 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
   }
   end_line();
   grpc::Status status = reader->Finish();
+  if (interrupted && status.error_code() == grpc::StatusCode::CANCELLED) {
+    return Fail(grpc::Status(grpc::StatusCode::CANCELLED,
+                             "interrupted (Ctrl-C); the call was cancelled"));
+  }
   if (!status.ok()) return Fail(status);
   if (!have_result) {
     return Fail(grpc::Status(grpc::StatusCode::INTERNAL,
@@ -297,6 +341,73 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
                static_cast<unsigned long long>(result.timings().denoise_ms()),
                static_cast<unsigned long long>(result.timings().decode_ms()));
   return 0;
+}
+
+int Bench(ldm::v1::ImageSynthesisService::Stub& stub) {
+  ldmctl::LoadOptions options;
+  options.concurrency = absl::GetFlag(FLAGS_concurrency);
+  options.rate = absl::GetFlag(FLAGS_rate);
+  options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  options.duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
+  options.max_requests = absl::GetFlag(FLAGS_requests);
+  options.steps = StepsList();
+  options.tasks = absl::StrSplit(absl::GetFlag(FLAGS_tasks), ',');
+  options.seed = absl::GetFlag(FLAGS_seed) == 0 ? 1 : absl::GetFlag(FLAGS_seed);
+  options.timeout_seconds = absl::GetFlag(FLAGS_timeout);
+  if (options.steps.empty() || options.concurrency < 1 || options.rate < 0 ||
+      absl::GetFlag(FLAGS_duration) <= 0 || options.max_in_flight < 1) {
+    std::fprintf(stderr,
+                 "ldmctl: bench needs --steps N[,N...], --concurrency >= 1, "
+                 "--rate >= 0, --duration > 0, --max_in_flight >= 1\n");
+    return kUsageError;
+  }
+  // One ready request per task: images are read once, not per request.
+  std::map<std::string, ldm::v1::GenerateRequest> templates;
+  for (const std::string& task : options.tasks) {
+    ldm::v1::GenerateRequest request;
+    if (task != "txt2img" && task != "img2img" && task != "inpaint" &&
+        task != "upscale") {
+      std::fprintf(stderr, "ldmctl: --tasks: unknown task '%s'\n",
+                   task.c_str());
+      return kUsageError;
+    }
+    if (!FillSettings(&request) || !BuildTask(task, &request)) {
+      return kUsageError;
+    }
+    templates[task] = std::move(request);
+  }
+  std::fprintf(
+      stderr, "bench: %s for %.1f s%s against %s\n",
+      options.rate > 0
+          ? absl::StrFormat("open loop, %.2f requests/s", options.rate).c_str()
+          : absl::StrFormat("closed loop, %d clients", options.concurrency)
+                .c_str(),
+      absl::GetFlag(FLAGS_duration),
+      options.max_requests > 0
+          ? absl::StrCat(", at most ", options.max_requests, " requests")
+                .c_str()
+          : "",
+      absl::GetFlag(FLAGS_addr).c_str());
+  const ldmctl::LoadReport report =
+      ldmctl::RunLoad(stub, options,
+                      [&](const ldmctl::PlannedRequest& plan,
+                          ldm::v1::GenerateRequest* request) {
+                        *request = templates.at(plan.task);
+                        request->mutable_sampler()->set_steps(plan.steps);
+                        request->set_seed(plan.seed);
+                        return true;
+                      });
+  std::fputs(report.Summary().c_str(), stdout);
+  const std::string json_path = absl::GetFlag(FLAGS_json);
+  if (!json_path.empty()) {
+    std::ofstream out(json_path);
+    out << report.ToJson() << "\n";
+    if (!out) {
+      std::fprintf(stderr, "ldmctl: cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+  }
+  return report.requests > 0 && report.ok == report.requests ? 0 : 1;
 }
 
 int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
@@ -375,12 +486,19 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Client for ldmserve.\nUsage: ldmctl [--addr=HOST:PORT] "
-      "txt2img|img2img|inpaint|upscale|models|health [flags]");
+      "txt2img|img2img|inpaint|upscale|models|health|bench [flags]");
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  // Before any thread exists, so that every thread inherits the mask and
+  // only Generate's watcher takes these signals.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   if (positional.size() != 2) {
     std::fprintf(stderr,
                  "usage: ldmctl [--addr=HOST:PORT] "
-                 "txt2img|img2img|inpaint|upscale|models|health "
+                 "txt2img|img2img|inpaint|upscale|models|health|bench "
                  "[flags] (--help for flags)\n");
     return kUsageError;
   }
@@ -395,6 +513,7 @@ int main(int argc, char** argv) {
     return Generate(*stub, command);
   }
   if (command == "models") return Models(*stub);
+  if (command == "bench") return Bench(*stub);
   if (command == "health") return Health(channel);
   std::fprintf(stderr, "ldmctl: unknown command '%s'\n", command.c_str());
   return kUsageError;

@@ -77,6 +77,43 @@ set -e
 [[ $code -eq 15 ]] || fail "unknown model exit code $code"
 grep -q "^ldmctl: NOT_FOUND: " "$work/err.txt" || fail "error line: $(cat "$work/err.txt")"
 
+# Ctrl-C cancels the call cleanly: exit 10 + CANCELLED, one line.
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 200 --n 4 \
+  --out "$work/cancelled.png" 2>"$work/cancel.txt" &
+client_pid=$!
+for _ in $(seq 1 200); do
+  grep -q "step 1/200" "$work/cancel.txt" 2>/dev/null && break
+  sleep 0.05  # polling another process's output
+done
+kill -INT "$client_pid"
+set +e
+wait "$client_pid"
+code=$?
+set -e
+[[ $code -eq 11 ]] || fail "Ctrl-C exit code $code: $(cat "$work/cancel.txt")"
+grep -q "^ldmctl: CANCELLED: " "$work/cancel.txt" || fail "Ctrl-C line: $(cat "$work/cancel.txt")"
+[[ ! -e "$work/cancelled.png" ]] || fail "a cancelled call wrote an image"
+
+# The load generator: closed and open loop, a JSON summary, errors counted
+# by status.
+"$ldmctl" --addr="$addr" bench --concurrency 2 --requests 4 --steps 2,3 \
+  --prompt "a red circle" --json "$work/bench.json" >"$work/bench.txt" 2>&1 \
+  || fail "bench: $(cat "$work/bench.txt")"
+for key in '"requests": 4' '"ok": 4' '"images_per_second"' '"p50"' '"p95"' \
+           '"p99"' '"errors": {}'; do
+  grep -q "$key" "$work/bench.json" || fail "bench.json lacks $key: $(cat "$work/bench.json")"
+done
+"$ldmctl" --addr="$addr" bench --rate 20 --requests 3 --steps 2 \
+  >"$work/open.txt" 2>&1 || fail "open-loop bench: $(cat "$work/open.txt")"
+grep -q "requests 3, ok 3" "$work/open.txt" || fail "open loop: $(cat "$work/open.txt")"
+set +e
+"$ldmctl" --addr="$addr" bench --requests 2 --steps 2 --model no-such-model \
+  --json "$work/bad.json" >/dev/null 2>&1
+code=$?
+set -e
+[[ $code -eq 1 ]] || fail "bench with errors exit code $code"
+grep -q '"NOT_FOUND": 2' "$work/bad.json" || fail "errors by code: $(cat "$work/bad.json")"
+
 # SIGTERM drains and exits 0.
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "server exit code $?"
