@@ -42,6 +42,9 @@ BUILD_PACKAGES=(
   libgmock-dev
   libbenchmark-dev
   clang-format
+  python3
+  python3-grpcio
+  python3-protobuf
 )
 
 mode=build

@@ -1,0 +1,20 @@
+"""Python client for ldmserve (gRPC, ldm.v1.ImageSynthesisService).
+
+    from ldmclient import Client
+    client = Client("127.0.0.1:50051")
+    result = client.txt2img("a red circle above a blue square", steps=25, seed=1)
+    open("out.png", "wb").write(result.images[0].png)
+
+    for event in client.stream_txt2img("a red circle", steps=50):
+        print(event)               # Queued / Started / Progress / Result
+    # stream.cancel() stops a generation; the server frees its slot.
+
+The stubs (ldm/v1/image_synthesis_pb2*.py) are generated at build time from
+proto/ (CMake target ldmclient_python) and found through PYTHONPATH.
+"""
+
+from ldmclient.client import (AsyncClient, Client, Generation, Image,
+                              LdmError, Progress, Queued, Result, Started)
+
+__all__ = ["AsyncClient", "Client", "Generation", "Image", "LdmError",
+           "Progress", "Queued", "Result", "Started"]

@@ -1,0 +1,274 @@
+"""The client: plain results (PNG bytes, seeds, timings), no PIL needed."""
+
+import dataclasses
+from typing import Dict, Iterator, List, Optional, Union
+
+import grpc
+
+from ldm.v1 import image_synthesis_pb2 as pb
+from ldm.v1 import image_synthesis_pb2_grpc as pb_grpc
+
+_SAMPLERS = {
+    "ddim": pb.SAMPLER_KIND_DDIM,
+    "plms": pb.SAMPLER_KIND_PLMS,
+    "ddpm": pb.SAMPLER_KIND_DDPM,
+    "euler_a": pb.SAMPLER_KIND_EULER_ANCESTRAL,
+    "dpmpp_2m": pb.SAMPLER_KIND_DPM_SOLVER_PP_2M,
+}
+
+
+class LdmError(Exception):
+    """A call ended with a non-OK status: `code` is its name
+    ("INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", ...)."""
+
+    def __init__(self, code: str, details: str):
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclasses.dataclass
+class Image:
+    png: bytes
+    width: int
+    height: int
+    seed: int
+
+
+@dataclasses.dataclass
+class Result:
+    images: List[Image]
+    model: str
+    warnings: List[str]
+    timings_ms: Dict[str, int]  # queue, encode, denoise, decode, total
+
+
+@dataclasses.dataclass
+class Queued:
+    position: int
+
+
+@dataclasses.dataclass
+class Started:
+    queue_time_ms: int
+
+
+@dataclasses.dataclass
+class Progress:
+    step: int
+    total_steps: int
+    elapsed_ms: int
+    estimated_remaining_ms: int
+    preview_png: bytes
+
+
+Event = Union[Queued, Started, Progress, Result]
+
+
+def _result(message) -> Result:
+    timings = message.timings
+    return Result(
+        images=[Image(i.data, i.width, i.height, i.seed)
+                for i in message.images],
+        model=message.model,
+        warnings=list(message.warnings),
+        timings_ms={"queue": timings.queue_ms, "encode": timings.encode_ms,
+                    "denoise": timings.denoise_ms,
+                    "decode": timings.decode_ms, "total": timings.total_ms})
+
+
+def _event(response) -> Event:
+    kind = response.WhichOneof("event")
+    if kind == "queued":
+        return Queued(response.queued.position)
+    if kind == "started":
+        return Started(response.started.queue_time_ms)
+    if kind == "progress":
+        p = response.progress
+        return Progress(p.step, p.total_steps, p.elapsed_ms,
+                        p.estimated_remaining_ms, p.preview_png)
+    return _result(response.result)
+
+
+def _error(error: grpc.RpcError) -> LdmError:
+    return LdmError(error.code().name, error.details() or "")
+
+
+def _request(task: str, *, model: str = "", steps: int = 0,
+             guidance_scale: float = 0.0, sampler: str = "ddim",
+             eta: float = 0.0, seed: int = 0, num_images: int = 1,
+             preview_every: int = 0, **fields) -> pb.GenerateRequest:
+    if sampler not in _SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(_SAMPLERS)}")
+    request = pb.GenerateRequest(
+        model=model, seed=seed, num_images=num_images,
+        preview_every=preview_every,
+        sampler=pb.SamplerSettings(kind=_SAMPLERS[sampler], steps=steps,
+                                   guidance_scale=guidance_scale, eta=eta))
+    getattr(request, task).CopyFrom(
+        {"text_to_image": pb.TextToImage, "image_to_image": pb.ImageToImage,
+         "inpaint": pb.Inpaint,
+         "super_resolution": pb.SuperResolution}[task](**fields))
+    return request
+
+
+class Generation:
+    """A running generation: iterate for its events (the last is the
+    Result); cancel() ends it, and the iteration then raises
+    LdmError("CANCELLED")."""
+
+    def __init__(self, call):
+        self._call = call
+
+    def __iter__(self) -> Iterator[Event]:
+        try:
+            for response in self._call:
+                yield _event(response)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def result(self) -> Result:
+        """Waits for the end and returns the Result."""
+        final = None
+        for event in self:
+            if isinstance(event, Result):
+                final = event
+        if final is None:
+            raise LdmError("INTERNAL", "stream ended without a result")
+        return final
+
+
+class Client:
+    """A synchronous client over one channel. `timeout` (seconds) is the
+    default deadline of each call; None = no deadline."""
+
+    def __init__(self, address: str = "127.0.0.1:50051",
+                 timeout: Optional[float] = None,
+                 channel: Optional[grpc.Channel] = None):
+        self._channel = channel or grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._stub = pb_grpc.ImageSynthesisServiceStub(self._channel)
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _stream(self, request, timeout) -> Generation:
+        return Generation(self._stub.Generate(
+            request, timeout=timeout if timeout is not None else self._timeout))
+
+    # Iterator forms: events as they come.
+    def stream_txt2img(self, prompt: str, negative_prompt: str = "",
+                       width: Optional[int] = None,
+                       height: Optional[int] = None,
+                       timeout: Optional[float] = None,
+                       **settings) -> Generation:
+        fields = {"prompt": prompt, "negative_prompt": negative_prompt}
+        if width:
+            fields["width"] = width
+        if height:
+            fields["height"] = height
+        return self._stream(_request("text_to_image", **settings, **fields),
+                            timeout)
+
+    def stream_img2img(self, image: bytes, prompt: str, strength: float = 0.0,
+                       negative_prompt: str = "",
+                       timeout: Optional[float] = None,
+                       **settings) -> Generation:
+        return self._stream(_request(
+            "image_to_image", init_image=image, prompt=prompt,
+            strength=strength, negative_prompt=negative_prompt, **settings),
+            timeout)
+
+    def stream_inpaint(self, image: bytes, mask: bytes, prompt: str,
+                       negative_prompt: str = "",
+                       timeout: Optional[float] = None,
+                       **settings) -> Generation:
+        return self._stream(_request(
+            "inpaint", image=image, mask=mask, prompt=prompt,
+            negative_prompt=negative_prompt, **settings), timeout)
+
+    def stream_upscale(self, low_res: bytes, scale: int = 0,
+                       timeout: Optional[float] = None,
+                       **settings) -> Generation:
+        return self._stream(_request(
+            "super_resolution", low_res_image=low_res, scale=scale,
+            **settings), timeout)
+
+    # Blocking forms: the Result.
+    def txt2img(self, prompt: str, **kwargs) -> Result:
+        return self.stream_txt2img(prompt, **kwargs).result()
+
+    def img2img(self, image: bytes, prompt: str, **kwargs) -> Result:
+        return self.stream_img2img(image, prompt, **kwargs).result()
+
+    def inpaint(self, image: bytes, mask: bytes, prompt: str,
+                **kwargs) -> Result:
+        return self.stream_inpaint(image, mask, prompt, **kwargs).result()
+
+    def upscale(self, low_res: bytes, **kwargs) -> Result:
+        return self.stream_upscale(low_res, **kwargs).result()
+
+    def models(self) -> List[dict]:
+        """What the server serves: name, tasks, state, native size..."""
+        try:
+            response = self._stub.ListModels(pb.ListModelsRequest(),
+                                             timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return [{"name": m.name,
+                 "tasks": [pb.Task.Name(t) for t in m.tasks],
+                 "default_for": [pb.Task.Name(t) for t in m.default_for],
+                 "state": pb.ModelState.Name(m.state),
+                 "native_width": m.native_width,
+                 "native_height": m.native_height,
+                 "error": m.error}
+                for m in response.models]
+
+
+class AsyncClient:
+    """The same calls for asyncio (grpc.aio): `await client.txt2img(...)`;
+    `async for event in client.stream(...)`."""
+
+    def __init__(self, address: str = "127.0.0.1:50051",
+                 timeout: Optional[float] = None):
+        self._channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._stub = pb_grpc.ImageSynthesisServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def stream(self, task: str, timeout: Optional[float] = None,
+                     **kwargs):
+        """`task`: text_to_image, image_to_image, inpaint or
+        super_resolution; kwargs as the synchronous stream_* methods take
+        (proto field names for the task's inputs)."""
+        call = self._stub.Generate(
+            _request(task, **kwargs),
+            timeout=timeout if timeout is not None else self._timeout)
+        try:
+            async for response in call:
+                yield _event(response)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def txt2img(self, prompt: str, **kwargs) -> Result:
+        final = None
+        async for event in self.stream("text_to_image", prompt=prompt,
+                                       **kwargs):
+            if isinstance(event, Result):
+                final = event
+        if final is None:
+            raise LdmError("INTERNAL", "stream ended without a result")
+        return final

@@ -1,0 +1,142 @@
+"""The Python client against a real ldmserve on localhost (port 0).
+
+    test_client.py LDMSERVE REGISTRY
+Exit 77 (CTest: skipped) when grpcio or the protobuf runtime is missing.
+"""
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import zlib
+
+try:
+    import grpc  # noqa: F401
+    from ldmclient import AsyncClient, Client, LdmError, Progress, Result
+except ImportError as missing:
+    print(f"skipped: {missing}")
+    sys.exit(77)
+
+SERVER, REGISTRY = sys.argv[1], sys.argv[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png(width, height, rgb):
+    """A minimal RGB PNG (no PIL needed)."""
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+
+    def chunk(kind, payload):
+        body = kind + payload
+        return (struct.pack(">I", len(payload)) + body +
+                struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF))
+
+    return (PNG_SIGNATURE +
+            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def size_of(data):
+    return struct.unpack(">II", data[16:24])
+
+
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.work = tempfile.TemporaryDirectory()
+        port_file = os.path.join(cls.work.name, "port")
+        cls.server = subprocess.Popen(
+            [SERVER, "--listen=127.0.0.1:0", f"--port-file={port_file}",
+             "--metrics-listen=", "--threads=1", f"--models={REGISTRY}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(port_file) or not open(port_file).read():
+            if time.monotonic() > deadline or cls.server.poll() is not None:
+                raise RuntimeError("ldmserve did not start")
+            time.sleep(0.05)  # waiting for another process
+        cls.address = "127.0.0.1:" + open(port_file).read().strip()
+        cls.client = Client(cls.address, timeout=60)
+        while True:  # until the models are loaded
+            if all(m["state"] == "MODEL_STATE_READY"
+                   for m in cls.client.models()):
+                break
+            time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.terminate()
+        cls.server.wait(timeout=60)
+        cls.work.cleanup()
+
+    def test_models_lists_the_shipped_models(self):
+        names = {m["name"]: m for m in self.client.models()}
+        self.assertIn("shapes-txt2img", names)
+        self.assertIn("TASK_TEXT_TO_IMAGE",
+                      names["shapes-txt2img"]["default_for"])
+        self.assertEqual(names["shapes-txt2img"]["native_width"], 64)
+
+    def test_txt2img_returns_png_bytes_and_is_seeded(self):
+        first = self.client.txt2img("a red circle", steps=3, seed=5,
+                                    num_images=2)
+        self.assertEqual(len(first.images), 2)
+        self.assertTrue(first.images[0].png.startswith(PNG_SIGNATURE))
+        self.assertEqual(size_of(first.images[0].png), (64, 64))
+        self.assertEqual([i.seed for i in first.images], [5, 6])
+        self.assertEqual(first.model, "shapes-txt2img")
+        self.assertGreater(first.timings_ms["total"], 0)
+        again = self.client.txt2img("a red circle", steps=3, seed=5,
+                                    num_images=2)
+        self.assertEqual(first.images[1].png, again.images[1].png)
+
+    def test_stream_yields_progress_then_the_result(self):
+        events = list(self.client.stream_txt2img("a blue square", steps=4,
+                                                 seed=1))
+        steps = [e.step for e in events if isinstance(e, Progress)]
+        self.assertEqual(steps, [1, 2, 3, 4])
+        self.assertIsInstance(events[-1], Result)
+
+    def test_cancel_from_the_iterator(self):
+        generation = self.client.stream_txt2img("a green diamond", steps=200,
+                                                num_images=4)
+        with self.assertRaises(LdmError) as raised:
+            for event in generation:
+                if isinstance(event, Progress):
+                    generation.cancel()
+        self.assertEqual(raised.exception.code, "CANCELLED")
+
+    def test_errors_carry_the_status(self):
+        with self.assertRaises(LdmError) as raised:
+            self.client.txt2img("x", model="no-such-model")
+        self.assertEqual(raised.exception.code, "NOT_FOUND")
+        with self.assertRaises(LdmError) as raised:
+            self.client.txt2img("x", steps=100000)
+        self.assertEqual(raised.exception.code, "INVALID_ARGUMENT")
+        self.assertIn("steps", raised.exception.details)
+
+    def test_inpaint_and_upscale(self):
+        image = png(64, 64, (240, 220, 40))
+        mask = png(64, 64, (255, 255, 255))
+        inpainted = self.client.inpaint(image, mask, "a red circle", steps=3,
+                                        seed=2)
+        self.assertEqual(size_of(inpainted.images[0].png), (64, 64))
+        upscaled = self.client.upscale(png(16, 16, (40, 70, 220)), steps=3)
+        self.assertEqual(size_of(upscaled.images[0].png), (64, 64))
+        self.assertEqual(upscaled.model, "shapes-sr")
+
+    def test_async_client(self):
+        async def run():
+            client = AsyncClient(self.address, timeout=60)
+            try:
+                return await client.txt2img("a white square", steps=2, seed=9)
+            finally:
+                await client.close()
+        result = asyncio.run(run())
+        blocking = self.client.txt2img("a white square", steps=2, seed=9)
+        self.assertEqual(result.images[0].png, blocking.images[0].png)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=sys.argv[:1], verbosity=2)
