@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -66,6 +67,10 @@ ABSL_FLAG(std::string, image, "", "img2img/inpaint/upscale: the input PNG");
 ABSL_FLAG(std::string, mask, "", "inpaint: the mask PNG, white = repaint");
 ABSL_FLAG(double, strength, 0, "img2img: (0, 1]; 0 = server default 0.75");
 ABSL_FLAG(uint32_t, scale, 0, "upscale: factor; 0 = the model's");
+ABSL_FLAG(std::string, previews, "",
+          "write the server's previews (latent projections) to this folder "
+          "as step-N.png");
+ABSL_FLAG(int, preview_every, 5, "with --previews: a preview every N steps");
 ABSL_FLAG(int, concurrency, 1, "bench: clients in flight (closed loop)");
 ABSL_FLAG(double, rate, 0,
           "bench: requests per second, Poisson arrivals (open loop); 0 = "
@@ -231,6 +236,11 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
   if (!FillSettings(&request) || !BuildTask(command, &request)) {
     return kUsageError;
   }
+  const std::string previews = absl::GetFlag(FLAGS_previews);
+  if (!previews.empty()) {
+    request.set_preview_every(
+        static_cast<uint32_t>(std::max(1, absl::GetFlag(FLAGS_preview_every))));
+  }
 
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -291,6 +301,17 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
                      elapsed > 0 ? p.step() / elapsed : 0.0, elapsed,
                      p.estimated_remaining_ms() / 1000.0, tty ? "" : "\n");
         progress_line_open = tty;
+        if (!previews.empty() && !p.preview_png().empty()) {
+          const std::string path =
+              absl::StrCat(previews, "/step-", p.step(), ".png");
+          std::ofstream preview(path, std::ios::binary);
+          preview.write(p.preview_png().data(),
+                        static_cast<std::streamsize>(p.preview_png().size()));
+          if (!preview) {
+            end_line();
+            std::fprintf(stderr, "ldmctl: cannot write %s\n", path.c_str());
+          }
+        }
         break;
       }
       case ldm::v1::GenerateResponse::kResult:

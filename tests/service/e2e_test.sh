@@ -77,6 +77,17 @@ set -e
 [[ $code -eq 15 ]] || fail "unknown model exit code $code"
 grep -q "^ldmctl: NOT_FOUND: " "$work/err.txt" || fail "error line: $(cat "$work/err.txt")"
 
+# Previews: a small PNG every --preview_every steps.
+mkdir -p "$work/previews"
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 4 \
+  --previews "$work/previews" --preview_every 2 --out "$work/p.png" 2>/dev/null \
+  || fail "txt2img with previews"
+for step in 2 4; do
+  [[ "$(head -c 8 "$work/previews/step-$step.png" | od -An -tx1 | tr -d ' \n')" == "89504e470d0a1a0a" ]] \
+    || fail "no preview PNG for step $step: $(ls "$work/previews")"
+done
+[[ ! -e "$work/previews/step-1.png" ]] || fail "preview at step 1 with --preview_every 2"
+
 # Ctrl-C cancels the call cleanly: exit 10 + CANCELLED, one line.
 "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 200 --n 4 \
   --out "$work/cancelled.png" 2>"$work/cancel.txt" &
