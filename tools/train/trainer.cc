@@ -290,7 +290,7 @@ class TrainingRun {
     return ldm::WriteSafetensors(OutPath(kStateFile), tensors, meta);
   }
 
-  // Runs `train_step(step, learning_rate) -> loss` until the steps or the
+  // Runs `train_step(batch, rng, generator) -> loss` until the steps or the
   // time budget run out, logging and saving along the way. Returns the
   // last step done.
   template <typename StepFn>
@@ -323,12 +323,20 @@ class TrainingRun {
                     1000 * per_step, static_cast<long long>(horizon));
       }
       const double learning_rate = LearningRate(options_, step, horizon);
-      LDM_ASSIGN_OR_RETURN(at::Tensor loss, ldm::CallTorch("train step", [&] {
-                             at::Tensor value = train_step(step);
-                             value.backward();
-                             optimizer.Step(learning_rate);
-                             return value.detach();
-                           }));
+      LDM_ASSIGN_OR_RETURN(
+          at::Tensor loss, ldm::CallTorch("train step", [&] {
+            // Step `step`'s data and noise: functions of
+            // (seed, step) alone, so a resumed run draws
+            // what the uninterrupted one would have.
+            shapes::ShapesRng rng(StepSeed(options_.seed, step, 0));
+            const Batch batch = SampleBatch(rng, options_);
+            at::Generator generator =
+                ldm::MakeGenerator(StepSeed(options_.seed, step, 1));
+            at::Tensor value = train_step(batch, rng, generator);
+            value.backward();
+            optimizer.Step(learning_rate);
+            return value.detach();
+          }));
       loss_sum = loss_sum.defined() ? loss_sum + loss : loss;
       ++logged_steps;
       if ((step + 1) % options_.log_every == 0 || step + 1 == options_.steps) {
@@ -379,34 +387,34 @@ class TrainingRun {
     const int64_t latent_side =
         shapes::kImageSize / PresetAutoencoder().DownsamplingFactor();
     LDM_ASSIGN_OR_RETURN(
-        const int64_t last, Loop(optimizer, first, meta, [&](int64_t step) {
-          shapes::ShapesRng rng(StepSeed(options_.seed, step, 0));
-          const Batch batch = SampleBatch(rng, options_);
-          at::Generator generator =
-              ldm::MakeGenerator(StepSeed(options_.seed, step, 1));
-          const ldm::DiagonalGaussian posterior =
-              ldm::Autoencoder::Posterior(model.EncodeMoments(batch.images));
-          const at::Tensor noise = ldm::StandardNormal(
-              {options_.batch_size, PresetAutoencoder().embed_dim, latent_side,
-               latent_side},
-              generator, latent_options);
-          const at::Tensor reconstruction =
-              model.Decode(posterior.SampleWith(noise));
-          const auto count = static_cast<double>(options_.batch_size);
-          // L1 as the paper, plus L2, which weighs the large errors at
-          // the objects' edges (what PSNR measures) more.
-          const at::Tensor error = batch.images - reconstruction;
-          const at::Tensor l1 = (error.abs() + error.pow(2)).sum() / count;
-          const at::Tensor kl =
-              0.5 *
-              (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 -
-               posterior.logvar)
-                  .sum() /
-              count;
-          // Reported per pixel value, so the log reads as an L1 distance.
-          return (l1 + kKlWeight * kl) /
-                 static_cast<double>(batch.images[0].numel());
-        }));
+        const int64_t last,
+        Loop(optimizer, first, meta,
+             [&](const Batch& batch, shapes::ShapesRng& rng,
+                 at::Generator& generator) {
+               const ldm::DiagonalGaussian posterior =
+                   ldm::Autoencoder::Posterior(
+                       model.EncodeMoments(batch.images));
+               const at::Tensor noise = ldm::StandardNormal(
+                   {options_.batch_size, PresetAutoencoder().embed_dim,
+                    latent_side, latent_side},
+                   generator, latent_options);
+               const at::Tensor reconstruction =
+                   model.Decode(posterior.SampleWith(noise));
+               const auto count = static_cast<double>(options_.batch_size);
+               // L1 as the paper, plus L2, which weighs the large errors at
+               // the objects' edges (what PSNR measures) more.
+               const at::Tensor error = batch.images - reconstruction;
+               const at::Tensor l1 = (error.abs() + error.pow(2)).sum() / count;
+               const at::Tensor kl =
+                   0.5 *
+                   (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 -
+                    posterior.logvar)
+                       .sum() /
+                   count;
+               // Reported per pixel value, so the log reads as an L1 distance.
+               return (l1 + kKlWeight * kl) /
+                      static_cast<double>(batch.images[0].numel());
+             }));
     (void)last;
     optimizer.CopyEmaIntoParameters();
     LDM_RETURN_IF_ERROR(ldm::CallTorchStatus("save", [&] {
@@ -519,63 +527,65 @@ class TrainingRun {
     const double scale = config.scale_factor;
 
     LDM_ASSIGN_OR_RETURN(
-        const int64_t last, Loop(optimizer, first, meta, [&](int64_t step) {
-          shapes::ShapesRng rng(StepSeed(options_.seed, step, 0));
-          const Batch batch = SampleBatch(rng, options_);
-          at::Generator generator =
-              ldm::MakeGenerator(StepSeed(options_.seed, step, 1));
-          auto noise = [&] {
-            return ldm::StandardNormal({b, channels, side, side}, generator,
-                                       float_options);
-          };
-          auto encode = [&](const at::Tensor& images) {
-            return scale * ldm::Autoencoder::Posterior(ae.EncodeMoments(images))
-                               .SampleWith(noise());
-          };
-          at::Tensor latents, concat;
-          {
-            c10::NoGradGuard no_grad;
-            latents = encode(batch.images);
-            if (task_ == Task::kInpaint) {
-              std::vector<std::vector<uint8_t>> masks;
-              for (const shapes::Scene& scene : batch.scenes) {
-                masks.push_back(RandomInpaintMask(scene, rng));
-              }
-              const at::Tensor mask = MasksToTensor(masks).to(options_.device);
-              // As LatentDiffusion::PrepareInpaint builds it (hybrid: the
-              // mask first, then the masked image's latent).
-              concat =
-                  at::cat({at::upsample_nearest2d(mask, {side, side}),
-                           encode(batch.images * (mask < 0.5).to(at::kFloat))},
-                          1);
-            } else if (task_ == Task::kSuperResolution) {
-              concat = DownsampleBicubic(batch.images);
-            }
-          }
-          const at::Tensor timesteps =
-              at::randint(0, config.timesteps, {b}, generator,
-                          at::TensorOptions().dtype(at::kLong))
-                  .to(options_.device);
-          const at::Tensor epsilon = noise();
-          const at::Tensor alpha =
-              alphas_cumprod.index_select(0, timesteps).view({b, 1, 1, 1});
-          at::Tensor input =
-              alpha.sqrt() * latents + (1.0 - alpha).sqrt() * epsilon;
-          if (concat.defined()) input = at::cat({input, concat}, 1);
-          at::Tensor context;
-          if (text != nullptr) {
-            std::vector<int64_t> ids;
-            for (const std::string& caption : batch.captions) {
-              const auto encoding = tokenizer->Encode(caption);
-              ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
-            }
-            context = text->Forward(
-                at::tensor(ids).view({b, -1}).to(options_.device));
-          }
-          return (unet.Forward(input, timesteps, context) - epsilon)
-              .pow(2)
-              .mean();
-        }));
+        const int64_t last,
+        Loop(optimizer, first, meta,
+             [&](const Batch& batch, shapes::ShapesRng& rng,
+                 at::Generator& generator) {
+               auto noise = [&] {
+                 return ldm::StandardNormal({b, channels, side, side},
+                                            generator, float_options);
+               };
+               auto encode = [&](const at::Tensor& images) {
+                 return scale *
+                        ldm::Autoencoder::Posterior(ae.EncodeMoments(images))
+                            .SampleWith(noise());
+               };
+               at::Tensor latents, concat;
+               {
+                 c10::NoGradGuard no_grad;
+                 latents = encode(batch.images);
+                 if (task_ == Task::kInpaint) {
+                   std::vector<std::vector<uint8_t>> masks;
+                   for (const shapes::Scene& scene : batch.scenes) {
+                     masks.push_back(RandomInpaintMask(scene, rng));
+                   }
+                   const at::Tensor mask =
+                       MasksToTensor(masks).to(options_.device);
+                   // As LatentDiffusion::PrepareInpaint builds it (hybrid: the
+                   // mask first, then the masked image's latent).
+                   concat = at::cat(
+                       {at::upsample_nearest2d(mask, {side, side}),
+                        encode(batch.images * (mask < 0.5).to(at::kFloat))},
+                       1);
+                 } else if (task_ == Task::kSuperResolution) {
+                   concat = DownsampleBicubic(batch.images);
+                 }
+               }
+               const at::Tensor timesteps =
+                   at::randint(0, config.timesteps, {b}, generator,
+                               at::TensorOptions().dtype(at::kLong))
+                       .to(options_.device);
+               const at::Tensor epsilon = noise();
+               const at::Tensor alpha =
+                   alphas_cumprod.index_select(0, timesteps).view({b, 1, 1, 1});
+               at::Tensor input =
+                   alpha.sqrt() * latents + (1.0 - alpha).sqrt() * epsilon;
+               if (concat.defined()) input = at::cat({input, concat}, 1);
+               at::Tensor context;
+               if (text != nullptr) {
+                 std::vector<int64_t> ids;
+                 for (const std::string& caption : batch.captions) {
+                   const auto encoding = tokenizer->Encode(caption);
+                   ids.insert(ids.end(), encoding.ids.begin(),
+                              encoding.ids.end());
+                 }
+                 context = text->Forward(
+                     at::tensor(ids).view({b, -1}).to(options_.device));
+               }
+               return (unet.Forward(input, timesteps, context) - epsilon)
+                   .pow(2)
+                   .mean();
+             }));
     (void)last;
     optimizer.CopyEmaIntoParameters();
     LDM_RETURN_IF_ERROR(model->Save(OutPath("weights.safetensors"), at::kHalf));
