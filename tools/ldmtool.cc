@@ -33,9 +33,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/model_family.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
 #include "tools/cli_util.h"
@@ -81,35 +83,6 @@ int InitRandom(std::map<std::string, std::string> options) {
   return 0;
 }
 
-// The model family whose config builds exactly the checkpoint's UNet and
-// autoencoder keys and shapes, among the configs in `config_dir`.
-std::string DetectFamily(const ldm::SafetensorsFile& file,
-                         const std::string& config_dir) {
-  std::error_code error;
-  std::vector<std::string> matches;
-  for (const auto& entry :
-       std::filesystem::directory_iterator(config_dir, error)) {
-    if (entry.path().extension() != ".json") continue;
-    auto config = ldm::ReadModelConfig(entry.path().string());
-    if (!config.ok()) continue;
-    auto expected = ldm::LatentDiffusion::ExpectedParameters(*config);
-    if (!expected.ok()) continue;
-    bool all = true;
-    for (const auto& [name, shape] : *expected) {
-      // The text encoder (CLIP) is not part of these configs yet.
-      if (name.rfind("cond_stage_model.", 0) == 0) continue;
-      auto it = file.entries().find(name);
-      if (it == file.entries().end() || it->second.shape != shape) {
-        all = false;
-        break;
-      }
-    }
-    if (all) matches.push_back(config->name);
-  }
-  if (matches.empty()) return "unknown (no config in " + config_dir + " fits)";
-  return absl::StrJoin(matches, ", ");
-}
-
 int Inspect(const std::string& path, const std::string& config_dir) {
   auto file = ldm::SafetensorsFile::Open(path);
   if (!file.ok()) return Error(file.status());
@@ -132,7 +105,12 @@ int Inspect(const std::string& path, const std::string& config_dir) {
     std::printf("# %s: %lld parameters\n", component.c_str(),
                 static_cast<long long>(count));
   }
-  std::printf("# family: %s\n", DetectFamily(**file, config_dir).c_str());
+  auto family = ldm::DetectFamily(**file, path, config_dir);
+  std::printf(
+      "# family: %s\n",
+      family.ok()
+          ? family->name.c_str()
+          : absl::StrCat("unknown: ", family.status().message()).c_str());
   return 0;
 }
 

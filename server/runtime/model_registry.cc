@@ -10,6 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/ldm/model_family.h"
+#include "server/ldm/safetensors.h"
 
 namespace ldmserve {
 namespace {
@@ -20,6 +22,20 @@ absl::StatusOr<TaskKind> ParseTask(const std::string& name) {
     if (name == TaskKindName(kind)) return kind;
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown task '", name, "'"));
+}
+
+// The entry's config file: as given, or the family its weights belong to.
+absl::StatusOr<std::string> ResolveConfig(const ModelEntry& entry) {
+  if (!entry.config_path.empty()) return entry.config_path;
+  absl::StatusOr<std::shared_ptr<const ldm::SafetensorsFile>> file =
+      ldm::SafetensorsFile::Open(entry.weights_path);
+  if (!file.ok()) return file.status();
+  absl::StatusOr<ldm::FamilyMatch> family =
+      ldm::DetectFamily(**file, entry.weights_path, entry.configs_dir);
+  if (!family.ok()) return family.status();
+  LOG(INFO) << "model " << entry.name << ": family " << family->name
+            << " (detected from " << entry.weights_path << ")";
+  return family->config_path;
 }
 
 bool Has(const std::vector<TaskKind>& tasks, TaskKind task) {
@@ -44,12 +60,25 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
     const std::filesystem::path p(file);
     return (p.is_absolute() ? p : base / p).lexically_normal().string();
   };
+  // The family configs: "configs" at the top level, by default the
+  // configs/ folder beside the registry (models/configs).
+  const std::string configs_dir =
+      resolve(root.value("configs", std::string("configs")));
   std::vector<ModelEntry> entries;
   for (const nlohmann::json& item : root["models"]) {
     ModelEntry entry;
     try {
       entry.name = item.at("name").get<std::string>();
-      entry.config_path = resolve(item.at("config").get<std::string>());
+      // "config": a file; or "family": a config of the configs folder by
+      // name; or neither (or "family": "auto"): detected from the weights.
+      entry.configs_dir = configs_dir;
+      const std::string family = item.value("family", std::string("auto"));
+      if (item.contains("config")) {
+        entry.config_path = resolve(item.at("config").get<std::string>());
+      } else if (family != "auto") {
+        entry.config_path =
+            (std::filesystem::path(configs_dir) / (family + ".json")).string();
+      }
       entry.weights_path = resolve(item.at("weights").get<std::string>());
       for (const auto& task :
            item.value("tasks", std::vector<std::string>{"text_to_image"})) {
@@ -117,8 +146,12 @@ absl::Status ModelRegistry::LoadAll() {
       }
     }
     const absl::Time start = absl::Now();
+    absl::StatusOr<std::string> config_path = ResolveConfig(entry);
     absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
-        ldm::LatentDiffusion::Load(entry.config_path, entry.weights_path);
+        config_path.ok()
+            ? ldm::LatentDiffusion::Load(*config_path, entry.weights_path)
+            : absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>>(
+                  config_path.status());
     absl::MutexLock lock(&mu_);
     if (!loaded.ok()) {
       model->state = ModelState::kFailed;

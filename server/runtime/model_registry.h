@@ -34,7 +34,11 @@ enum class ModelState { kLoading, kReady, kFailed };
 
 struct ModelEntry {
   std::string name;
-  std::string config_path;  // Absolute or relative to the working dir.
+  // Absolute or relative to the working dir. Empty: the family is detected
+  // from the checkpoint's keys among the configs in `configs_dir`
+  // (ldm::DetectFamily) when the model loads.
+  std::string config_path;
+  std::string configs_dir;
   std::string weights_path;
   std::vector<TaskKind> tasks;
   std::vector<TaskKind> default_for;

@@ -1,0 +1,79 @@
+#include "server/ldm/model_family.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/ldm/latent_diffusion.h"
+#include "server/ldm/model_config.h"
+
+namespace ldm {
+namespace {
+
+// The text encoder is left out of the match: families differ in their UNet
+// and autoencoder, and checkpoints differ in which text-encoder buffers
+// (position_ids) they carry.
+bool Matters(const std::string& name) {
+  return name.rfind("cond_stage_model.", 0) != 0;
+}
+
+}  // namespace
+
+absl::StatusOr<FamilyMatch> DetectFamily(const SafetensorsFile& file,
+                                         const std::string& path,
+                                         const std::string& config_dir) {
+  std::vector<std::filesystem::path> configs;
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(config_dir, error)) {
+    if (entry.path().extension() == ".json") configs.push_back(entry.path());
+  }
+  std::sort(configs.begin(), configs.end());
+  // The closest miss, for the message.
+  std::string closest_name, closest_problem;
+  size_t closest_mismatches = std::numeric_limits<size_t>::max();
+  for (const std::filesystem::path& config_path : configs) {
+    absl::StatusOr<ModelConfig> config = ReadModelConfig(config_path.string());
+    if (!config.ok()) continue;
+    auto expected = LatentDiffusion::ExpectedParameters(*config);
+    if (!expected.ok()) continue;
+    size_t mismatches = 0;
+    std::string first_problem;
+    for (const auto& [name, shape] : *expected) {
+      if (!Matters(name)) continue;
+      auto it = file.entries().find(name);
+      std::string problem;
+      if (it == file.entries().end()) {
+        problem = absl::StrCat("missing tensor ", name);
+      } else if (it->second.shape != shape) {
+        problem = absl::StrCat(
+            "shape of ", name, " is [", absl::StrJoin(it->second.shape, ", "),
+            "], expected [", absl::StrJoin(shape, ", "), "]");
+      }
+      if (problem.empty()) continue;
+      if (mismatches++ == 0) first_problem = std::move(problem);
+    }
+    if (mismatches == 0) {
+      return FamilyMatch{config->name, config_path.string()};
+    }
+    if (mismatches < closest_mismatches) {
+      closest_mismatches = mismatches;
+      closest_name = config->name;
+      closest_problem = std::move(first_problem);
+    }
+  }
+  if (closest_name.empty()) {
+    return absl::NotFoundError(absl::StrCat(
+        path, ": not a model family we know (no readable config in ",
+        config_dir, ")"));
+  }
+  return absl::NotFoundError(absl::StrCat(
+      path, ": not a model family we know (no config in ", config_dir,
+      " fits; closest ", closest_name, ": ", closest_problem, ", ",
+      closest_mismatches, " tensors differ)"));
+}
+
+}  // namespace ldm

@@ -1,0 +1,113 @@
+// The registry's start-up path: a checkpoint listed without a config is
+// recognised by its keys among the family configs, and a file of no known
+// family fails with one clear line, fatal or not as the entry says.
+#include "server/runtime/model_registry.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "server/ldm/latent_diffusion.h"
+
+namespace ldmserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ModelRegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::create_directories(dir_ / "configs");
+    // One family: the shipped SR model's architecture, renamed.
+    auto config = ldm::ReadModelConfig(std::string(LDMSERVE_SOURCE_DIR) +
+                                       "/models/shapes-sr/config.json");
+    ASSERT_TRUE(config.ok()) << config.status();
+    config->name = "tiny-family";
+    std::ofstream(dir_ / "configs" / "tiny-family.json")
+        << ldm::ModelConfigToJson(*config);
+    WriteCheckpoint(*config, dir_ / "known.safetensors");
+    // A checkpoint of another architecture (the inpainting UNet).
+    auto other = ldm::ReadModelConfig(std::string(LDMSERVE_SOURCE_DIR) +
+                                      "/models/shapes-inpaint/config.json");
+    ASSERT_TRUE(other.ok()) << other.status();
+    WriteCheckpoint(*other, dir_ / "unknown.safetensors");
+  }
+
+  static void WriteCheckpoint(const ldm::ModelConfig& config,
+                              const std::filesystem::path& path) {
+    auto model = ldm::LatentDiffusion::CreateRandom(config, 3);
+    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_TRUE((*model)->Save(path.string()).ok());
+  }
+
+  absl::StatusOr<std::vector<ModelEntry>> Registry(const std::string& json) {
+    const std::filesystem::path path = dir_ / "registry.json";
+    std::ofstream(path) << json;
+    return ModelRegistry::ReadRegistryFile(path.string());
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(ModelRegistryTest, DetectsTheFamilyOfACheckpointWithoutConfig) {
+  auto entries = Registry(R"({"models": [{"name": "mine",
+      "weights": "known.safetensors", "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll().ok());
+  auto found = registry.Find("mine", TaskKind::kSuperResolution);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ((*found)->model->config().name, "tiny-family");
+}
+
+TEST_F(ModelRegistryTest, FamilyByNameUsesTheConfigsFolder) {
+  auto entries = Registry(R"({"models": [{"name": "mine",
+      "family": "tiny-family", "weights": "known.safetensors",
+      "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  EXPECT_EQ((*entries)[0].config_path,
+            (dir_ / "configs" / "tiny-family.json").string());
+  ModelRegistry registry(*entries);
+  EXPECT_TRUE(registry.LoadAll().ok());
+}
+
+TEST_F(ModelRegistryTest, UnknownFamilyIsOneClearLineAndFatalWhenRequired) {
+  auto entries = Registry(R"({"models": [{"name": "odd",
+      "weights": "unknown.safetensors", "required": true}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ModelRegistry registry(*entries);
+  const absl::Status status = registry.LoadAll();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("unknown.safetensors: not a model family we know"));
+  // What it lacks, for the user: the inpainting UNet takes 9 channels.
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("closest tiny-family: shape of "
+                        "model.diffusion_model.input_blocks.0.0.weight"));
+}
+
+TEST_F(ModelRegistryTest, UnknownFamilyLeavesTheOthersServedWhenOptional) {
+  auto entries = Registry(R"({"models": [
+      {"name": "odd", "weights": "unknown.safetensors", "required": false},
+      {"name": "mine", "weights": "known.safetensors",
+       "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll().ok());
+  EXPECT_TRUE(registry.AllRequiredReady());
+  for (const auto& model : registry.Snapshot()) {
+    if (model.entry.name == "odd") {
+      EXPECT_EQ(model.state, ModelState::kFailed);
+      EXPECT_THAT(model.error, HasSubstr("not a model family we know"));
+    } else {
+      EXPECT_EQ(model.state, ModelState::kReady);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ldmserve
