@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
@@ -50,6 +51,23 @@ bool IsKnownExtraKey(const std::string& key) {
          key ==
              "cond_stage_model.transformer.text_model.embeddings."
              "position_ids";
+}
+
+// CompVis keeps the UNet's EMA in a LitEma module: the key of
+// "model.diffusion_model.input_blocks.0.0.weight" there is
+// "model_ema.diffusion_modelinput_blocks00weight" (dots dropped).
+constexpr char kEmaSourcePrefix[] = "model.diffusion_model.";
+std::string EmaKey(const std::string& key) {
+  if (!absl::StartsWith(key, kEmaSourcePrefix)) return key;
+  return "model_ema." +
+         absl::StrReplaceAll(key.substr(std::string("model.").size()),
+                             {{".", ""}});
+}
+
+bool HasEmaWeights(const SafetensorsFile& file) {
+  auto it = file.entries().lower_bound("model_ema.diffusion_model");
+  return it != file.entries().end() &&
+         absl::StartsWith(it->first, "model_ema.diffusion_model");
 }
 
 // A fixed latent -> RGB projection for previews. For 4-channel latents these
@@ -136,10 +154,23 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
     c10::InferenceMode inference;
     LDM_RETURN_IF_ERROR(model->Build());
     LDM_RETURN_IF_ERROR(model->LoadTokenizer());
+    std::function<std::string(const std::string&)> key_for;
+    if (options.use_ema) {
+      if (!HasEmaWeights(*file)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            weights_path, ": no EMA weights (model_ema.*) to use"));
+      }
+      key_for = EmaKey;
+    }
     LDM_RETURN_IF_ERROR(model->registry_.LoadFrom(
         *file, "", options.strict,
-        [](const std::string& key) { return IsKnownExtraKey(key); },
-        at::TensorOptions().device(options.device).dtype(options.dtype)));
+        [&options](const std::string& key) {
+          // With the EMA copy in use, the training weights are the extra.
+          return IsKnownExtraKey(key) ||
+                 (options.use_ema && absl::StartsWith(key, kEmaSourcePrefix));
+        },
+        at::TensorOptions().device(options.device).dtype(options.dtype),
+        key_for));
     if (file->Contains("alphas_cumprod")) {
       // The checkpoint's buffer wins where it disagrees with the config;
       // where it agrees (to its float32 storage), the float64 schedule from

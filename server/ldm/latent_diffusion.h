@@ -59,6 +59,10 @@ struct LoadOptions {
   at::Device device = at::kCPU;
   at::ScalarType dtype = at::kFloat;
   bool strict = true;
+  // Read the UNet from the checkpoint's EMA copy (CompVis `model_ema.*`,
+  // names without dots) instead of its training weights; FAILED_PRECONDITION
+  // when the file has none. Either way the other copy is skipped.
+  bool use_ema = false;
   TileOptions tiles;
 };
 

@@ -40,11 +40,13 @@ void ParameterRegistry::Declare(const std::string& name,
 absl::Status ParameterRegistry::LoadFrom(
     const SafetensorsFile& file, const std::string& prefix, bool strict,
     const std::function<bool(const std::string&)>& is_known_extra,
-    const at::TensorOptions& options) {
+    const at::TensorOptions& options,
+    const std::function<std::string(const std::string&)>& key_for) {
   std::vector<std::string> missing;
   std::set<std::string> claimed;
   for (Entry& entry : entries_) {
-    const std::string key = prefix + entry.name;
+    const std::string key =
+        key_for ? key_for(prefix + entry.name) : prefix + entry.name;
     auto it = file.entries().find(key);
     if (it == file.entries().end()) {
       missing.push_back(key);

@@ -51,10 +51,14 @@ class ParameterRegistry {
   // Each tensor is copied straight into `options` (device and dtype) and its
   // pages of the mapping are released at once, so loading needs about the
   // parameters' bytes, not twice that.
+  //
+  // `key_for`, when given, maps `prefix + name` to the key actually read (an
+  // EMA copy under other names, say).
   absl::Status LoadFrom(
       const SafetensorsFile& file, const std::string& prefix, bool strict,
       const std::function<bool(const std::string&)>& is_known_extra,
-      const at::TensorOptions& options);
+      const at::TensorOptions& options,
+      const std::function<std::string(const std::string&)>& key_for = {});
 
   // Deterministic random weights (fan-in scaled normal, norms at 1/0) from
   // `seed`: every layer matters, so untrained models still exercise all code.

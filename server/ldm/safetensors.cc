@@ -27,9 +27,12 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& dtype) {
   if (dtype == "F16") return at::kHalf;
   if (dtype == "BF16") return at::kBFloat16;
   if (dtype == "I64") return at::kLong;
+  // I32: LitEma's num_updates in every CompVis checkpoint with an EMA.
+  if (dtype == "I32") return at::kInt;
   if (dtype == "U8") return at::kByte;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unsupported dtype ", dtype, " (supported: F32, F16, BF16, I64, U8)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported dtype ", dtype,
+                   " (supported: F32, F16, BF16, I64, I32, U8)"));
 }
 
 absl::StatusOr<std::string> DtypeName(at::ScalarType dtype) {
@@ -42,6 +45,8 @@ absl::StatusOr<std::string> DtypeName(at::ScalarType dtype) {
       return std::string("BF16");
     case at::kLong:
       return std::string("I64");
+    case at::kInt:
+      return std::string("I32");
     case at::kByte:
       return std::string("U8");
     default:

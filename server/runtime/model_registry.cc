@@ -100,6 +100,7 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
       }
       entry.devices = item.value("devices", std::vector<std::string>{"cpu"});
       entry.required = item.value("required", true);
+      entry.use_ema = item.value("ema", false);
     } catch (const nlohmann::json::exception& error) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": bad model entry: ", error.what()));
@@ -149,7 +150,8 @@ absl::Status ModelRegistry::LoadAll() {
     absl::StatusOr<std::string> config_path = ResolveConfig(entry);
     absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
         config_path.ok()
-            ? ldm::LatentDiffusion::Load(*config_path, entry.weights_path)
+            ? ldm::LatentDiffusion::Load(*config_path, entry.weights_path,
+                                         {.use_ema = entry.use_ema})
             : absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>>(
                   config_path.status());
     absl::MutexLock lock(&mu_);

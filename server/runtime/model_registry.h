@@ -44,6 +44,7 @@ struct ModelEntry {
   std::vector<TaskKind> default_for;
   std::vector<std::string> devices;
   bool required = true;
+  bool use_ema = false;  // "ema": true: the checkpoint's EMA UNet weights.
 };
 
 class ModelRegistry {

@@ -1,6 +1,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -201,6 +202,49 @@ TEST(LatentDiffusionTest, LoadReportsMissingAndMisshapedTensors) {
   LoadOptions lenient;
   lenient.strict = false;
   EXPECT_TRUE(LatentDiffusion::Load(config_path, extra_path, lenient).ok());
+}
+
+TEST(LatentDiffusionTest, EmaWeightsAreSkippedOrUsedWhenAsked) {
+  auto model = TinyModel();
+  const std::string dir = ::testing::TempDir();
+  const std::string config_path = dir + "/tiny-ema.json";
+  { std::ofstream(config_path) << ModelConfigToJson(model->config()); }
+  const std::string plain = dir + "/plain.safetensors";
+  ASSERT_TRUE(model->Save(plain).ok());
+  // A CompVis checkpoint also holds the UNet's EMA under LitEma's names.
+  auto file = SafetensorsFile::Open(plain);
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& [name, entry] : (*file)->entries()) {
+    tensors[name] = (*file)->Get(name)->clone();
+    const std::string unet = "model.diffusion_model.";
+    if (name.rfind(unet, 0) == 0) {
+      std::string flat = "diffusion_model." + name.substr(unet.size());
+      flat.erase(std::remove(flat.begin(), flat.end(), '.'), flat.end());
+      tensors["model_ema." + flat] = tensors[name] + 1.0;
+    }
+  }
+  tensors["model_ema.num_updates"] = at::tensor(7);
+  const std::string with_ema = dir + "/with-ema.safetensors";
+  const absl::Status written = WriteSafetensors(with_ema, tensors);
+  ASSERT_TRUE(written.ok()) << written;
+
+  const std::string key = "model.diffusion_model.out.2.weight";
+  auto training = LatentDiffusion::Load(config_path, with_ema);
+  ASSERT_TRUE(training.ok()) << training.status();
+  EXPECT_TRUE(at::equal((*training)->MutableParameters()[key], tensors[key]));
+  LoadOptions ema;
+  ema.use_ema = true;
+  auto averaged = LatentDiffusion::Load(config_path, with_ema, ema);
+  ASSERT_TRUE(averaged.ok()) << averaged.status();
+  EXPECT_TRUE(
+      at::equal((*averaged)->MutableParameters()[key], tensors[key] + 1.0));
+  // The autoencoder has no EMA copy: the same weights either way.
+  const std::string ae_key = "first_stage_model.quant_conv.weight";
+  EXPECT_TRUE(
+      at::equal((*averaged)->MutableParameters()[ae_key], tensors[ae_key]));
+  auto none = LatentDiffusion::Load(config_path, plain, ema);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(none.status().message(), HasSubstr("no EMA weights"));
 }
 
 TEST(AutoencoderTest, VqQuantisesToTheNearestCodeBeforeDecoding) {
