@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/ldm/prompt_weights.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
@@ -240,36 +241,79 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
   // Tokens first (one row per prompt), then one encoder call for all.
   TextConditioning result;
   std::vector<int64_t> ids;
+  // Each token's emphasis ("(word:1.3)"); 1 everywhere for plain prompts.
+  std::vector<float> token_weights;
+  bool weighted = false;
   for (const std::string& prompt : prompts) {
+    const std::vector<PromptSegment> segments = ParsePromptWeights(prompt);
+    const std::string text = PromptText(segments);
+    std::vector<int64_t> row;
     if (clip_text_) {
-      ClipTokenizer::Padded padded = clip_tokenizer_->EncodePadded(prompt);
+      ClipTokenizer::Padded padded = clip_tokenizer_->EncodePadded(text);
       if (padded.truncated) {
         result.warnings.push_back("prompt truncated to 75 CLIP tokens");
       }
-      ids.insert(ids.end(), padded.ids.begin(), padded.ids.end());
-      continue;
+      row = std::move(padded.ids);
+    } else {
+      WordTokenizer::Encoding encoding = tokenizer_->Encode(text);
+      if (encoding.truncated) {
+        result.warnings.push_back(absl::StrCat("prompt truncated to ",
+                                               config_.text_encoder->max_length,
+                                               " words"));
+      }
+      if (encoding.unknown_words > 0) {
+        result.warnings.push_back(absl::StrCat(
+            encoding.unknown_words, " word(s) not in the model's vocabulary"));
+      }
+      row = std::move(encoding.ids);
     }
-    WordTokenizer::Encoding encoding = tokenizer_->Encode(prompt);
-    if (encoding.truncated) {
-      result.warnings.push_back(absl::StrCat(
-          "prompt truncated to ", config_.text_encoder->max_length, " words"));
+    std::vector<float> row_weights(row.size(), 1.0f);
+    if (HasWeights(segments)) {
+      weighted = true;
+      // The segments' tokens in order, after CLIP's start token.
+      size_t position = clip_text_ ? 1 : 0;
+      for (const PromptSegment& segment : segments) {
+        size_t count = 0;
+        if (clip_text_) {
+          count = clip_tokenizer_->Encode(segment.text).size();
+        } else {
+          for (int64_t id : tokenizer_->Encode(segment.text).ids) {
+            count += id != WordTokenizer::kPadId;
+          }
+        }
+        for (size_t k = 0; k < count && position < row.size(); ++k) {
+          row_weights[position++] = segment.weight;
+        }
+      }
     }
-    if (encoding.unknown_words > 0) {
-      result.warnings.push_back(absl::StrCat(
-          encoding.unknown_words, " word(s) not in the model's vocabulary"));
-    }
-    ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
+    ids.insert(ids.end(), row.begin(), row.end());
+    token_weights.insert(token_weights.end(), row_weights.begin(),
+                         row_weights.end());
   }
   return CallTorch("encode text", [&] {
     c10::InferenceMode inference;
+    const auto rows = static_cast<int64_t>(prompts.size());
     const at::Tensor id_tensor =
         at::tensor(ids, at::TensorOptions().dtype(at::kLong))
-            .reshape({static_cast<int64_t>(prompts.size()), -1})
+            .reshape({rows, -1})
             .to(options_.device);
-    result.context =
+    at::Tensor context =
         clip_text_ ? clip_text_->Encode(id_tensor, config_.clip->clip_skip)
                          .to(options_.dtype)
                    : text_encoder_->Forward(id_tensor);
+    if (weighted) {
+      // As those front ends do: scale each token's row by its weight, then
+      // give each prompt's rows back their mean (unless it is ~0).
+      const at::Tensor weights = at::tensor(token_weights)
+                                     .reshape({rows, -1, 1})
+                                     .to(context.device(), context.dtype());
+      const at::Tensor before = context.mean({1, 2}, /*keepdim=*/true);
+      const at::Tensor scaled = context * weights;
+      const at::Tensor after = scaled.mean({1, 2}, /*keepdim=*/true);
+      context =
+          at::where(after.abs() > 1e-6, scaled * (before / after), scaled);
+    }
+    result.context = std::move(context);
     return result;
   });
 }
