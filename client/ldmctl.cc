@@ -59,6 +59,7 @@ ABSL_FLAG(double, eta, 0, "DDIM eta");
 ABSL_FLAG(std::string, sampler, "ddim",
           "ddim | plms | ddpm | euler_a | dpmpp_2m");
 ABSL_FLAG(uint64_t, seed, 0, "seed; 0 = server picks");
+ABSL_FLAG(int, priority, 0, "scheduling priority in [-10, 10]; higher first");
 ABSL_FLAG(int, n, 1, "number of images");
 ABSL_FLAG(int, width, 0, "width in pixels; 0 = model native");
 ABSL_FLAG(int, height, 0, "height in pixels; 0 = model native");
@@ -223,6 +224,7 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
   sampler->set_eta(static_cast<float>(absl::GetFlag(FLAGS_eta)));
   request->set_seed(absl::GetFlag(FLAGS_seed));
   request->set_num_images(absl::GetFlag(FLAGS_n));
+  request->set_priority(absl::GetFlag(FLAGS_priority));
   return true;
 }
 

@@ -39,6 +39,9 @@ ABSL_FLAG(int64_t, max_batch_latent_pixels, 0,
 ABSL_FLAG(std::string, batching, "step",
           "step: jobs join and leave at step boundaries; request: jobs that "
           "queue together run together; none: one job at a time");
+ABSL_FLAG(double, priority_aging, 10,
+          "seconds of waiting that raise a queued job's priority one level "
+          "(so low priorities are delayed, never starved); 0 = never");
 ABSL_FLAG(double, drain_timeout, 30,
           "seconds running jobs get to finish on SIGTERM");
 ABSL_FLAG(bool, batch_invariant, true,
@@ -126,6 +129,12 @@ int main(int argc, char** argv) {
                  "ldmserve: --batching must be step, request or none\n");
     return 2;
   }
+  if (absl::GetFlag(FLAGS_priority_aging) < 0) {
+    std::fprintf(stderr, "ldmserve: --priority-aging must be >= 0\n");
+    return 2;
+  }
+  options.scheduler.priority_aging =
+      absl::Seconds(absl::GetFlag(FLAGS_priority_aging));
   auto server = ldmserve::LdmServer::Start(
       options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
   if (!server.ok()) {

@@ -42,6 +42,7 @@ struct JobSpec {
   int preview_every = 0;    // 0 = no previews.
   int progress_every = 1;   // The last step is always reported.
   std::string client_request_id;
+  int priority = 0;  // Higher starts sooner (Scheduler: FIFO within one).
 };
 
 struct ProgressEvent {

@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -50,6 +51,7 @@ absl::Status Scheduler::Submit(const std::shared_ptr<Job>& job) {
   // Under the lock so that no worker can start the job before its Queued
   // event is out; sinks do not block.
   job->sink().OnQueued(static_cast<int>(queue_.size()) - 1);
+  ReorderLocked(absl::Now());
   return absl::OkStatus();
 }
 
@@ -109,6 +111,31 @@ bool Scheduler::HasWork() const { return !queue_.empty() || stopping_; }
 
 bool Scheduler::Drained() const { return queue_.empty() && running_ == 0; }
 
+double Scheduler::EffectivePriority(const Job& job, absl::Time now) const {
+  double priority = job.spec().priority;
+  if (options_.priority_aging > absl::ZeroDuration()) {
+    priority += std::floor((now - job.admitted_at()) / options_.priority_aging);
+  }
+  return priority;
+}
+
+void Scheduler::ReorderLocked(absl::Time now) {
+  std::vector<std::pair<double, std::shared_ptr<Job>>> keyed;
+  keyed.reserve(queue_.size());
+  for (const auto& job : queue_) {
+    keyed.emplace_back(EffectivePriority(*job, now), job);
+  }
+  // Stable: equal priorities keep their arrival order.
+  std::stable_sort(
+      keyed.begin(), keyed.end(),
+      [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t i = 0; i < keyed.size(); ++i) {
+    if (queue_[i] == keyed[i].second) continue;
+    queue_[i] = std::move(keyed[i].second);
+    queue_[i]->sink().OnQueued(static_cast<int>(i));
+  }
+}
+
 void Scheduler::ReportQueuePositions() {
   for (size_t i = 0; i < queue_.size(); ++i) {
     queue_[i]->sink().OnQueued(static_cast<int>(i));
@@ -123,6 +150,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
   int images = ImagesOf(running);
   int64_t pixels = 0;
   for (const auto& job : running) pixels += LatentPixelsOf(*job);
+  ReorderLocked(absl::Now());
   const Job* key = running.empty() ? nullptr : running.front().get();
   // FIFO: stop at the first job that cannot join, so none is overtaken.
   while (!queue_.empty()) {

@@ -61,6 +61,9 @@ struct SchedulerOptions {
   // than the budget still runs, alone.
   int64_t max_batch_latent_pixels = 0;
   Batching batching = Batching::kStep;
+  // A waiting job's priority rises one level per this much waiting, so that
+  // low priorities are delayed, never starved; zero = no ageing.
+  absl::Duration priority_aging = absl::Seconds(10);
   int workers = 1;  // 0 = none: jobs queue but never run (tests).
   SchedulerObserver* observer = nullptr;  // Must outlive the scheduler.
   // Test hook: consulted before each UNet call with its number of image
@@ -100,6 +103,11 @@ class Scheduler {
   std::vector<std::shared_ptr<Job>> AdmitLocked(
       const std::vector<std::shared_ptr<Job>>& running)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job's priority plus what its waiting has earned it by `now`.
+  double EffectivePriority(const Job& job, absl::Time now) const;
+  // Orders the queue by effective priority, FIFO among equals; reports the
+  // positions that changed.
+  void ReorderLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a running job (exactly once) with an error.
   void FailJob(const std::shared_ptr<Job>& job, absl::Status status);
   void FinishJob(const std::shared_ptr<Job>& job, JobResult result);

@@ -9,6 +9,9 @@
 namespace ldmserve {
 namespace {
 
+// GenerateRequest.priority's range.
+constexpr int kMaxPriority = 10;
+
 using ldm::v1::GenerateRequest;
 
 absl::Status Invalid(absl::string_view field, absl::string_view problem) {
@@ -223,6 +226,12 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
         absl::StrCat("at most ", limits.max_client_request_id_bytes, " bytes"));
   }
   spec.client_request_id = request.client_request_id();
+  if (request.priority() < -kMaxPriority || request.priority() > kMaxPriority) {
+    return Invalid("priority", absl::StrCat("must be in [-", kMaxPriority, ", ",
+                                            kMaxPriority, "] (got ",
+                                            request.priority(), ")"));
+  }
+  spec.priority = request.priority();
   ldm::JobRequest& job = spec.request;
 
   const ldm::v1::SamplerSettings& sampler = request.sampler();

@@ -91,8 +91,9 @@ class SchedulerTest : public ::testing::Test {
   }
 
   std::shared_ptr<Job> MakeJob(std::shared_ptr<RecordingSink> sink, int steps,
-                               uint64_t seed = 1) {
+                               uint64_t seed = 1, int priority = 0) {
     JobSpec spec;
+    spec.priority = priority;
     spec.request.prompt = "a red circle";
     spec.request.sampler.steps = steps;
     spec.request.seed = seed;
@@ -311,6 +312,43 @@ TEST_F(SchedulerTest, DrainLetsRunningJobsFinish) {
     scheduler.Shutdown(absl::Seconds(60));
   }
   EXPECT_EQ(sink->events().back(), "result");
+}
+
+// The last queue position each sink was told.
+int LastPosition(RecordingSink& sink) {
+  int position = -1;
+  for (const std::string& event : sink.events()) {
+    if (event.rfind("queued ", 0) == 0) position = std::stoi(event.substr(7));
+  }
+  return position;
+}
+
+TEST_F(SchedulerTest, HigherPriorityStartsSoonerFifoWithinOne) {
+  // No workers: the queue only orders.
+  Scheduler scheduler(
+      {.queue_size = 8, .priority_aging = absl::ZeroDuration(), .workers = 0});
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int priority : {0, 0, 5, 5, -3}) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    auto job = MakeJob(sinks.back(), 2, /*seed=*/1, priority);
+    ASSERT_TRUE(scheduler.Submit(job).ok());
+  }
+  std::vector<int> positions;
+  for (auto& sink : sinks) positions.push_back(LastPosition(*sink));
+  EXPECT_THAT(positions, ElementsAre(2, 3, 0, 1, 4));
+}
+
+TEST_F(SchedulerTest, WaitingRaisesPrioritySoNoJobStarves) {
+  // One level per nanosecond of waiting: the job queued first has earned
+  // far more than 10 levels by the time the next one arrives.
+  Scheduler scheduler(
+      {.queue_size = 8, .priority_aging = absl::Nanoseconds(1), .workers = 0});
+  auto early = std::make_shared<RecordingSink>();
+  auto urgent = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(scheduler.Submit(MakeJob(early, 2, 1, -10)).ok());
+  ASSERT_TRUE(scheduler.Submit(MakeJob(urgent, 2, 1, 10)).ok());
+  EXPECT_EQ(LastPosition(*early), 0);
+  EXPECT_EQ(LastPosition(*urgent), 1);
 }
 
 }  // namespace

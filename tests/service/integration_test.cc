@@ -255,6 +255,15 @@ TEST_F(IntegrationTest, EverySamplerServes) {
   CallResult call = Call(plms_with_eta);
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(call.status.error_message(), HasSubstr("sampler.eta"));
+
+  GenerateRequest urgent = TextRequest("a red circle", 2, 9);
+  urgent.set_priority(10);
+  EXPECT_TRUE(Call(urgent).status.ok());
+  urgent.set_priority(11);
+  call = Call(urgent);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(),
+              HasSubstr("priority: must be in [-10, 10] (got 11)"));
 }
 
 std::string TestPng(uint32_t width, uint32_t height, uint8_t seed) {
