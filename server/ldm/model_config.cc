@@ -118,6 +118,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   LDM_READ(root, "linear_end", "", &config.linear_end);
   LDM_READ(root, "timesteps", "", &config.timesteps);
   LDM_READ(root, "scale_factor", "", &config.scale_factor);
+  LDM_READ(root, "default_guidance_scale", "", &config.default_guidance_scale);
   LDM_READ(root, "ctx_len", "", &config.ctx_len);
   if (root.contains("latent_hw")) {
     std::vector<int64_t> hw;
@@ -217,6 +218,7 @@ std::string ModelConfigToJson(const ModelConfig& config) {
                {"linear_end", config.linear_end},
                {"timesteps", config.timesteps},
                {"scale_factor", config.scale_factor},
+               {"default_guidance_scale", config.default_guidance_scale},
                {"latent_hw", {config.latent_height, config.latent_width}},
                {"ctx_len", config.ctx_len},
                {"unet",

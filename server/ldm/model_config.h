@@ -90,6 +90,9 @@ struct ModelConfig {
   double linear_end = 0.012;
   int64_t timesteps = 1000;
   double scale_factor = 0.18215;
+  // The guidance scale a request that names none gets; 0 = the server's
+  // default. Small models trained here want less than SD's 7.5.
+  double default_guidance_scale = 0;
   int64_t latent_height = 16;
   int64_t latent_width = 16;
   int64_t ctx_len = 77;

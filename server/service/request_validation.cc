@@ -277,9 +277,11 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
         "sampler.guidance_scale",
         absl::StrCat("must be in [0, ", limits.max_guidance_scale, "]"));
   }
-  job.sampler.guidance_scale = sampler.guidance_scale() == 0.0f
-                                   ? limits.default_guidance_scale
-                                   : sampler.guidance_scale();
+  const auto model_default = static_cast<float>(model.default_guidance_scale);
+  job.sampler.guidance_scale =
+      sampler.guidance_scale() != 0.0f ? sampler.guidance_scale()
+      : model_default > 0.0f           ? model_default
+                                       : limits.default_guidance_scale;
   if (request.num_images() > limits.max_images) {
     return Invalid("num_images",
                    absl::StrCat("at most ", limits.max_images, " (got ",
