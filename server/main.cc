@@ -34,6 +34,10 @@ ABSL_FLAG(std::string, models, LDMSERVE_DEFAULT_REGISTRY,
 ABSL_FLAG(int, threads, 0, "intra-op threads for LibTorch; 0 = one per core");
 ABSL_FLAG(int, queue_size, 64, "jobs that may wait in the queue");
 ABSL_FLAG(int, max_batch, 8, "images per denoising call");
+ABSL_FLAG(int, workers, 1,
+          "CPU workers, each running its own batches (LibTorch's --threads "
+          "are shared by all); small models serve more with more workers "
+          "and fewer threads");
 ABSL_FLAG(int64_t, max_batch_latent_pixels, 0,
           "latent pixels (images x h x w) per denoising call; 0 = no limit");
 ABSL_FLAG(std::string, batching, "step",
@@ -115,6 +119,11 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.scheduler.queue_size = absl::GetFlag(FLAGS_queue_size);
   options.scheduler.max_batch_images = absl::GetFlag(FLAGS_max_batch);
+  if (absl::GetFlag(FLAGS_workers) < 1) {
+    std::fprintf(stderr, "ldmserve: --workers must be >= 1\n");
+    return 2;
+  }
+  options.scheduler.workers = absl::GetFlag(FLAGS_workers);
   options.scheduler.max_batch_latent_pixels =
       absl::GetFlag(FLAGS_max_batch_latent_pixels);
   const std::string batching = absl::GetFlag(FLAGS_batching);

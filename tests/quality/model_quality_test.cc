@@ -21,7 +21,11 @@ namespace shapes {
 namespace {
 
 constexpr int kSteps = 25;
-constexpr float kGuidance = 4.0f;
+
+// The guidance the model is served with: its config's default.
+float Guidance(const ldm::LatentDiffusion& model) {
+  return static_cast<float>(model.config().default_guidance_scale);
+}
 
 std::unique_ptr<ldm::LatentDiffusion> LoadShipped(const std::string& name) {
   at::set_num_threads(2);
@@ -125,11 +129,15 @@ TEST(ModelQualityTest, TextToImageFollowsThePrompt) {
   auto model = LoadShipped("shapes-txt2img");
   ASSERT_NE(model, nullptr);
   constexpr int kPrompts = 40;
-  const Scores guided = ScoreTextToImage(*model, kGuidance, true, kPrompts);
+  ASSERT_GT(Guidance(*model), 1) << "the shipped config sets its guidance";
+  std::printf("txt2img guidance scale %.1f (the config's default)\n",
+              Guidance(*model));
+  const Scores guided =
+      ScoreTextToImage(*model, Guidance(*model), true, kPrompts);
   const Scores unguided = ScoreTextToImage(*model, 1.0f, true, kPrompts);
   const Scores unconditional = ScoreTextToImage(*model, 1.0f, false, kPrompts);
   for (const auto& [name, s] :
-       {std::pair<const char*, const Scores&>{"guided (cfg 4)", guided},
+       {std::pair<const char*, const Scores&>{"guided", guided},
         {"guidance off (cfg 1)", unguided},
         {"empty prompt", unconditional}}) {
     std::printf(
@@ -163,11 +171,12 @@ TEST(ModelQualityTest, InpaintingKeepsTheRestAndDrawsTheObject) {
     request.prompt = cases.back().prompt;
     request.seed = 2000 + i;
     request.sampler.steps = kSteps;
-    request.sampler.guidance_scale = kGuidance;
+    request.sampler.guidance_scale = Guidance(*model);
     request.inpaint_image = ldmtrain::ImagesToTensor({cases.back().image});
     request.inpaint_mask = ldmtrain::MasksToTensor({cases.back().mask});
     requests.push_back(request);
   }
+  ASSERT_GT(Guidance(*model), 1) << "the shipped config sets its guidance";
   const std::vector<at::Tensor> images = RunBatched(*model, requests);
   ASSERT_EQ(images.size(), cases.size());
   for (int i = 0; i < kCases; ++i) {

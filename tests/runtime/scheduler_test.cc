@@ -12,6 +12,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/layers.h"
 #include "tests/ldm/test_util.h"
 
 namespace ldmserve {
@@ -128,6 +129,30 @@ TEST_F(SchedulerTest, ResultEqualsTheJobRunAlone) {
   auto expected = ldm::RunJob(*model_, alone);
   ASSERT_TRUE(expected.ok());
   EXPECT_TRUE(at::equal(sink->result().images, *expected));
+}
+
+TEST_F(SchedulerTest, SeveralWorkersServeTheQueueWithTheSameResults) {
+  ldm::SetBatchInvariant(true);
+  Scheduler scheduler({.queue_size = 8, .max_batch_images = 2, .workers = 3});
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 6; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(
+        scheduler.Submit(MakeJob(sinks.back(), 2 + i % 3, 10 + i)).ok());
+  }
+  for (int i = 0; i < 6; ++i) {
+    sinks[i]->done().WaitForNotification();
+    EXPECT_EQ(sinks[i]->terminal(), 1);
+    ldm::JobRequest alone;
+    alone.prompt = "a red circle";
+    alone.sampler.steps = 2 + i % 3;
+    alone.seed = 10 + i;
+    alone.latent_height = alone.latent_width = 8;
+    auto expected = ldm::RunJob(*model_, alone);
+    ASSERT_TRUE(expected.ok());
+    EXPECT_TRUE(at::equal(sinks[i]->result().images, *expected)) << i;
+  }
+  ldm::SetBatchInvariant(false);
 }
 
 TEST_F(SchedulerTest, FullQueueRejectsAtOnceAndCancelFreesASlot) {
