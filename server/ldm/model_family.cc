@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/ldm/latent_diffusion.h"
@@ -17,7 +18,7 @@ namespace {
 // and autoencoder, and checkpoints differ in which text-encoder buffers
 // (position_ids) they carry.
 bool Matters(const std::string& name) {
-  return name.rfind("cond_stage_model.", 0) != 0;
+  return !absl::StartsWith(name, "cond_stage_model.");
 }
 
 }  // namespace

@@ -26,9 +26,12 @@
   LDM_ASSIGN_OR_RETURN_IMPL_(LDM_STATUS_CONCAT_(ldm_statusor_, __LINE__), lhs, \
                              expr)
 
+// `lhs` may be a declaration ("const int n"), so it cannot be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define LDM_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)    \
   auto statusor = (expr);                                  \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // LDMSERVE_SERVER_LDM_STATUS_MACROS_H_

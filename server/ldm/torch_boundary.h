@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace ldm {
@@ -32,8 +33,8 @@ inline absl::Status StatusFromTorchError(absl::string_view what,
   }
   const bool out_of_memory =
       dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr ||
-      message.find("out of memory") != std::string::npos ||
-      message.find("DefaultCPUAllocator: can't allocate") != std::string::npos;
+      absl::StrContains(message, "out of memory") ||
+      absl::StrContains(message, "DefaultCPUAllocator: can't allocate");
   if (out_of_memory) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": ", message));
   }

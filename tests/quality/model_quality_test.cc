@@ -47,8 +47,9 @@ double Percent(int part, int whole) { return 100.0 * part / whole; }
 // Runs `requests` (one image each, the same step count) as the scheduler
 // does: every job prepared, then one batched DenoiseStep for all of them per
 // step, one decode. Returns one uint8 [H, W, 3] image per request.
-std::vector<at::Tensor> RunBatched(const ldm::LatentDiffusion& model,
-                                   const std::vector<ldm::JobRequest>& requests) {
+std::vector<at::Tensor> RunBatched(
+    const ldm::LatentDiffusion& model,
+    const std::vector<ldm::JobRequest>& requests) {
   std::vector<ldm::PreparedJob> jobs;
   std::vector<ldm::ImageTask*> tasks;
   for (const ldm::JobRequest& request : requests) {

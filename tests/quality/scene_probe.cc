@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <limits>
 
 namespace shapes {
@@ -35,9 +36,9 @@ Color NearestColor(const std::array<float, 3>& rgb) {
 }
 
 std::array<float, 3> PixelAt(const std::vector<uint8_t>& rgb, int index) {
-  return {static_cast<float>(rgb[index * 3]),
-          static_cast<float>(rgb[index * 3 + 1]),
-          static_cast<float>(rgb[index * 3 + 2])};
+  const size_t base = static_cast<size_t>(index) * 3;
+  return {static_cast<float>(rgb[base]), static_cast<float>(rgb[base + 1]),
+          static_cast<float>(rgb[base + 2])};
 }
 
 // Per-channel median of the pixels in `indices`.
@@ -49,7 +50,8 @@ std::array<float, 3> MedianRgb(const std::vector<uint8_t>& rgb,
     for (size_t i = 0; i < indices.size(); ++i) {
       channel[i] = rgb[indices[i] * 3 + c];
     }
-    auto middle = channel.begin() + static_cast<long>(channel.size() / 2);
+    auto middle =
+        channel.begin() + static_cast<std::ptrdiff_t>(channel.size() / 2);
     std::nth_element(channel.begin(), middle, channel.end());
     median[c] = *middle;
   }
@@ -143,7 +145,7 @@ ProbeResult ProbeScene(const std::vector<uint8_t>& rgb,
     std::vector<uint8_t> in_component(kPixels, 0);
     for (int i : component) {
       sum_x += i % kImageSize + 0.5;
-      sum_y += i / kImageSize + 0.5;
+      sum_y += static_cast<double>(i / kImageSize) + 0.5;  // The row.
       in_component[i] = 1;
     }
     object.center_x = static_cast<float>(sum_x / object.area);

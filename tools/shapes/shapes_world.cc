@@ -319,7 +319,7 @@ float SizeForArea(Shape shape, float area) {
 }
 
 std::vector<uint8_t> RenderScene(const Scene& scene) {
-  std::vector<uint8_t> rgb(kImageSize * kImageSize * 3);
+  std::vector<uint8_t> rgb(size_t{kImageSize} * kImageSize * 3);
   const auto background = ColorRgb(scene.background);
   for (int y = 0; y < kImageSize; ++y) {
     for (int x = 0; x < kImageSize; ++x) {
@@ -340,7 +340,7 @@ std::vector<uint8_t> RenderScene(const Scene& scene) {
           pixel[c] = (1 - alpha) * pixel[c] + alpha * color[c];
         }
       }
-      uint8_t* out = &rgb[(y * kImageSize + x) * 3];
+      uint8_t* out = &rgb[static_cast<size_t>(y * kImageSize + x) * 3];
       for (int c = 0; c < 3; ++c) {
         out[c] = static_cast<uint8_t>(
             std::lround(std::clamp(pixel[c], 0.0f, 255.0f)));

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/ldm/autoencoder.h"
 #include "server/ldm/latent_diffusion.h"
@@ -80,7 +81,8 @@ ldm::AutoencoderConfig PresetAutoencoder() {
 // exponential moving average of the weights.
 class AdamWithEma {
  public:
-  AdamWithEma(std::map<std::string, at::Tensor> parameters, double ema_decay)
+  AdamWithEma(const std::map<std::string, at::Tensor>& parameters,
+              double ema_decay)
       : ema_decay_(ema_decay) {
     c10::NoGradGuard no_grad;
     for (auto& [name, parameter] : parameters) {
@@ -230,12 +232,13 @@ struct StandaloneAutoencoder {
 };
 
 absl::Status LoadAutoencoderWeights(
-    const std::string& dir, std::map<std::string, at::Tensor> parameters) {
+    const std::string& dir,
+    const std::map<std::string, at::Tensor>& parameters) {
   const std::string path = (std::filesystem::path(dir) / kAutoencoderFile);
   LDM_ASSIGN_OR_RETURN(auto file, ldm::SafetensorsFile::Open(path));
   c10::NoGradGuard no_grad;
   for (auto& [name, tensor] : parameters) {
-    if (name.rfind(kAutoencoderPrefix, 0) != 0) continue;
+    if (!absl::StartsWith(name, kAutoencoderPrefix)) continue;
     LDM_ASSIGN_OR_RETURN(at::Tensor saved, file->Get(name));
     if (saved.sizes() != tensor.sizes()) {
       return absl::InvalidArgumentError(
@@ -488,7 +491,7 @@ class TrainingRun {
         LoadAutoencoderWeights(options_.autoencoder_dir, parameters));
     std::map<std::string, at::Tensor> trainable;
     for (auto& [key, tensor] : parameters) {
-      if (key.rfind(kAutoencoderPrefix, 0) != 0) trainable[key] = tensor;
+      if (!absl::StartsWith(key, kAutoencoderPrefix)) trainable[key] = tensor;
     }
     if (!options_.init_weights.empty()) {
       LDM_ASSIGN_OR_RETURN(auto file,
