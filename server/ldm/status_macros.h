@@ -15,7 +15,7 @@
 
 #define LDM_RETURN_IF_ERROR(expr)              \
   do {                                         \
-    const ::absl::Status ldm_status_ = (expr); \
+    ::absl::Status ldm_status_ = (expr);       \
     if (!ldm_status_.ok()) return ldm_status_; \
   } while (false)
 
