@@ -6,32 +6,22 @@
 # denoising call (from /metrics) per mode.
 #
 #   bench/batching_modes.sh [BUILD_DIR] [CONCURRENCY] [DURATION_S] [STEPS]
-#   defaults: build 8 30 10,25,50
+#   defaults: build 8 30 10,25,50. RATE=R: open loop instead (Poisson, R
+#   requests/s); SERVER_FLAGS="...": more ldmserve flags (--threads=1 ...).
 set -euo pipefail
 build=${1:-build}
 concurrency=${2:-8}
 duration=${3:-30}
 steps=${4:-10,25,50}
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-  [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/bench/server_lib.sh"
 metrics_port=$((20000 + RANDOM % 20000))
 printf "%-8s %9s %8s %8s %8s %14s\n" mode images/s p50_s p95_s p99_s images/call
 for mode in none request step; do
-  rm -f "$work/port"
-  "$build/server/ldmserve" --listen=127.0.0.1:0 --port-file="$work/port" \
-    --metrics-listen="127.0.0.1:$metrics_port" --models="$root/models/registry.json" \
-    --batching="$mode" --max-batch=8 --queue-size=256 >"$work/$mode.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 600); do [[ -s "$work/port" ]] && break; sleep 0.1; done
-  addr="127.0.0.1:$(cat "$work/port")"
-  until "$build/client/ldmctl" --addr="$addr" health >/dev/null 2>&1; do sleep 0.1; done
-  "$build/client/ldmctl" --addr="$addr" bench --concurrency "$concurrency" \
+  start_server "$work/$mode.log" --metrics-listen="127.0.0.1:$metrics_port" \
+    --batching="$mode" --max-batch=8 --queue-size=256 ${SERVER_FLAGS:-}
+  if [[ -n "${RATE:-}" ]]; then load=(--rate "$RATE"); else load=(--concurrency "$concurrency"); fi
+  "$build/client/ldmctl" --addr="$addr" bench "${load[@]}" \
     --duration "$duration" --steps "$steps" --seed 1 \
     --prompt "a red circle above a blue square" --json "$work/$mode.json" >/dev/null 2>&1 || true
   metrics=$(curl -s "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null ||
@@ -42,8 +32,6 @@ for mode in none request step; do
   field() { sed -E "s/.*\"$1\":([0-9.eE+-]+).*/\1/" <<<"$json"; }
   printf "%-8s %9.3f %8.3f %8.3f %8.3f %14s\n" "$mode" "$(field images_per_second)" \
     "$(field p50)" "$(field p95)" "$(field p99)" "$images_per_call"
-  kill "$server_pid"
-  wait "$server_pid" || true
-  server_pid=
+  stop_server
   metrics_port=$((metrics_port + 1))
 done

@@ -13,13 +13,7 @@ steps=${3:-25}
 root=$(cd "$(dirname "$0")/.." && pwd)
 model=$root/models/shapes-txt2img
 prompt="a red circle above a blue square"
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-  [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/bench/server_lib.sh"
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 for i in $(seq "$runs"); do
@@ -30,14 +24,8 @@ done | median >"$work/engine"
 echo "engine (ldmtool, RunJob): $(cat "$work/engine") s"
 
 for invariant in false true; do
-  rm -f "$work/port"
-  "$build/server/ldmserve" --listen=127.0.0.1:0 --port-file="$work/port" \
-    --metrics-listen= --threads=2 --batch-invariant=$invariant \
-    --models="$root/models/registry.json" >"$work/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 600); do [[ -s "$work/port" ]] && break; sleep 0.1; done
-  addr="127.0.0.1:$(cat "$work/port")"
-  until "$build/client/ldmctl" --addr="$addr" health >/dev/null 2>&1; do sleep 0.1; done
+  start_server "$work/server.log" --metrics-listen= --threads=2 \
+    --batch-invariant=$invariant
   "$build/client/ldmctl" --addr="$addr" txt2img --prompt "$prompt" \
     --steps "$steps" --seed 99 --out "$work/warm.png" 2>/dev/null
   for i in $(seq "$runs"); do
@@ -45,7 +33,7 @@ for invariant in false true; do
       --steps "$steps" --seed "$i" --out "$work/server.png" 2>&1 |
       sed -nE 's/^done in ([0-9.]+)s.*/\1/p'
   done | median >"$work/server"
-  kill "$server_pid"; wait "$server_pid" || true; server_pid=
+  stop_server
   awk -v s="$(cat "$work/server")" -v e="$(cat "$work/engine")" -v inv=$invariant \
     'BEGIN {printf "server end-to-end (--batch-invariant=%s): %.4f s, overhead %.3fx\n", inv, s, s / e}'
 done
