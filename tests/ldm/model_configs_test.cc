@@ -118,6 +118,26 @@ TEST(ModelConfigsTest, PaperVqModelsBuild) {
             1u);
 }
 
+// A config written back (checkpoint metadata, tools, tests) builds the same
+// model: no field is dropped on the way.
+TEST(ModelConfigsTest, EveryConfigSurvivesARoundTripThroughJson) {
+  for (const char* name : {"sd-v1.json", "sd-v1-inpainting.json",
+                           "ldm-sr-4x.json", "ldm-inpainting-big.json"}) {
+    SCOPED_TRACE(name);
+    auto config = ReadModelConfig(ConfigPath(name));
+    ASSERT_TRUE(config.ok()) << config.status();
+    auto again = ParseModelConfig(ModelConfigToJson(*config));
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(*LatentDiffusion::ExpectedParameters(*config),
+              *LatentDiffusion::ExpectedParameters(*again));
+    EXPECT_EQ(again->ae.kind, config->ae.kind);
+    EXPECT_EQ(again->ae.attn_type, config->ae.attn_type);
+    EXPECT_EQ(again->conditioning_key, config->conditioning_key);
+    EXPECT_EQ(again->beta_schedule, config->beta_schedule);
+    EXPECT_EQ(ModelConfigToJson(*again), ModelConfigToJson(*config));
+  }
+}
+
 TEST(ModelConfigsTest, ClipVitL14BuildsEverySdV1TextEncoderKey) {
   const std::string key_file = testing::GoldenDir() + "/clip/keys-vit-l14.txt";
   if (!std::filesystem::exists(key_file)) GTEST_SKIP() << "no " << key_file;

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -152,6 +153,90 @@ TEST_F(ModelRegistryTest, StableDiffusionFamilyCheckpointRunsEndToEnd) {
   ASSERT_TRUE(images.ok()) << images.status();
   EXPECT_EQ(images->sizes(), (at::IntArrayRef{1, 16, 16, 3}));
 }
+
+// A family's config at test width: its structure (conditioning, channels in
+// and out, autoencoder kind, attention type, resblock_updown, CLIP) kept,
+// every width and depth reduced.
+ldm::ModelConfig AtTestWidth(ldm::ModelConfig config) {
+  config.name += "-small";
+  config.latent_height = config.latent_width = 8;
+  config.unet.model_channels = 32;
+  config.unet.channel_mult = {1, 2};
+  config.unet.num_res_blocks = 1;
+  config.unet.attention_resolutions = {2};
+  config.unet.num_heads = 2;
+  config.unet.num_head_channels = -1;
+  if (config.unet.context_dim > 0) config.unet.context_dim = 32;
+  if (config.clip) {
+    config.clip->text.hidden_size = 32;
+    config.clip->text.intermediate_size = 64;
+    config.clip->text.num_attention_heads = 2;
+    config.clip->text.num_hidden_layers = 2;
+    config.clip->tokenizer_dir =
+        std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/tokenizer";
+  }
+  config.ae.ch = 32;
+  config.ae.ch_mult = {1, 2};
+  config.ae.num_res_blocks = 1;
+  config.ae.attn_resolutions = {};
+  if (config.ae.kind == "vq") config.ae.n_embed = 64;
+  return config;
+}
+
+class FamilyTest : public ModelRegistryTest,
+                   public ::testing::WithParamInterface<std::string> {};
+
+// Each shipped family: a checkpoint the test writes with the family's key
+// names, listed without a config, detected among all families at test
+// width, and run through its pipeline.
+TEST_P(FamilyTest, DetectedAndRunThroughItsPipeline) {
+  for (const char* family :
+       {"sd-v1", "sd-v1-inpainting", "ldm-sr-4x", "ldm-inpainting-big"}) {
+    auto config = ldm::ReadModelConfig(std::string(LDMSERVE_SOURCE_DIR) +
+                                       "/models/configs/" + family + ".json");
+    ASSERT_TRUE(config.ok()) << config.status();
+    std::ofstream(dir_ / "configs" / (std::string(family) + ".json"))
+        << ldm::ModelConfigToJson(AtTestWidth(*config));
+  }
+  auto config = ldm::ReadModelConfig(
+      (dir_ / "configs" / (GetParam() + ".json")).string());
+  ASSERT_TRUE(config.ok()) << config.status();
+  WriteCheckpoint(*config, dir_ / "family.safetensors");
+  auto entries = Registry(R"({"models": [{"name": "m",
+      "weights": "family.safetensors",
+      "tasks": ["text_to_image", "inpaint", "super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll().ok());
+  auto found = registry.Find("m", TaskKind::kTextToImage);
+  ASSERT_TRUE(found.ok()) << found.status();
+  const ldm::LatentDiffusion& model = *(*found)->model;
+  EXPECT_EQ(model.config().name, GetParam() + "-small");
+
+  ldm::JobRequest request;
+  request.prompt = "a red circle";
+  request.sampler.steps = 2;
+  const int64_t side = 8 * model.config().ae.DownsamplingFactor();
+  if (model.config().kind == "inpaint") {
+    request.inpaint_image = at::rand({1, 3, side, side}) * 2 - 1;
+    request.inpaint_mask = at::zeros({1, 1, side, side});
+    request.inpaint_mask.slice(2, 0, side / 2).fill_(1);
+  } else if (model.config().kind == "sr") {
+    request.low_res = at::rand({1, 3, 8, 8}) * 2 - 1;
+  }
+  auto images = ldm::RunJob(model, request);
+  ASSERT_TRUE(images.ok()) << images.status();
+  EXPECT_EQ(images->sizes(), (at::IntArrayRef{1, side, side, 3}));
+}
+
+INSTANTIATE_TEST_SUITE_P(ShippedConfigs, FamilyTest,
+                         ::testing::Values("sd-v1", "sd-v1-inpainting",
+                                           "ldm-sr-4x", "ldm-inpainting-big"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace ldmserve
