@@ -5,11 +5,12 @@
 # threads. The server runs with --batch-invariant=false first (the same
 # kernels as the engine), then with the default (per-image compute).
 #
-#   bench/server_overhead.sh [BUILD_DIR] [RUNS] [STEPS]
+#   bench/server_overhead.sh [BUILD_DIR] [RUNS] [STEPS] [THREADS]
 set -euo pipefail
 build=${1:-build}
 runs=${2:-7}
 steps=${3:-25}
+threads=${4:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 model=$root/models/shapes-txt2img
 prompt="a red circle above a blue square"
@@ -19,12 +20,13 @@ median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for i in $(seq "$runs"); do
   "$build/tools/ldmtool" txt2img --config "$model/config.json" \
     --weights "$model/weights.safetensors" --prompt "$prompt" --steps "$steps" \
+    --threads "$threads" \
     --seed "$i" --out "$work/engine.ppm" | sed -E 's/.* in ([0-9.]+) s/\1/'
 done | median >"$work/engine"
 echo "engine (ldmtool, RunJob): $(cat "$work/engine") s"
 
 for invariant in false true; do
-  start_server "$work/server.log" --metrics-listen= --threads=2 \
+  start_server "$work/server.log" --metrics-listen= --threads="$threads" \
     --batch-invariant=$invariant
   "$build/client/ldmctl" --addr="$addr" txt2img --prompt "$prompt" \
     --steps "$steps" --seed 99 --out "$work/warm.png" 2>/dev/null

@@ -356,7 +356,7 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
     std::fprintf(stderr, "warning: %s\n", warning.c_str());
   }
   std::fprintf(stderr,
-               "done in %.2fs (queue %llu ms, encode %llu ms, "
+               "done in %.3fs (queue %llu ms, encode %llu ms, "
                "denoise %llu ms, decode %llu ms)\n",
                absl::ToDoubleSeconds(absl::Now() - start),
                static_cast<unsigned long long>(result.timings().queue_ms()),

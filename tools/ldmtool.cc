@@ -218,8 +218,12 @@ int TextToImage(std::map<std::string, std::string> options) {
 
 int main(int argc, char** argv) {
   if (argc < 2) return Usage();
-  at::set_num_threads(2);
   const std::string command = argv[1];
+  {
+    // --threads N (default 2) for every subcommand.
+    auto all = ParseOptions(argc, argv, 2);
+    at::set_num_threads(all.count("threads") ? std::stoi(all["threads"]) : 2);
+  }
   if (command == "init-random") return InitRandom(ParseOptions(argc, argv, 2));
   if (command == "inspect" && argc >= 3) {
     auto options = ParseOptions(argc, argv, 3);
