@@ -49,9 +49,12 @@ absl::Status Scheduler::Submit(const std::shared_ptr<Job>& job) {
   }
   queue_.push_back(job);
   // Under the lock so that no worker can start the job before its Queued
-  // event is out; sinks do not block.
-  job->sink().OnQueued(static_cast<int>(queue_.size()) - 1);
+  // event is out; sinks do not block. A job that moves up is told by the
+  // reordering, one left at the back here: one event either way.
   ReorderLocked(absl::Now());
+  if (queue_.back() == job) {
+    job->sink().OnQueued(static_cast<int>(queue_.size()) - 1);
+  }
   return absl::OkStatus();
 }
 
@@ -120,6 +123,8 @@ double Scheduler::EffectivePriority(const Job& job, absl::Time now) const {
 }
 
 void Scheduler::ReorderLocked(absl::Time now) {
+  // Runs at every step boundary: nothing to order is the common case.
+  if (queue_.size() < 2) return;
   std::vector<std::pair<double, std::shared_ptr<Job>>> keyed;
   keyed.reserve(queue_.size());
   for (const auto& job : queue_) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "server/ldm/image_tensor.h"
+
 namespace ldmtrain {
 namespace {
 
@@ -36,12 +38,14 @@ void FillDisc(std::vector<uint8_t>& mask, float cx, float cy, float radius) {
 }  // namespace
 
 at::Tensor ImagesToTensor(const std::vector<std::vector<uint8_t>>& images) {
-  const auto count = static_cast<int64_t>(images.size());
-  at::Tensor bytes = at::empty({count, kSize, kSize, 3}, at::kByte);
-  for (int64_t i = 0; i < count; ++i) {
-    std::copy(images[i].begin(), images[i].end(), bytes[i].data_ptr<uint8_t>());
+  // The server's own conversion, so training sees what serving feeds in.
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(images.size());
+  for (const std::vector<uint8_t>& image : images) {
+    tensors.push_back(
+        ldm::ImageTensorFromRgb(image.data(), kSize, kSize).value());
   }
-  return bytes.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1.0);
+  return at::cat(tensors);
 }
 
 at::Tensor MasksToTensor(const std::vector<std::vector<uint8_t>>& masks) {
