@@ -55,7 +55,9 @@ ABSL_FLAG(std::string, steps, "0",
           "denoising steps; 0 = server default (bench: a list, e.g. "
           "10,20,50, drawn per request)");
 ABSL_FLAG(double, cfg, 0, "guidance scale; 0 = server default");
-ABSL_FLAG(double, eta, 0, "DDIM eta");
+ABSL_FLAG(double, eta, -1,
+          "DDIM eta in [0, 1]; -1 = the model's default (1 for "
+          "super-resolution models, else 0)");
 ABSL_FLAG(std::string, sampler, "ddim",
           "ddim | plms | ddpm | euler_a | dpmpp_2m");
 ABSL_FLAG(uint64_t, seed, 0, "seed; 0 = server picks");
@@ -221,7 +223,9 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
   }
   sampler->set_steps(steps[0]);
   sampler->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_cfg)));
-  sampler->set_eta(static_cast<float>(absl::GetFlag(FLAGS_eta)));
+  if (absl::GetFlag(FLAGS_eta) >= 0) {
+    sampler->set_eta(static_cast<float>(absl::GetFlag(FLAGS_eta)));
+  }
   request->set_seed(absl::GetFlag(FLAGS_seed));
   request->set_num_images(absl::GetFlag(FLAGS_n));
   request->set_priority(absl::GetFlag(FLAGS_priority));

@@ -14,6 +14,12 @@ namespace ldm {
 absl::StatusOr<at::Tensor> ImageTensorFromRgb(const uint8_t* rgb,
                                               int64_t height, int64_t width);
 
+// `count` such images back to back -> [count, 3, height, width], each
+// converted exactly as ImageTensorFromRgb does, in one pass.
+absl::StatusOr<at::Tensor> ImagesTensorFromRgb(const uint8_t* rgb,
+                                               int64_t count, int64_t height,
+                                               int64_t width);
+
 // Row-major RGB bytes of a mask -> [1, 1, height, width] float32, 1 where
 // the first channel is >= 128 (white = repaint), else 0.
 absl::StatusOr<at::Tensor> MaskTensorFromRgb(const uint8_t* rgb, int64_t height,

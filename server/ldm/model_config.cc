@@ -119,6 +119,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   LDM_READ(root, "timesteps", "", &config.timesteps);
   LDM_READ(root, "scale_factor", "", &config.scale_factor);
   LDM_READ(root, "default_guidance_scale", "", &config.default_guidance_scale);
+  LDM_READ(root, "default_eta", "", &config.default_eta);
+  if (!(config.default_eta >= 0 && config.default_eta <= 1)) {
+    return absl::InvalidArgumentError("config default_eta: must be in [0, 1]");
+  }
   LDM_READ(root, "ctx_len", "", &config.ctx_len);
   if (root.contains("latent_hw")) {
     std::vector<int64_t> hw;
@@ -219,6 +223,7 @@ std::string ModelConfigToJson(const ModelConfig& config) {
                {"timesteps", config.timesteps},
                {"scale_factor", config.scale_factor},
                {"default_guidance_scale", config.default_guidance_scale},
+               {"default_eta", config.default_eta},
                {"latent_hw", {config.latent_height, config.latent_width}},
                {"ctx_len", config.ctx_len},
                {"unet",

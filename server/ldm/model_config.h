@@ -93,6 +93,10 @@ struct ModelConfig {
   // The guidance scale a request that names none gets; 0 = the server's
   // default. Small models trained here want less than SD's 7.5.
   double default_guidance_scale = 0;
+  // The DDIM eta a request that names none gets, in [0, 1]. The paper
+  // samples its super-resolution models with eta 1 (its notebook's
+  // convsample_ddim), which reads the low-res image better than eta 0.
+  double default_eta = 0;
   int64_t latent_height = 16;
   int64_t latent_width = 16;
   int64_t ctx_len = 77;

@@ -270,7 +270,10 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   if (sampler.eta() != 0.0f && job.sampler.kind != ldm::SamplerKind::kDdim) {
     return Invalid("sampler.eta", "only DDIM takes eta; leave it 0");
   }
-  job.sampler.eta = sampler.eta();
+  job.sampler.eta = sampler.has_eta() ? sampler.eta()
+                    : job.sampler.kind == ldm::SamplerKind::kDdim
+                        ? model.default_eta
+                        : 0.0;
   if (!(sampler.guidance_scale() >= 0.0f &&
         sampler.guidance_scale() <= limits.max_guidance_scale)) {
     return Invalid(

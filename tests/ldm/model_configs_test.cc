@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "server/ldm/clip_text_model.h"
 #include "server/ldm/latent_diffusion.h"
@@ -118,6 +119,16 @@ TEST(ModelConfigsTest, PaperVqModelsBuild) {
             1u);
 }
 
+TEST(ModelConfigsTest, SuperResolutionSamplesWithThePapersEta) {
+  auto config = ReadModelConfig(ConfigPath("ldm-sr-4x.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->default_eta, 1.0);
+  auto bad = ParseModelConfig(
+      absl::StrReplaceAll(ModelConfigToJson(*config),
+                          {{"\"default_eta\": 1.0", "\"default_eta\": 2.0"}}));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // A config written back (checkpoint metadata, tools, tests) builds the same
 // model: no field is dropped on the way.
 TEST(ModelConfigsTest, EveryConfigSurvivesARoundTripThroughJson) {
@@ -134,6 +145,7 @@ TEST(ModelConfigsTest, EveryConfigSurvivesARoundTripThroughJson) {
     EXPECT_EQ(again->ae.attn_type, config->ae.attn_type);
     EXPECT_EQ(again->conditioning_key, config->conditioning_key);
     EXPECT_EQ(again->beta_schedule, config->beta_schedule);
+    EXPECT_EQ(again->default_eta, config->default_eta);
     EXPECT_EQ(ModelConfigToJson(*again), ModelConfigToJson(*config));
   }
 }

@@ -98,6 +98,7 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
   ldm::JobRequest request;
   request.sampler.steps = steps;
   request.sampler.guidance_scale = cfg;
+  request.sampler.eta = model.config().default_eta;  // What serving uses.
   const std::string& kind = model.config().kind;
   if (autoencoder_only) {
     // Held-out images and their reconstructions (posterior mean), in pairs.

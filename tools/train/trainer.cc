@@ -41,6 +41,10 @@ constexpr double kMaxGradNorm = 1.0;
 constexpr double kKlWeight = 1e-6;
 constexpr int kEvaluationImages = 256;
 constexpr double kInitialLogVariance = -10.0;
+// The served guidance of the text-conditioned models: the quality tests'
+// colour, shape and position scores peak around it on the shipped weights
+// (SD's 7.5 over-saturates these small models).
+constexpr double kTextGuidanceScale = 4.0;
 
 // The stream of step `step` of a run seeded with `seed`.
 uint64_t StepSeed(uint64_t seed, int64_t step, uint64_t stream) {
@@ -67,8 +71,13 @@ std::string TaskName(Task task) {
 ldm::AutoencoderConfig PresetAutoencoder() {
   ldm::AutoencoderConfig ae;
   ae.kind = "kl";
-  ae.ch = 32;
-  ae.ch_mult = {1, 2, 2};
+  // 64 channels at every level: with 32 at full resolution, GroupNorm's 32
+  // groups hold one channel each, an instance norm, and the decoder turns
+  // small objects into speckled blobs. Measured side by side on this CPU
+  // (batch 16, 420 s each): held-out PSNR 27.2 dB vs 25.5 dB for
+  // ch 32 / ch_mult [1, 2, 2], which 244 k images on a GPU took only to 27.
+  ae.ch = 64;
+  ae.ch_mult = {1, 1, 1};
   ae.num_res_blocks = 1;
   ae.resolution = shapes::kImageSize;
   ae.z_channels = 4;
@@ -649,12 +658,14 @@ ldm::ModelConfig PresetConfig(Task task, const std::string& name) {
     case Task::kAutoencoder:
     case Task::kTextToImage:
       config.kind = "txt2img";
+      config.default_guidance_scale = kTextGuidanceScale;
       config.conditioning_key = "crossattn";
       unet.context_dim = text.dim;
       config.text_encoder = text;
       break;
     case Task::kInpaint:
       config.kind = "inpaint";
+      config.default_guidance_scale = kTextGuidanceScale;
       config.conditioning_key = "hybrid";
       unet.in_channels = 2 * channels + 1;
       unet.context_dim = text.dim;
@@ -662,6 +673,7 @@ ldm::ModelConfig PresetConfig(Task task, const std::string& name) {
       break;
     case Task::kSuperResolution:
       config.kind = "sr";
+      config.default_eta = 1.0;  // As the paper samples its SR models.
       config.conditioning_key = "concat";
       unet.in_channels = channels + 3;
       unet.context_dim = 0;

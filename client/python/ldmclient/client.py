@@ -96,16 +96,18 @@ def _error(error: grpc.RpcError) -> LdmError:
 
 def _request(task: str, *, model: str = "", steps: int = 0,
              guidance_scale: float = 0.0, sampler: str = "ddim",
-             eta: float = 0.0, seed: int = 0, num_images: int = 1,
+             eta: Optional[float] = None, seed: int = 0, num_images: int = 1,
              preview_every: int = 0, priority: int = 0,
              **fields) -> pb.GenerateRequest:
     if sampler not in _SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(_SAMPLERS)}")
+    settings = pb.SamplerSettings(kind=_SAMPLERS[sampler], steps=steps,
+                                  guidance_scale=guidance_scale)
+    if eta is not None:  # Unset: the model's default (1 for SR models).
+        settings.eta = eta
     request = pb.GenerateRequest(
         model=model, seed=seed, num_images=num_images,
-        preview_every=preview_every, priority=priority,
-        sampler=pb.SamplerSettings(kind=_SAMPLERS[sampler], steps=steps,
-                                   guidance_scale=guidance_scale, eta=eta))
+        preview_every=preview_every, priority=priority, sampler=settings)
     getattr(request, task).CopyFrom(
         {"text_to_image": pb.TextToImage, "image_to_image": pb.ImageToImage,
          "inpaint": pb.Inpaint,
