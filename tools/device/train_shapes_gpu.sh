@@ -7,8 +7,9 @@
 #
 #   DEADLINE_SECONDS (default 540): when the last model must be saved, from
 #   the script's start; AE_SECONDS (default 100): the autoencoder's share.
-#   CONTINUE_AE=DIR: continue instead: no autoencoder stage (DIR holds its
-#   ae.safetensors), each model starts from models/shapes-TASK's weights.
+#   CONTINUE=1: continue the shipped models instead: no autoencoder stage
+#   (theirs is read from models/shapes-txt2img, as served), each model starts
+#   from models/shapes-TASK's weights.
 #   BATCH, LR: the diffusion stages' (default 512, 6e-4).
 set -uo pipefail
 start=$(date +%s)
@@ -40,9 +41,14 @@ mkdir -p "$work"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader \
   -l 30 &
 utilization_logger=$!
-ae_dir="${CONTINUE_AE:-$work/ae}"
+ae_dir="$work/ae"
 init=()
-if [ -z "${CONTINUE_AE:-}" ]; then
+if [ -n "${CONTINUE:-}" ]; then
+  # The trainer reads only the first_stage_model.* tensors of this file.
+  mkdir -p "$ae_dir"
+  ln -sf "$root/models/shapes-txt2img/weights.safetensors" \
+    "$ae_dir/ae.safetensors"
+else
   "$train" ae --device cuda --threads 12 --out "$work/ae" --seed 1 \
     --steps 40000 --batch 128 --lr 5e-4 --warmup 100 \
     --max-seconds "${AE_SECONDS:-100}" --log-every 500
@@ -56,9 +62,9 @@ trainers=()
 # short still returns what finished. Batch 512 gave 1.5x the images/s of
 # 128 here (2900 vs 1900 for txt2img, three runs sharing an H200), but the
 # models then want more steps than the deadline leaves: continue with
-# CONTINUE_AE and BATCH=256.
+# CONTINUE=1 and BATCH=256.
 for task in txt2img inpaint sr; do
-  [ -n "${CONTINUE_AE:-}" ] &&
+  [ -n "${CONTINUE:-}" ] &&
     init=(--init "$root/models/shapes-$task/weights.safetensors" --warmup 50)
   ("$train" "$task" --device cuda --threads 5 --ae "$ae_dir" \
      --out "$work/$task" --seed $seed --steps 40000 --batch "${BATCH:-512}" \
