@@ -41,9 +41,8 @@ constexpr double kMaxGradNorm = 1.0;
 constexpr double kKlWeight = 1e-6;
 constexpr int kEvaluationImages = 256;
 constexpr double kInitialLogVariance = -10.0;
-// The served guidance of the text-conditioned models: the quality tests'
-// colour, shape and position scores peak around it on the shipped weights
-// (SD's 7.5 over-saturates these small models).
+// The guidance the text-conditioned models are served at (their model cards
+// give the quality scores measured at it); SD's 7.5 is tuned for SD.
 constexpr double kTextGuidanceScale = 4.0;
 
 // The stream of step `step` of a run seeded with `seed`.
