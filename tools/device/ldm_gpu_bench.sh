@@ -5,13 +5,13 @@
 # shipped-model job on CPU and CUDA, comparing pixels. Log in $OUT/log.
 # Needs .deps/ (Debian 12 packages unpacked with dpkg -x: libabsl-dev,
 # libabsl20220623, nlohmann-json3-dev, libgtest-dev, libgmock-dev, libicu-dev,
-# libicu72; drop static libraries but GoogleTest's to stay under the 64 MiB
-# carry limit) and optionally .golden/ (a copy of some golden sets).
+# libicu72; drop static libraries but GoogleTest's and compress ICU's data
+# as tools/device/deps_env.sh says, to stay under the 64 MiB carry limit) and optionally .golden/ (a copy of some golden sets).
 set -uo pipefail
 root=$(pwd)
 out=${OUT:-/tmp}
 exec > >(tee "$out/log") 2>&1
-export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+source "$root/tools/device/deps_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'

@@ -16,12 +16,7 @@ start=$(date +%s)
 root=$(pwd)
 out=${OUT:-/tmp}
 exec > >(tee "$out/log") 2>&1
-# ICU's data library travels xz-compressed (30 MB -> 7.5 MB) to fit the
-# 64 MiB a call carries.
-icu_data="$root/.deps/usr/lib/x86_64-linux-gnu/libicudata.so.72.1"
-[ -f "$icu_data" ] || python3 -c 'import lzma, sys
-open(sys.argv[1], "wb").write(lzma.open(sys.argv[1] + ".xz").read())' "$icu_data"
-export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+source "$root/tools/device/deps_env.sh"
 deadline=$((start + ${DEADLINE_SECONDS:-540}))
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
