@@ -37,6 +37,7 @@
 #include "absl/strings/str_join.h"
 #include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/checkpoint.h"
 #include "server/ldm/model_family.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
@@ -84,10 +85,10 @@ int InitRandom(std::map<std::string, std::string> options) {
 }
 
 int Inspect(const std::string& path, const std::string& config_dir) {
-  auto file = ldm::SafetensorsFile::Open(path);
+  auto file = ldm::Checkpoint::Open(path);
   if (!file.ok()) return Error(file.status());
   std::map<std::string, int64_t> per_component;
-  for (const auto& [name, entry] : (*file)->entries()) {
+  for (const auto& [name, entry] : (*file)->tensors()) {
     int64_t count = 1;
     for (int64_t d : entry.shape) count *= d;
     // model.diffusion_model / first_stage_model / cond_stage_model / ...

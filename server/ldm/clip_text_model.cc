@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "server/ldm/checkpoint.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/safetensors.h"
@@ -138,7 +139,7 @@ absl::StatusOr<std::unique_ptr<ClipTextModel>> ClipTextModel::Load(
         std::make_unique<ClipTextModel>(config, ParamScope(registry.get(), ""));
     const std::string position_ids = prefix + "embeddings.position_ids";
     return registry->LoadFrom(
-        *file, prefix, /*strict=*/true,
+        *Checkpoint::FromFile(file), prefix, /*strict=*/true,
         [&](const std::string& key) { return key == position_ids; },
         at::TensorOptions().dtype(at::kFloat));
   }));

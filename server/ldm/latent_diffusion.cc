@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/ldm/checkpoint.h"
 #include "server/ldm/prompt_weights.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/status_macros.h"
@@ -65,9 +66,9 @@ std::string EmaKey(const std::string& key) {
                              {{".", ""}});
 }
 
-bool HasEmaWeights(const SafetensorsFile& file) {
-  auto it = file.entries().lower_bound("model_ema.diffusion_model");
-  return it != file.entries().end() &&
+bool HasEmaWeights(const Checkpoint& file) {
+  auto it = file.tensors().lower_bound("model_ema.diffusion_model");
+  return it != file.tensors().end() &&
          absl::StartsWith(it->first, "model_ema.diffusion_model");
 }
 
@@ -114,8 +115,10 @@ absl::Status LatentDiffusion::Build() {
     }
     text_encoder_ = std::make_unique<TextTransformer>(
         *config_.text_encoder, root.Sub(kTextEncoderPrefix));
-    tokenizer_ = std::make_unique<WordTokenizer>(
-        config_.text_encoder->vocab, config_.text_encoder->max_length);
+    if (!config_.text_encoder->uses_wordpiece()) {
+      tokenizer_ = std::make_unique<WordTokenizer>(
+          config_.text_encoder->vocab, config_.text_encoder->max_length);
+    }
   }
   if (config_.clip) {
     if (config_.clip->text.hidden_size != config_.unet.context_dim) {
@@ -135,6 +138,27 @@ absl::Status LatentDiffusion::Build() {
 }
 
 absl::Status LatentDiffusion::LoadTokenizer() {
+  if (config_.text_encoder && config_.text_encoder->uses_wordpiece()) {
+    const TextEncoderConfig& text = *config_.text_encoder;
+    absl::StatusOr<std::unique_ptr<WordPieceTokenizer>> loaded =
+        WordPieceTokenizer::Load(text.vocab_file);
+    if (!loaded.ok()) {
+      return absl::Status(
+          loaded.status().code(),
+          absl::StrCat("model ", config_.name,
+                       " reads prompts with BERT's WordPiece vocabulary "
+                       "(bert-base-uncased vocab.txt): ",
+                       loaded.status().message()));
+    }
+    wordpiece_tokenizer_ = std::move(*loaded);
+    if (wordpiece_tokenizer_->vocab_size() != text.vocab_size) {
+      const int64_t found = wordpiece_tokenizer_->vocab_size();
+      wordpiece_tokenizer_.reset();
+      return absl::InvalidArgumentError(
+          absl::StrCat(text.vocab_file, ": ", found,
+                       " tokens, the config says ", text.vocab_size));
+    }
+  }
   if (!config_.clip) return absl::OkStatus();
   LDM_ASSIGN_OR_RETURN(clip_tokenizer_,
                        ClipTokenizer::Load(config_.clip->tokenizer_dir));
@@ -145,8 +169,8 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
     const std::string& config_path, const std::string& weights_path,
     const LoadOptions& options) {
   LDM_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(config_path));
-  LDM_ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsFile> file,
-                       SafetensorsFile::Open(weights_path));
+  LDM_ASSIGN_OR_RETURN(std::shared_ptr<const Checkpoint> file,
+                       Checkpoint::Open(weights_path));
   // Declared on the meta device: nothing is allocated until each parameter
   // is read from the file, straight into its device and dtype.
   std::unique_ptr<LatentDiffusion> model(
@@ -238,6 +262,11 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
     return absl::FailedPreconditionError(
         absl::StrCat("model ", config_.name, " has no text encoder"));
   }
+  if (text_encoder_ && !tokenizer_ && !wordpiece_tokenizer_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", config_.name, ": no BERT vocabulary at ",
+                     config_.text_encoder->vocab_file));
+  }
   // Tokens first (one row per prompt), then one encoder call for all.
   TextConditioning result;
   std::vector<int64_t> ids;
@@ -252,6 +281,15 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
       ClipTokenizer::Padded padded = clip_tokenizer_->EncodePadded(text);
       if (padded.truncated) {
         result.warnings.push_back("prompt truncated to 75 CLIP tokens");
+      }
+      row = std::move(padded.ids);
+    } else if (wordpiece_tokenizer_) {
+      WordPieceTokenizer::Padded padded = wordpiece_tokenizer_->EncodePadded(
+          text, config_.text_encoder->max_length);
+      if (padded.truncated) {
+        result.warnings.push_back(
+            absl::StrCat("prompt truncated to ",
+                         config_.text_encoder->max_length - 2, " BERT tokens"));
       }
       row = std::move(padded.ids);
     } else {
@@ -270,12 +308,14 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
     std::vector<float> row_weights(row.size(), 1.0f);
     if (HasWeights(segments)) {
       weighted = true;
-      // The segments' tokens in order, after CLIP's start token.
-      size_t position = clip_text_ ? 1 : 0;
+      // The segments' tokens in order, after CLIP's or BERT's start token.
+      size_t position = clip_text_ || wordpiece_tokenizer_ ? 1 : 0;
       for (const PromptSegment& segment : segments) {
         size_t count = 0;
         if (clip_text_) {
           count = clip_tokenizer_->Encode(segment.text).size();
+        } else if (wordpiece_tokenizer_) {
+          count = wordpiece_tokenizer_->Encode(segment.text).size();
         } else {
           for (int64_t id : tokenizer_->Encode(segment.text).ids) {
             count += id != WordTokenizer::kPadId;

@@ -43,6 +43,7 @@
 #include "server/ldm/schedule.h"
 #include "server/ldm/text_encoder.h"
 #include "server/ldm/unet.h"
+#include "server/ldm/wordpiece_tokenizer.h"
 
 namespace ldm {
 
@@ -132,9 +133,10 @@ struct PreparedJob {
 
 class LatentDiffusion {
  public:
-  // Builds the model from `config_path` and loads `weights_path` (a
-  // safetensors file with CompVis key names: model.diffusion_model.*,
-  // first_stage_model.*, cond_stage_model.*).
+  // Builds the model from `config_path` and loads `weights_path`: a
+  // safetensors file with CompVis key names (model.diffusion_model.*,
+  // first_stage_model.*, cond_stage_model.*) or a diffusers folder
+  // (checkpoint.h).
   static absl::StatusOr<std::unique_ptr<LatentDiffusion>> Load(
       const std::string& config_path, const std::string& weights_path,
       const LoadOptions& options = {});
@@ -253,7 +255,8 @@ class LatentDiffusion {
   // quant_conv(encoder(images)), tiled past the load options' threshold.
   at::Tensor EncodeMoments(const at::Tensor& images) const;
   absl::Status Build();
-  // The CLIP tokenizer's files, for models conditioned on CLIP.
+  // The tokenizer's files: CLIP's, or BERT's vocabulary for the paper's
+  // text-to-image encoder.
   absl::Status LoadTokenizer();
 
   ModelConfig config_;
@@ -263,6 +266,7 @@ class LatentDiffusion {
   std::unique_ptr<Autoencoder> autoencoder_;
   std::unique_ptr<TextTransformer> text_encoder_;
   std::unique_ptr<WordTokenizer> tokenizer_;
+  std::unique_ptr<WordPieceTokenizer> wordpiece_tokenizer_;
   std::unique_ptr<ClipTextModel> clip_text_;
   std::unique_ptr<ClipTokenizer> clip_tokenizer_;
   std::optional<DiffusionSchedule> schedule_;

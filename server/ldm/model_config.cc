@@ -144,13 +144,21 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
     TextEncoderConfig text;
     const json& object = root.at("text_encoder");
     LDM_READ(object, "vocab", "text_encoder", &text.vocab);
+    LDM_READ(object, "vocab_file", "text_encoder", &text.vocab_file);
+    LDM_READ(object, "vocab_size", "text_encoder", &text.vocab_size);
     LDM_READ(object, "dim", "text_encoder", &text.dim);
     LDM_READ(object, "depth", "text_encoder", &text.depth);
     LDM_READ(object, "heads", "text_encoder", &text.heads);
+    LDM_READ(object, "dim_head", "text_encoder", &text.dim_head);
     LDM_READ(object, "max_length", "text_encoder", &text.max_length);
-    if (text.vocab.size() < 2 || text.dim % text.heads != 0) {
+    if (text.uses_wordpiece() ? text.vocab_size < 5 : text.vocab.size() < 2) {
       return absl::InvalidArgumentError(
-          "config text_encoder: needs a vocab and dim divisible by heads");
+          "config text_encoder: needs a vocab, or a vocab_file and its "
+          "vocab_size");
+    }
+    if (text.heads < 1 || (text.dim_head <= 0 && text.dim % text.heads != 0)) {
+      return absl::InvalidArgumentError(
+          "config text_encoder: dim must divide into heads (or set dim_head)");
     }
     config.text_encoder = std::move(text);
   }
@@ -196,12 +204,15 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
   absl::StatusOr<std::string> text = ReadTextFile(path);
   if (!text.ok()) return text.status();
   absl::StatusOr<ModelConfig> config = ParseModelConfig(*text);
-  if (config.ok() && config->clip && !config->clip->tokenizer_dir.empty() &&
-      config->clip->tokenizer_dir[0] != '/') {
-    const size_t slash = path.rfind('/');
-    const std::string dir =
-        slash == std::string::npos ? "." : path.substr(0, slash);
-    config->clip->tokenizer_dir = dir + "/" + config->clip->tokenizer_dir;
+  const size_t slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : path.substr(0, slash);
+  auto resolve = [&dir](std::string& file) {
+    if (!file.empty() && file[0] != '/') file = dir + "/" + file;
+  };
+  if (config.ok() && config->clip) resolve(config->clip->tokenizer_dir);
+  if (config.ok() && config->text_encoder) {
+    resolve(config->text_encoder->vocab_file);
   }
   if (!config.ok()) {
     return absl::Status(config.status().code(),
@@ -274,11 +285,17 @@ std::string ModelConfigToJson(const ModelConfig& config) {
   }
   if (config.text_encoder) {
     const TextEncoderConfig& t = *config.text_encoder;
-    root["text_encoder"] = {{"vocab", t.vocab},
-                            {"dim", t.dim},
+    root["text_encoder"] = {{"dim", t.dim},
                             {"depth", t.depth},
                             {"heads", t.heads},
                             {"max_length", t.max_length}};
+    if (t.uses_wordpiece()) {
+      root["text_encoder"]["vocab_file"] = t.vocab_file;
+      root["text_encoder"]["vocab_size"] = t.vocab_size;
+    } else {
+      root["text_encoder"]["vocab"] = t.vocab;
+    }
+    if (t.dim_head > 0) root["text_encoder"]["dim_head"] = t.dim_head;
   }
   return root.dump(1);
 }

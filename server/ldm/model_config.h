@@ -62,14 +62,30 @@ struct AutoencoderConfig {
   }
 };
 
-// The small word-level text encoder of our own models (the paper trains its
-// text-to-image encoder jointly with the UNet the same way).
+// The x-transformers text encoder of the paper's text-to-image model
+// (BERTEmbedder) and of our own small models, which train it jointly with
+// the UNet the same way. Tokens: our word-level `vocab` list, or the
+// paper's BERT WordPiece vocabulary file.
 struct TextEncoderConfig {
   std::vector<std::string> vocab;  // Index = token id; 0 is padding.
+  // BERT's vocab.txt (relative paths are resolved against the config
+  // file's folder) and its size (30522 for bert-base-uncased); used
+  // instead of `vocab` when set.
+  std::string vocab_file;
+  int64_t vocab_size = 0;
   int64_t dim = 32;
   int64_t depth = 2;
   int64_t heads = 2;
+  // Per attention head; 0 = dim / heads (our models). x-transformers'
+  // default, which the paper's encoder uses, is 64.
+  int64_t dim_head = 0;
   int64_t max_length = 16;
+
+  bool uses_wordpiece() const { return !vocab_file.empty(); }
+  int64_t NumTokens() const {
+    return uses_wordpiece() ? vocab_size : static_cast<int64_t>(vocab.size());
+  }
+  int64_t HeadDim() const { return dim_head > 0 ? dim_head : dim / heads; }
 };
 
 // SD v1's conditioning: the CLIP text transformer and its tokenizer.

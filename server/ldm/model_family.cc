@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -14,16 +15,16 @@
 namespace ldm {
 namespace {
 
-// The text encoder is left out of the match: families differ in their UNet
-// and autoencoder, and checkpoints differ in which text-encoder buffers
-// (position_ids) they carry.
+// The UNet and autoencoder must match exactly. The text encoder only breaks
+// ties (families whose UNets agree, as they may at test width):
+// checkpoints differ in which text-encoder buffers (position_ids) they carry.
 bool Matters(const std::string& name) {
   return !absl::StartsWith(name, "cond_stage_model.");
 }
 
 }  // namespace
 
-absl::StatusOr<FamilyMatch> DetectFamily(const SafetensorsFile& file,
+absl::StatusOr<FamilyMatch> DetectFamily(const Checkpoint& file,
                                          const std::string& path,
                                          const std::string& config_dir) {
   std::vector<std::filesystem::path> configs;
@@ -36,18 +37,26 @@ absl::StatusOr<FamilyMatch> DetectFamily(const SafetensorsFile& file,
   // The closest miss, for the message.
   std::string closest_name, closest_problem;
   size_t closest_mismatches = std::numeric_limits<size_t>::max();
+  std::optional<FamilyMatch> best;
+  size_t best_text_mismatches = std::numeric_limits<size_t>::max();
   for (const std::filesystem::path& config_path : configs) {
     absl::StatusOr<ModelConfig> config = ReadModelConfig(config_path.string());
     if (!config.ok()) continue;
     auto expected = LatentDiffusion::ExpectedParameters(*config);
     if (!expected.ok()) continue;
-    size_t mismatches = 0;
+    size_t mismatches = 0, text_mismatches = 0;
     std::string first_problem;
     for (const auto& [name, shape] : *expected) {
-      if (!Matters(name)) continue;
-      auto it = file.entries().find(name);
+      if (!Matters(name)) {
+        auto it = file.tensors().find(name);
+        if (it == file.tensors().end() || it->second.shape != shape) {
+          ++text_mismatches;
+        }
+        continue;
+      }
+      auto it = file.tensors().find(name);
       std::string problem;
-      if (it == file.entries().end()) {
+      if (it == file.tensors().end()) {
         problem = absl::StrCat("missing tensor ", name);
       } else if (it->second.shape != shape) {
         problem = absl::StrCat(
@@ -58,7 +67,11 @@ absl::StatusOr<FamilyMatch> DetectFamily(const SafetensorsFile& file,
       if (mismatches++ == 0) first_problem = std::move(problem);
     }
     if (mismatches == 0) {
-      return FamilyMatch{config->name, config_path.string()};
+      if (text_mismatches < best_text_mismatches) {
+        best = FamilyMatch{config->name, config_path.string()};
+        best_text_mismatches = text_mismatches;
+      }
+      continue;
     }
     if (mismatches < closest_mismatches) {
       closest_mismatches = mismatches;
@@ -66,6 +79,7 @@ absl::StatusOr<FamilyMatch> DetectFamily(const SafetensorsFile& file,
       closest_problem = std::move(first_problem);
     }
   }
+  if (best) return *best;
   if (closest_name.empty()) {
     return absl::NotFoundError(absl::StrCat(
         path, ": not a model family we know (no readable config in ",

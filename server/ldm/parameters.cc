@@ -38,7 +38,7 @@ void ParameterRegistry::Declare(const std::string& name,
 }
 
 absl::Status ParameterRegistry::LoadFrom(
-    const SafetensorsFile& file, const std::string& prefix, bool strict,
+    const Checkpoint& file, const std::string& prefix, bool strict,
     const std::function<bool(const std::string&)>& is_known_extra,
     const at::TensorOptions& options,
     const std::function<std::string(const std::string&)>& key_for) {
@@ -47,8 +47,8 @@ absl::Status ParameterRegistry::LoadFrom(
   for (Entry& entry : entries_) {
     const std::string key =
         key_for ? key_for(prefix + entry.name) : prefix + entry.name;
-    auto it = file.entries().find(key);
-    if (it == file.entries().end()) {
+    auto it = file.tensors().find(key);
+    if (it == file.tensors().end()) {
       missing.push_back(key);
       continue;
     }
@@ -72,7 +72,7 @@ absl::Status ParameterRegistry::LoadFrom(
   }
   if (strict) {
     std::vector<std::string> unexpected;
-    for (const auto& [key, entry] : file.entries()) {
+    for (const auto& [key, info] : file.tensors()) {
       if (absl::StartsWith(key, prefix) && claimed.count(key) == 0 &&
           !is_known_extra(key)) {
         unexpected.push_back(key);

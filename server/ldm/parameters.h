@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "server/ldm/safetensors.h"
+#include "server/ldm/checkpoint.h"
 
 namespace ldm {
 
@@ -55,7 +55,7 @@ class ParameterRegistry {
   // `key_for`, when given, maps `prefix + name` to the key actually read (an
   // EMA copy under other names, say).
   absl::Status LoadFrom(
-      const SafetensorsFile& file, const std::string& prefix, bool strict,
+      const Checkpoint& file, const std::string& prefix, bool strict,
       const std::function<bool(const std::string&)>& is_known_extra,
       const at::TensorOptions& options,
       const std::function<std::string(const std::string&)>& key_for = {});

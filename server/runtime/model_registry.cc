@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/ldm/checkpoint.h"
 #include "server/ldm/model_family.h"
 #include "server/ldm/safetensors.h"
 
@@ -27,8 +28,8 @@ absl::StatusOr<TaskKind> ParseTask(const std::string& name) {
 // The entry's config file: as given, or the family its weights belong to.
 absl::StatusOr<std::string> ResolveConfig(const ModelEntry& entry) {
   if (!entry.config_path.empty()) return entry.config_path;
-  absl::StatusOr<std::shared_ptr<const ldm::SafetensorsFile>> file =
-      ldm::SafetensorsFile::Open(entry.weights_path);
+  absl::StatusOr<std::shared_ptr<const ldm::Checkpoint>> file =
+      ldm::Checkpoint::Open(entry.weights_path);
   if (!file.ok()) return file.status();
   absl::StatusOr<ldm::FamilyMatch> family =
       ldm::DetectFamily(**file, entry.weights_path, entry.configs_dir);

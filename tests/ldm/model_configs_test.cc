@@ -119,6 +119,41 @@ TEST(ModelConfigsTest, PaperVqModelsBuild) {
             1u);
 }
 
+// The paper's text-to-image model: its BERTEmbedder is x-transformers'
+// TransformerWrapper (heads of 64, so q/k/v are 1280 -> 512) over BERT's
+// 30522 WordPiece tokens, 77 positions, 32 pre-norm layers; the UNet reads
+// 1280-wide context.
+TEST(ModelConfigsTest, PaperTextToImageModelBuildsItsBertEmbedder) {
+  auto config = ReadModelConfig(ConfigPath("ldm-txt2img-f8.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(absl::EndsWith(config->text_encoder->vocab_file,
+                             "models/configs/bert/vocab.txt"));
+  auto params = LatentDiffusion::ExpectedParameters(*config);
+  ASSERT_TRUE(params.ok()) << params.status();
+  const std::string text = "cond_stage_model.transformer.";
+  const std::map<std::string, std::vector<int64_t>> expected = {
+      {text + "token_emb.weight", {30522, 1280}},
+      {text + "pos_emb.emb.weight", {77, 1280}},
+      {text + "attn_layers.layers.0.0.weight", {1280}},
+      {text + "attn_layers.layers.0.1.to_q.weight", {512, 1280}},
+      {text + "attn_layers.layers.0.1.to_v.weight", {512, 1280}},
+      {text + "attn_layers.layers.0.1.to_out.weight", {1280, 512}},
+      {text + "attn_layers.layers.0.1.to_out.bias", {1280}},
+      {text + "attn_layers.layers.63.1.net.0.0.weight", {5120, 1280}},
+      {text + "attn_layers.layers.63.1.net.2.weight", {1280, 5120}},
+      {text + "norm.weight", {1280}},
+      {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
+       "to_k.weight",
+       {320, 1280}},
+  };
+  for (const auto& [key, shape] : expected) {
+    ASSERT_EQ(params->count(key), 1u) << key;
+    EXPECT_EQ(params->at(key), shape) << key;
+  }
+  EXPECT_EQ(params->count(text + "attn_layers.layers.64.0.weight"), 0u);
+  EXPECT_EQ(params->count(text + "attn_layers.layers.0.1.to_q.bias"), 0u);
+}
+
 TEST(ModelConfigsTest, SuperResolutionSamplesWithThePapersEta) {
   auto config = ReadModelConfig(ConfigPath("ldm-sr-4x.json"));
   ASSERT_TRUE(config.ok()) << config.status();
@@ -132,8 +167,9 @@ TEST(ModelConfigsTest, SuperResolutionSamplesWithThePapersEta) {
 // A config written back (checkpoint metadata, tools, tests) builds the same
 // model: no field is dropped on the way.
 TEST(ModelConfigsTest, EveryConfigSurvivesARoundTripThroughJson) {
-  for (const char* name : {"sd-v1.json", "sd-v1-inpainting.json",
-                           "ldm-sr-4x.json", "ldm-inpainting-big.json"}) {
+  for (const char* name :
+       {"sd-v1.json", "sd-v1-inpainting.json", "ldm-sr-4x.json",
+        "ldm-inpainting-big.json", "ldm-txt2img-f8.json"}) {
     SCOPED_TRACE(name);
     auto config = ReadModelConfig(ConfigPath(name));
     ASSERT_TRUE(config.ok()) << config.status();

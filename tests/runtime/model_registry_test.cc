@@ -10,7 +10,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/safetensors.h"
 
 namespace ldmserve {
 namespace {
@@ -154,10 +157,23 @@ TEST_F(ModelRegistryTest, StableDiffusionFamilyCheckpointRunsEndToEnd) {
   EXPECT_EQ(images->sizes(), (at::IntArrayRef{1, 16, 16, 3}));
 }
 
+// A BERT-style vocabulary (special tokens, words, "##" pieces) for the
+// paper's text-to-image family at test width.
+std::filesystem::path WriteWordPieceVocab(const std::filesystem::path& dir) {
+  const std::filesystem::path path = dir / "vocab.txt";
+  std::ofstream out(path);
+  for (const char* token : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red",
+                            "circle", "##s", "on", "mars"}) {
+    out << token << "\n";
+  }
+  return path;
+}
+
 // A family's config at test width: its structure (conditioning, channels in
-// and out, autoencoder kind, attention type, resblock_updown, CLIP) kept,
-// every width and depth reduced.
-ldm::ModelConfig AtTestWidth(ldm::ModelConfig config) {
+// and out, autoencoder kind, attention type, resblock_updown, CLIP or BERT)
+// kept, every width and depth reduced.
+ldm::ModelConfig AtTestWidth(ldm::ModelConfig config,
+                             const std::filesystem::path& dir) {
   config.name += "-small";
   config.latent_height = config.latent_width = 8;
   config.unet.model_channels = 32;
@@ -175,6 +191,14 @@ ldm::ModelConfig AtTestWidth(ldm::ModelConfig config) {
     config.clip->tokenizer_dir =
         std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/tokenizer";
   }
+  if (config.text_encoder) {
+    config.text_encoder->vocab_file = WriteWordPieceVocab(dir).string();
+    config.text_encoder->vocab_size = 10;
+    config.text_encoder->dim = 32;
+    config.text_encoder->depth = 2;
+    config.text_encoder->heads = 2;
+    config.text_encoder->dim_head = 8;  // Inner width 16, not dim.
+  }
   config.ae.ch = 32;
   config.ae.ch_mult = {1, 2};
   config.ae.num_res_blocks = 1;
@@ -190,13 +214,13 @@ class FamilyTest : public ModelRegistryTest,
 // names, listed without a config, detected among all families at test
 // width, and run through its pipeline.
 TEST_P(FamilyTest, DetectedAndRunThroughItsPipeline) {
-  for (const char* family :
-       {"sd-v1", "sd-v1-inpainting", "ldm-sr-4x", "ldm-inpainting-big"}) {
+  for (const char* family : {"sd-v1", "sd-v1-inpainting", "ldm-sr-4x",
+                             "ldm-inpainting-big", "ldm-txt2img-f8"}) {
     auto config = ldm::ReadModelConfig(std::string(LDMSERVE_SOURCE_DIR) +
                                        "/models/configs/" + family + ".json");
     ASSERT_TRUE(config.ok()) << config.status();
     std::ofstream(dir_ / "configs" / (std::string(family) + ".json"))
-        << ldm::ModelConfigToJson(AtTestWidth(*config));
+        << ldm::ModelConfigToJson(AtTestWidth(*config, dir_));
   }
   auto config = ldm::ReadModelConfig(
       (dir_ / "configs" / (GetParam() + ".json")).string());
@@ -214,7 +238,7 @@ TEST_P(FamilyTest, DetectedAndRunThroughItsPipeline) {
   EXPECT_EQ(model.config().name, GetParam() + "-small");
 
   ldm::JobRequest request;
-  request.prompt = "a red circle";
+  request.prompt = "a (red:1.2) circles on mars";
   request.sampler.steps = 2;
   const int64_t side = 8 * model.config().ae.DownsamplingFactor();
   if (model.config().kind == "inpaint") {
@@ -229,9 +253,211 @@ TEST_P(FamilyTest, DetectedAndRunThroughItsPipeline) {
   EXPECT_EQ(images->sizes(), (at::IntArrayRef{1, side, side, 3}));
 }
 
+// CompVis -> diffusers, the other way round from the loader and written as
+// the diffusers project's conversion script lists it: prefix pairs, block
+// by block, for this config's depth, with the renames inside each block.
+struct PrefixPair {
+  std::string compvis, diffusers;
+  std::vector<std::pair<std::string, std::string>> inner;
+  bool linear_weights = false;  // 1x1 convolutions stored as linear layers.
+};
+
+std::vector<PrefixPair> CompVisToDiffusers(const ldm::ModelConfig& config) {
+  const std::vector<std::pair<std::string, std::string>> unet_resnet = {
+      {"in_layers.0.", "norm1."},
+      {"in_layers.2.", "conv1."},
+      {"emb_layers.1.", "time_emb_proj."},
+      {"out_layers.0.", "norm2."},
+      {"out_layers.3.", "conv2."},
+      {"skip_connection.", "conv_shortcut."}};
+  const std::vector<std::pair<std::string, std::string>> vae_resnet = {
+      {"nin_shortcut.", "conv_shortcut."}};
+  const std::vector<std::pair<std::string, std::string>> vae_attention = {
+      {"norm.", "group_norm."},
+      {"q.", "to_q."},
+      {"k.", "to_k."},
+      {"v.", "to_v."},
+      {"proj_out.", "to_out.0."}};
+  const std::string unet = "model.diffusion_model.";
+  std::vector<PrefixPair> pairs = {
+      {unet + "time_embed.0.", "unet/time_embedding.linear_1.", {}},
+      {unet + "time_embed.2.", "unet/time_embedding.linear_2.", {}},
+      {unet + "input_blocks.0.0.", "unet/conv_in.", {}},
+      {unet + "out.0.", "unet/conv_norm_out.", {}},
+      {unet + "out.2.", "unet/conv_out.", {}},
+      {unet + "middle_block.0.", "unet/mid_block.resnets.0.", unet_resnet},
+      {unet + "middle_block.1.", "unet/mid_block.attentions.0.", {}},
+      {unet + "middle_block.2.", "unet/mid_block.resnets.1.", unet_resnet},
+      {"cond_stage_model.transformer.", "text_encoder/", {}},
+  };
+  const int levels = static_cast<int>(config.unet.channel_mult.size());
+  const int res = static_cast<int>(config.unet.num_res_blocks);
+  auto has_attention = [&](int level) {
+    const auto& at = config.unet.attention_resolutions;
+    return std::find(at.begin(), at.end(), 1 << level) != at.end();
+  };
+  for (int i = 0; i < levels; ++i) {
+    for (int j = 0; j < res; ++j) {
+      const std::string block =
+          absl::StrCat(unet, "input_blocks.", i * (res + 1) + j + 1);
+      pairs.push_back(
+          {block + ".0.",
+           absl::StrCat("unet/down_blocks.", i, ".resnets.", j, "."),
+           unet_resnet});
+      pairs.push_back(
+          {block + ".1.",
+           absl::StrCat("unet/down_blocks.", i, ".attentions.", j, "."),
+           {}});
+    }
+    const int up_level = levels - 1 - i;  // Diffusers' up block i.
+    for (int j = 0; j <= res; ++j) {
+      const std::string block =
+          absl::StrCat(unet, "output_blocks.", i * (res + 1) + j);
+      pairs.push_back({block + ".0.",
+                       absl::StrCat("unet/up_blocks.", i, ".resnets.", j, "."),
+                       unet_resnet});
+      pairs.push_back(
+          {block + ".1.",
+           absl::StrCat("unet/up_blocks.", i, ".attentions.", j, "."),
+           {}});
+    }
+    if (i < levels - 1) {
+      pairs.push_back(
+          {absl::StrCat(unet, "input_blocks.", (i + 1) * (res + 1), ".0.op."),
+           absl::StrCat("unet/down_blocks.", i, ".downsamplers.0.conv."),
+           {}});
+      pairs.push_back(
+          {absl::StrCat(unet, "output_blocks.", i * (res + 1) + res, ".",
+                        has_attention(up_level) ? 2 : 1, ".conv."),
+           absl::StrCat("unet/up_blocks.", i, ".upsamplers.0.conv."),
+           {}});
+    }
+  }
+  const std::string vae = "first_stage_model.";
+  const int vae_levels = static_cast<int>(config.ae.ch_mult.size());
+  for (int i = 0; i < vae_levels; ++i) {
+    for (int j = 0; j <= config.ae.num_res_blocks; ++j) {
+      pairs.push_back(
+          {absl::StrCat(vae, "encoder.down.", i, ".block.", j, "."),
+           absl::StrCat("vae/encoder.down_blocks.", i, ".resnets.", j, "."),
+           vae_resnet});
+      pairs.push_back(
+          {absl::StrCat(vae, "decoder.up.", vae_levels - 1 - i, ".block.", j,
+                        "."),
+           absl::StrCat("vae/decoder.up_blocks.", i, ".resnets.", j, "."),
+           vae_resnet});
+    }
+    pairs.push_back(
+        {absl::StrCat(vae, "encoder.down.", i, ".downsample.conv."),
+         absl::StrCat("vae/encoder.down_blocks.", i, ".downsamplers.0.conv."),
+         {}});
+    pairs.push_back(
+        {absl::StrCat(vae, "decoder.up.", vae_levels - 1 - i,
+                      ".upsample.conv."),
+         absl::StrCat("vae/decoder.up_blocks.", i, ".upsamplers.0.conv."),
+         {}});
+  }
+  for (const char* coder : {"encoder", "decoder"}) {
+    const std::string c = coder;
+    pairs.push_back({vae + c + ".mid.block_1.",
+                     "vae/" + c + ".mid_block.resnets.0.", vae_resnet});
+    pairs.push_back({vae + c + ".mid.block_2.",
+                     "vae/" + c + ".mid_block.resnets.1.", vae_resnet});
+    pairs.push_back({vae + c + ".mid.attn_1.",
+                     "vae/" + c + ".mid_block.attentions.0.", vae_attention,
+                     true});
+    pairs.push_back(
+        {vae + c + ".norm_out.", "vae/" + c + ".conv_norm_out.", {}});
+    pairs.push_back({vae + c + ".", "vae/" + c + ".", {}});
+  }
+  pairs.push_back({vae, "vae/", {}});
+  return pairs;
+}
+
+// Writes `model` as a diffusers folder: unet/, vae/, text_encoder/ with
+// their weights files, the VAE's attention projections as linear weights.
+void WriteDiffusersFolder(ldm::LatentDiffusion& model,
+                          const std::filesystem::path& dir) {
+  const std::vector<PrefixPair> pairs = CompVisToDiffusers(model.config());
+  std::map<std::string, std::map<std::string, at::Tensor>> parts;
+  for (const auto& [name, tensor] : model.MutableParameters()) {
+    // The longest CompVis prefix that fits.
+    const PrefixPair* best = nullptr;
+    for (const PrefixPair& pair : pairs) {
+      if (absl::StartsWith(name, pair.compvis) &&
+          (best == nullptr || pair.compvis.size() > best->compvis.size())) {
+        best = &pair;
+      }
+    }
+    ASSERT_NE(best, nullptr) << name;
+    std::string rest = name.substr(best->compvis.size());
+    for (const auto& [from, to] : best->inner) {
+      if (absl::StartsWith(rest, from)) {
+        rest = to + rest.substr(from.size());
+        break;
+      }
+    }
+    const std::string full = best->diffusers + rest;
+    const size_t slash = full.find('/');
+    at::Tensor value = tensor;
+    if (best->linear_weights && value.dim() == 4) {
+      value = value.reshape({value.size(0), value.size(1)});
+    }
+    parts[full.substr(0, slash)][full.substr(slash + 1)] = value;
+  }
+  for (const auto& [part, tensors] : parts) {
+    std::filesystem::create_directories(dir / part);
+    const std::string file = part == "text_encoder"
+                                 ? "model.safetensors"
+                                 : "diffusion_pytorch_model.safetensors";
+    ASSERT_TRUE(
+        ldm::WriteSafetensors((dir / part / file).string(), tensors).ok());
+  }
+  std::ofstream(dir / "model_index.json")
+      << R"({"_class_name": "StableDiffusionPipeline"})";
+}
+
+// A diffusers folder of an SD v1 model, listed without a config, is
+// detected as the family and gives exactly the single file's images.
+TEST_F(ModelRegistryTest, DiffusersFolderIsDetectedAndMatchesTheSingleFile) {
+  auto family = ldm::ReadModelConfig(std::string(LDMSERVE_SOURCE_DIR) +
+                                     "/models/configs/sd-v1.json");
+  ASSERT_TRUE(family.ok()) << family.status();
+  const ldm::ModelConfig config = AtTestWidth(*family, dir_);
+  std::ofstream(dir_ / "configs" / "sd-v1-small.json")
+      << ldm::ModelConfigToJson(config);
+  auto model = ldm::LatentDiffusion::CreateRandom(config, 3);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE((*model)->Save((dir_ / "sd.safetensors").string()).ok());
+  WriteDiffusersFolder(**model, dir_ / "sd-diffusers");
+
+  auto entries = Registry(R"({"models": [
+      {"name": "file", "weights": "sd.safetensors", "tasks": ["text_to_image"]},
+      {"name": "folder", "weights": "sd-diffusers",
+       "tasks": ["text_to_image"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll().ok());
+  std::vector<at::Tensor> images;
+  for (const char* name : {"file", "folder"}) {
+    auto found = registry.Find(name, TaskKind::kTextToImage);
+    ASSERT_TRUE(found.ok()) << found.status();
+    EXPECT_EQ((*found)->model->config().name, "sd-v1-small");
+    ldm::JobRequest request;
+    request.prompt = "a red circle";
+    request.seed = 11;
+    request.sampler.steps = 3;
+    auto generated = ldm::RunJob(*(*found)->model, request);
+    ASSERT_TRUE(generated.ok()) << generated.status();
+    images.push_back(*generated);
+  }
+  EXPECT_TRUE(at::equal(images[0], images[1]));
+}
+
 INSTANTIATE_TEST_SUITE_P(ShippedConfigs, FamilyTest,
                          ::testing::Values("sd-v1", "sd-v1-inpainting",
-                                           "ldm-sr-4x", "ldm-inpainting-big"),
+                                           "ldm-sr-4x", "ldm-inpainting-big",
+                                           "ldm-txt2img-f8"),
                          [](const auto& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
