@@ -130,7 +130,7 @@ Scores ScoreTextToImage(const ldm::LatentDiffusion& model, float guidance,
   return scores;
 }
 
-TEST(ModelQualityTest, TextToImageDrawsThePromptsColour) {
+TEST(ModelQualityTest, TextToImageFollowsThePrompt) {
   auto model = LoadShipped("shapes-txt2img");
   ASSERT_NE(model, nullptr);
   constexpr int kPrompts = 40;
@@ -151,13 +151,19 @@ TEST(ModelQualityTest, TextToImageDrawsThePromptsColour) {
         name, s.total, kSteps, Percent(s.colour, s.total),
         Percent(s.shape, s.total), Percent(s.position, s.total));
   }
-  // Measured with the shipped weights: colour 95% guided, 87.5% at cfg 1,
-  // 10% with an empty prompt (chance is 12.5%); shape and position are at
-  // chance (25%, about 20%) and get no floor.
-  EXPECT_GE(Percent(guided.colour, guided.total), 87.5);
-  // The conditioning works, and guidance strengthens it.
-  EXPECT_GE(guided.colour, unconditional.colour + kPrompts / 8);
-  EXPECT_GT(guided.colour, unguided.colour);
+  // Measured with the shipped weights: colour and position 100% guided
+  // and at cfg 1, 12.5% and 17.5% with an empty prompt (chance: 12.5%,
+  // about 20%); shape 42.5% guided (chance 25%; issue 5 asks 80).
+  // Colour and position are held to issue 5's targets, shape to a floor
+  // under what it reaches.
+  EXPECT_GE(Percent(guided.colour, guided.total), 90);
+  EXPECT_GE(Percent(guided.position, guided.total), 80);
+  EXPECT_GE(Percent(guided.shape, guided.total), 35);
+  // The conditioning works, and guidance does not weaken it.
+  EXPECT_GE(guided.colour, unconditional.colour + kPrompts / 2);
+  EXPECT_GE(guided.position, unconditional.position + kPrompts / 2);
+  EXPECT_GE(guided.colour + guided.shape + guided.position,
+            unguided.colour + unguided.shape + unguided.position);
 }
 
 TEST(ModelQualityTest, InpaintingKeepsTheUnmaskedPixels) {
@@ -213,9 +219,11 @@ TEST(ModelQualityTest, InpaintingKeepsTheUnmaskedPixels) {
                              : std::to_string(worst_kept_psnr).c_str(),
       Percent(colour, kCases), Percent(shape, kCases));
   EXPECT_GE(worst_kept_psnr, 40);
-  // The asked-for colour mostly lands in the mask (measured 75%, chance
-  // 12.5%); its shape does not yet (20.8%, chance 25%): no floor for shape.
-  EXPECT_GE(Percent(colour, kCases), 62.5);
+  // The asked-for object lands in the mask: colour measured 100% (chance
+  // 12.5%, issue 5's target 80), shape 58.3% (chance 25%, target 80): the
+  // colour is held to the target, the shape to a floor under it.
+  EXPECT_GE(Percent(colour, kCases), 80);
+  EXPECT_GE(Percent(shape, kCases), 50);
 }
 
 TEST(ModelQualityTest, SuperResolutionPsnr) {

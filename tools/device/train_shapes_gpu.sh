@@ -11,6 +11,9 @@
 #   (theirs is read from models/shapes-txt2img, as served), each model starts
 #   from models/shapes-TASK's weights.
 #   BATCH, LR: the diffusion stages' (default 512, 6e-4).
+#   TASKS: which diffusion models (default "txt2img inpaint sr").
+#   PREDICTION: what their UNets predict, eps or v (default v; ldmtrain
+#   --prediction). CONTINUE=1 may turn an eps model into a v one.
 set -uo pipefail
 start=$(date +%s)
 root=$(pwd)
@@ -58,12 +61,13 @@ trainers=()
 # 128 here (2900 vs 1900 for txt2img, three runs sharing an H200), but the
 # models then want more steps than the deadline leaves: continue with
 # CONTINUE=1 and BATCH=256.
-for task in txt2img inpaint sr; do
+tasks=${TASKS:-txt2img inpaint sr}
+for task in $tasks; do
   [ -n "${CONTINUE:-}" ] &&
     init=(--init "$root/models/shapes-$task/weights.safetensors" --warmup 50)
   ("$train" "$task" --device cuda --threads 5 --ae "$ae_dir" \
      --out "$work/$task" --seed $seed --steps 40000 --batch "${BATCH:-512}" \
-     --lr "${LR:-6e-4}" "${init[@]}" \
+     --lr "${LR:-6e-4}" --prediction "${PREDICTION:-v}" "${init[@]}" \
      --max-seconds "$left" --log-every 500 > "$work/$task.log" 2>&1 &&
    mkdir -p "$out/$task" &&
    cp "$work/$task/weights.safetensors" "$work/$task/config.json" \
@@ -73,7 +77,7 @@ for task in txt2img inpaint sr; do
 done
 wait "${trainers[@]}"
 kill "$utilization_logger"
-for task in txt2img inpaint sr; do
+for task in $tasks; do
   echo "== $task"
   cat "$work/$task.log"
 done

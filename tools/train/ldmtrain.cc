@@ -9,6 +9,7 @@
 //       --seed S --max-seconds T --log-every N --save-every N
 //       --device cpu|cuda --threads N --name NAME
 //       --init WEIGHTS (diffusion stages: start from exported weights)
+//       --prediction eps|v (diffusion stages: what the UNet predicts)
 //       Rerunning with the same --out resumes from DIR/train_state.
 //   ldmtrain sample --model DIR --out GRID.ppm [--steps N] [--cfg X]
 //                   [--what ae]
@@ -185,6 +186,7 @@ int Train(ldmtrain::Task task, std::map<std::string, std::string> options) {
   if (options.count("warmup")) {
     train.warmup_steps = std::stoll(options["warmup"]);
   }
+  if (options.count("prediction")) train.prediction = options["prediction"];
   if (options.count("ema")) train.ema_decay = std::stod(options["ema"]);
   if (options.count("seed")) train.seed = std::stoull(options["seed"]);
   if (options.count("max-seconds")) {

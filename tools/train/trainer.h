@@ -47,6 +47,11 @@ struct TrainOptions {
   // Text-to-image and inpainting: share of captions replaced by "" so the
   // model also learns the unconditional prediction guidance needs.
   double caption_dropout = 0.1;
+  // What the UNet predicts: "eps" (the paper's) or "v" (Salimans & Ho; SD
+  // 2.x). The eps loss weighs an error in the clean latent by the
+  // signal-to-noise ratio, ~1e-4 at the high noise levels where an image's
+  // layout is decided; the v loss by SNR + 1.
+  std::string prediction = "eps";
   at::Device device = at::kCPU;
   std::string model_name;  // Defaults to shapes-<task>.
 };
