@@ -258,7 +258,8 @@ const std::vector<const char*>& VaeSameNames() {
   return *names;
 }
 
-// The largest number `pattern`'s {i} takes among `keys`, or -1.
+// The largest value the `which`-th number of `pattern` takes among `keys`,
+// or -1 when no key matches.
 int64_t LargestIndex(const std::vector<std::string>& keys,
                      const std::string& pattern, int which) {
   int64_t largest = -1;
@@ -339,9 +340,7 @@ std::string MapKey(DiffusersPart part, const std::string& key,
       return absl::StrCat(prefix, rule.target(numbers[0], numbers[1], layout),
                           ApplyInner(rule.inner(), key.substr(consumed)));
     }
-    if (part == DiffusersPart::kUnet) {
-      // Inside the UNet's attention blocks both spell the same.
-    } else {
+    if (part == DiffusersPart::kVae) {
       for (const char* same : VaeSameNames()) {
         if (absl::StartsWith(key, same)) return prefix + key;
       }
