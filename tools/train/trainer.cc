@@ -497,6 +497,13 @@ class TrainingRun {
             absl::StrCat(state_path, " is a --prediction ", saved_prediction,
                          " run; resume it with the same"));
       }
+    } else if (!options_.init_weights.empty()) {
+      // A continued model keeps the latent scale it learnt (a new
+      // measurement differs by about 1% from batch to batch).
+      LDM_ASSIGN_OR_RETURN(auto file,
+                           ldm::SafetensorsFile::Open(options_.init_weights));
+      LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("scale_factor"));
+      config.scale_factor = stored.to(at::kDouble).item<double>();
     } else {
       LDM_ASSIGN_OR_RETURN(config.scale_factor, MeasureScaleFactor());
     }
