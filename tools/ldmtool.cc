@@ -35,9 +35,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/ldm/checkpoint.h"
 #include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/latent_diffusion.h"
-#include "server/ldm/checkpoint.h"
 #include "server/ldm/model_family.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"

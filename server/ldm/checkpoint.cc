@@ -67,11 +67,15 @@ const InnerRenames& NoRenames() {
   return *renames;
 }
 
+// The CompVis prefix for a rule's block numbers.
+using Target =
+    std::function<std::string(int64_t i, int64_t j, const BlockLayout&)>;
+
 // One rule: a diffusers key prefix with up to two block numbers ({i}, then
 // {j}) and the CompVis prefix they become.
 struct Rule {
   const char* pattern;
-  std::function<std::string(int64_t i, int64_t j, const BlockLayout&)> target;
+  Target target;
   const InnerRenames& (*inner)();
 };
 
@@ -105,7 +109,12 @@ size_t MatchPattern(const std::string& pattern, const std::string& key,
   return k;
 }
 
-std::string Fixed(const char* prefix) { return prefix; }
+// A target without block numbers.
+Target FixedTarget(const char* prefix) {
+  return [prefix](int64_t, int64_t, const BlockLayout&) {
+    return std::string(prefix);
+  };
+}
 
 // What the diffusers conversion scripts encode, once, as data.
 const std::vector<Rule>& UnetRules() {
@@ -113,27 +122,11 @@ const std::vector<Rule>& UnetRules() {
   // level, its resnets (each followed by its attention, if any) then the
   // down (up) sampler.
   static const auto* rules = new std::vector<Rule>{
-      {"time_embedding.linear_1.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("time_embed.0.");
-       },
-       NoRenames},
-      {"time_embedding.linear_2.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("time_embed.2.");
-       },
-       NoRenames},
-      {"conv_in.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("input_blocks.0.0.");
-       },
-       NoRenames},
-      {"conv_norm_out.",
-       [](int64_t, int64_t, const BlockLayout&) { return Fixed("out.0."); },
-       NoRenames},
-      {"conv_out.",
-       [](int64_t, int64_t, const BlockLayout&) { return Fixed("out.2."); },
-       NoRenames},
+      {"time_embedding.linear_1.", FixedTarget("time_embed.0."), NoRenames},
+      {"time_embedding.linear_2.", FixedTarget("time_embed.2."), NoRenames},
+      {"conv_in.", FixedTarget("input_blocks.0.0."), NoRenames},
+      {"conv_norm_out.", FixedTarget("out.0."), NoRenames},
+      {"conv_out.", FixedTarget("out.2."), NoRenames},
       {"down_blocks.{i}.resnets.{j}.",
        [](int64_t i, int64_t j, const BlockLayout& l) {
          return absl::StrCat("input_blocks.",
@@ -158,11 +151,7 @@ const std::vector<Rule>& UnetRules() {
          return absl::StrCat("middle_block.", 2 * j, ".");
        },
        UnetResnetRenames},
-      {"mid_block.attentions.0.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("middle_block.1.");
-       },
-       NoRenames},
+      {"mid_block.attentions.0.", FixedTarget("middle_block.1."), NoRenames},
       // Up blocks have one resnet more than down blocks.
       {"up_blocks.{i}.resnets.{j}.",
        [](int64_t i, int64_t j, const BlockLayout& l) {
@@ -226,26 +215,12 @@ const std::vector<Rule>& VaeRules() {
          return absl::StrCat("decoder.mid.block_", j + 1, ".");
        },
        VaeResnetRenames},
-      {"encoder.mid_block.attentions.0.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("encoder.mid.attn_1.");
-       },
+      {"encoder.mid_block.attentions.0.", FixedTarget("encoder.mid.attn_1."),
        VaeAttentionRenames},
-      {"decoder.mid_block.attentions.0.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("decoder.mid.attn_1.");
-       },
+      {"decoder.mid_block.attentions.0.", FixedTarget("decoder.mid.attn_1."),
        VaeAttentionRenames},
-      {"encoder.conv_norm_out.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("encoder.norm_out.");
-       },
-       NoRenames},
-      {"decoder.conv_norm_out.",
-       [](int64_t, int64_t, const BlockLayout&) {
-         return Fixed("decoder.norm_out.");
-       },
-       NoRenames},
+      {"encoder.conv_norm_out.", FixedTarget("encoder.norm_out."), NoRenames},
+      {"decoder.conv_norm_out.", FixedTarget("decoder.norm_out."), NoRenames},
   };
   return *rules;
 }

@@ -47,14 +47,13 @@ absl::StatusOr<FamilyMatch> DetectFamily(const Checkpoint& file,
     size_t mismatches = 0, text_mismatches = 0;
     std::string first_problem;
     for (const auto& [name, shape] : *expected) {
+      auto it = file.tensors().find(name);
       if (!Matters(name)) {
-        auto it = file.tensors().find(name);
         if (it == file.tensors().end() || it->second.shape != shape) {
           ++text_mismatches;
         }
         continue;
       }
-      auto it = file.tensors().find(name);
       std::string problem;
       if (it == file.tensors().end()) {
         problem = absl::StrCat("missing tensor ", name);

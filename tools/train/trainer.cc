@@ -483,6 +483,11 @@ class TrainingRun {
     }
     ldm::ModelConfig config = PresetConfig(task_, name);
     config.parameterization = options_.prediction;
+    std::shared_ptr<const ldm::SafetensorsFile> init_file;
+    if (!options_.init_weights.empty()) {
+      LDM_ASSIGN_OR_RETURN(init_file,
+                           ldm::SafetensorsFile::Open(options_.init_weights));
+    }
     std::map<std::string, std::string> meta;
     const std::string state_path = OutPath(kStateFile);
     if (std::filesystem::exists(state_path)) {
@@ -497,12 +502,10 @@ class TrainingRun {
             absl::StrCat(state_path, " is a --prediction ", saved_prediction,
                          " run; resume it with the same"));
       }
-    } else if (!options_.init_weights.empty()) {
+    } else if (init_file != nullptr) {
       // A continued model keeps the latent scale it learnt (a new
       // measurement differs by about 1% from batch to batch).
-      LDM_ASSIGN_OR_RETURN(auto file,
-                           ldm::SafetensorsFile::Open(options_.init_weights));
-      LDM_ASSIGN_OR_RETURN(at::Tensor stored, file->Get("scale_factor"));
+      LDM_ASSIGN_OR_RETURN(at::Tensor stored, init_file->Get("scale_factor"));
       config.scale_factor = stored.to(at::kDouble).item<double>();
     } else {
       LDM_ASSIGN_OR_RETURN(config.scale_factor, MeasureScaleFactor());
@@ -521,9 +524,7 @@ class TrainingRun {
     for (auto& [key, tensor] : parameters) {
       if (!absl::StartsWith(key, kAutoencoderPrefix)) trainable[key] = tensor;
     }
-    if (!options_.init_weights.empty()) {
-      LDM_ASSIGN_OR_RETURN(auto file,
-                           ldm::SafetensorsFile::Open(options_.init_weights));
+    if (init_file != nullptr) {
       c10::NoGradGuard no_grad;
       // Layers the weights lack (attention added at a resolution, say)
       // start fresh; their output projection at zero, as the reference
@@ -531,12 +532,12 @@ class TrainingRun {
       // computes what the weights did.
       int64_t fresh = 0;
       for (auto& [key, tensor] : trainable) {
-        if (!file->Contains(key)) {
+        if (!init_file->Contains(key)) {
           if (absl::StrContains(key, ".proj_out.")) tensor.zero_();
           ++fresh;
           continue;
         }
-        LDM_ASSIGN_OR_RETURN(at::Tensor saved, file->Get(key));
+        LDM_ASSIGN_OR_RETURN(at::Tensor saved, init_file->Get(key));
         if (saved.sizes() != tensor.sizes()) {
           return absl::InvalidArgumentError(absl::StrCat(
               options_.init_weights, ": shape of ", key, " differs"));
