@@ -29,6 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/layers.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace {
@@ -72,7 +73,19 @@ struct Options {
   std::string dtype = "f32";
   int repeats = 3;
   int threads = 0;
+  std::vector<int64_t> batches;  // Images per guided call; empty = skip.
+  bool batch_invariant = false;
 };
+
+// Parses "1,4,8"; unparsable items are skipped.
+std::vector<int64_t> ParseIntList(absl::string_view list) {
+  std::vector<int64_t> values;
+  for (absl::string_view item : absl::StrSplit(list, ',')) {
+    int64_t parsed = 0;
+    if (absl::SimpleAtoi(item, &parsed)) values.push_back(parsed);
+  }
+  return values;
+}
 
 int RunLoad(const Options& options) {
   ldm::LoadOptions load;
@@ -111,9 +124,11 @@ int Run(const Options& options) {
   load.dtype = options.dtype == "f16"    ? at::kHalf
                : options.dtype == "bf16" ? at::kBFloat16
                                          : at::kFloat;
-  std::printf("threads %d, device %s, dtype %s, repeats %d\n",
-              at::get_num_threads(), options.device.c_str(),
-              options.dtype.c_str(), options.repeats);
+  ldm::SetBatchInvariant(options.batch_invariant);
+  std::printf(
+      "threads %d, device %s, dtype %s, repeats %d, batch-invariant %d\n",
+      at::get_num_threads(), options.device.c_str(), options.dtype.c_str(),
+      options.repeats, options.batch_invariant);
   std::printf("%-14s %5s %10s %10s %12s %12s %12s %12s %10s %10s\n", "model",
               "size", "params(M)", "param MiB", "text cfg ms", "unet b1 ms",
               "unet cfg ms", "decode ms", "RSS MiB", "peak MiB");
@@ -179,6 +194,14 @@ int Run(const Options& options) {
           config->name.c_str(), static_cast<long long>(size),
           (*model)->NumParameters() / 1e6, param_mib, text_cfg, unet_b1,
           unet_cfg, decode, rss_model, PeakRssMiB());
+      for (int64_t images : options.batches) {
+        const double call = unet_call(2 * images);
+        std::printf(
+            "  guided call of %2lld images: %9.1f ms, %7.2f ms per "
+            "image-step (%.2f x the 1-image cost)\n",
+            static_cast<long long>(images), call, call / images,
+            call / images / unet_cfg);
+      }
       std::fflush(stdout);
     }
   }
@@ -196,10 +219,11 @@ int main(int argc, char** argv) {
     } else if (flag == "--config") {
       options.configs.push_back(value);
     } else if (flag == "--sizes") {
-      for (absl::string_view size : absl::StrSplit(value, ',')) {
-        int64_t parsed = 0;
-        if (absl::SimpleAtoi(size, &parsed)) options.sizes.push_back(parsed);
-      }
+      options.sizes = ParseIntList(value);
+    } else if (flag == "--batches") {
+      options.batches = ParseIntList(value);
+    } else if (flag == "--batch-invariant") {
+      options.batch_invariant = value == "1" || value == "true";
     } else if (flag == "--device") {
       options.device = value;
     } else if (flag == "--dtype") {

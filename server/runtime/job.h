@@ -79,8 +79,9 @@ class JobSink {
   virtual void OnError(absl::Status status) = 0;
 };
 
-// Thread-safety: Cancel() and cancel_status() may be called from any thread;
-// the rest is used by the one worker running the job.
+// Thread-safety: Cancel() and StopReason() may be called from any thread;
+// the rest is used by the one worker running the job (its threads hand the
+// job to each other under a lock, so one touches it at a time).
 class Job {
  public:
   Job(std::string id, JobSpec spec, const ldm::LatentDiffusion* model,

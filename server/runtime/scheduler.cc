@@ -30,9 +30,28 @@ int64_t LatentPixelsOf(const Job& job) {
 
 }  // namespace
 
+// One worker's two threads and what they hand each other. Lock order: `mu`
+// and Scheduler::mu_ are never held together.
+struct Scheduler::Worker {
+  absl::Mutex mu;
+  // Admitted by the denoise thread, for the stage thread to encode.
+  std::vector<std::shared_ptr<Job>> to_encode ABSL_GUARDED_BY(mu);
+  // Encoded (or failed), for the denoise thread's next step boundary.
+  std::vector<Encoded> encoded ABSL_GUARDED_BY(mu);
+  // Denoised, for the stage thread to decode.
+  std::vector<std::shared_ptr<Job>> to_decode ABSL_GUARDED_BY(mu);
+  // Set when the denoise thread exits: no more work will come.
+  bool denoise_done ABSL_GUARDED_BY(mu) = false;
+  std::thread denoise;
+  std::thread stages;
+};
+
 Scheduler::Scheduler(SchedulerOptions options) : options_(options) {
   for (int i = 0; i < options_.workers; ++i) {
-    workers_.emplace_back([this] { WorkerLoop(); });
+    workers_.push_back(std::make_unique<Worker>());
+    Worker& worker = *workers_.back();
+    worker.denoise = std::thread([this, &worker] { DenoiseLoop(worker); });
+    worker.stages = std::thread([this, &worker] { StageLoop(worker); });
   }
 }
 
@@ -86,7 +105,10 @@ void Scheduler::Shutdown(absl::Duration drain_timeout) {
     aborting_ = true;
     stopping_ = true;
   }
-  for (std::thread& worker : workers_) worker.join();
+  for (const std::unique_ptr<Worker>& worker : workers_) {
+    worker->denoise.join();
+    worker->stages.join();
+  }
   workers_.clear();
   // Workers take queued jobs down with them; without workers, do it here.
   std::deque<std::shared_ptr<Job>> left;
@@ -113,6 +135,11 @@ int Scheduler::running_jobs() const {
 bool Scheduler::HasWork() const { return !queue_.empty() || stopping_; }
 
 bool Scheduler::Drained() const { return queue_.empty() && running_ == 0; }
+
+bool Scheduler::Aborting() const {
+  absl::MutexLock lock(&mu_);
+  return aborting_;
+}
 
 double Scheduler::EffectivePriority(const Job& job, absl::Time now) const {
   double priority = job.spec().priority;
@@ -148,15 +175,15 @@ void Scheduler::ReportQueuePositions() {
 }
 
 std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
-    const std::vector<std::shared_ptr<Job>>& running) {
+    const std::vector<std::shared_ptr<Job>>& batch) {
   std::vector<std::shared_ptr<Job>> admitted;
   // Request-level and unbatched modes only start work on an idle worker.
-  if (options_.batching != Batching::kStep && !running.empty()) return {};
-  int images = ImagesOf(running);
+  if (options_.batching != Batching::kStep && !batch.empty()) return {};
+  int images = ImagesOf(batch);
   int64_t pixels = 0;
-  for (const auto& job : running) pixels += LatentPixelsOf(*job);
+  for (const auto& job : batch) pixels += LatentPixelsOf(*job);
   ReorderLocked(absl::Now());
-  const Job* key = running.empty() ? nullptr : running.front().get();
+  const Job* key = batch.empty() ? nullptr : batch.front().get();
   // FIFO: stop at the first job that cannot join, so none is overtaken.
   while (!queue_.empty()) {
     const std::shared_ptr<Job>& head = queue_.front();
@@ -220,16 +247,18 @@ absl::Status Scheduler::StartJob(Job& job) {
   return absl::OkStatus();
 }
 
-void Scheduler::WorkerLoop() {
+void Scheduler::DenoiseLoop(Worker& worker) {
   std::vector<std::shared_ptr<Job>> running;
+  // Admitted and handed to the stage thread, not back yet.
+  std::vector<std::shared_ptr<Job>> encoding;
   while (true) {
     std::vector<std::shared_ptr<Job>> admitted;
     bool aborting = false;
     {
       absl::MutexLock lock(&mu_);
-      if (running.empty()) {
+      if (running.empty() && encoding.empty()) {
         mu_.Await(absl::Condition(this, &Scheduler::HasWork));
-        if (stopping_ && queue_.empty()) return;
+        if (stopping_ && queue_.empty()) break;
       }
       aborting = aborting_;
       if (aborting) {
@@ -237,26 +266,52 @@ void Scheduler::WorkerLoop() {
         running_ += static_cast<int>(queue_.size());
         queue_.clear();
       } else {
-        admitted = AdmitLocked(running);
+        std::vector<std::shared_ptr<Job>> batch = running;
+        batch.insert(batch.end(), encoding.begin(), encoding.end());
+        admitted = AdmitLocked(batch);
       }
     }
     if (aborting) {
+      // Jobs still encoding come back failed (the stage thread sees the
+      // abort too) or join `running` and are failed next time round.
       for (auto& job : admitted) running.push_back(std::move(job));
       for (auto& job : running) {
         FailJob(job, absl::UnavailableError(
                          "server shut down before the job finished"));
       }
       running.clear();
-      continue;
+      admitted.clear();
     }
-    for (std::shared_ptr<Job>& job : admitted) {
-      absl::Status status = job->StopReason(absl::Now());
-      if (status.ok()) status = StartJob(*job);
-      if (!status.ok()) {
-        FailJob(job, status);
-        continue;
+    if (!admitted.empty()) {
+      absl::MutexLock lock(&worker.mu);
+      worker.to_encode.insert(worker.to_encode.end(), admitted.begin(),
+                              admitted.end());
+    }
+    encoding.insert(encoding.end(), admitted.begin(), admitted.end());
+    // Encoded jobs join at this step boundary. With nothing to step, wait:
+    // in step mode for the first of them, else for all (jobs admitted
+    // together start together).
+    std::vector<Encoded> ready;
+    {
+      absl::MutexLock lock(&worker.mu);
+      if (running.empty() && !encoding.empty()) {
+        const size_t wanted =
+            options_.batching == Batching::kStep ? 1 : encoding.size();
+        auto enough = [&worker, wanted]()
+                          ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker.mu) {
+                            return worker.encoded.size() >= wanted;
+                          };
+        worker.mu.Await(absl::Condition(&enough));
       }
-      running.push_back(std::move(job));
+      ready.swap(worker.encoded);
+    }
+    for (Encoded& encoded : ready) {
+      encoding.erase(std::find(encoding.begin(), encoding.end(), encoded.job));
+      if (encoded.status.ok()) {
+        running.push_back(std::move(encoded.job));
+      } else {
+        FailJob(encoded.job, std::move(encoded.status));
+      }
     }
     // Stopped jobs leave at the step boundary, before the next UNet call.
     const absl::Time now = absl::Now();
@@ -268,7 +323,60 @@ void Scheduler::WorkerLoop() {
       FailJob(*it, (*it)->StopReason(now));
     }
     running.erase(stopped, running.end());
-    if (!running.empty()) StepBatch(running);
+    if (running.empty()) continue;
+    std::vector<std::shared_ptr<Job>> finished = StepBatch(running);
+    if (!finished.empty()) {
+      absl::MutexLock lock(&worker.mu);
+      worker.to_decode.insert(worker.to_decode.end(), finished.begin(),
+                              finished.end());
+    }
+  }
+  absl::MutexLock lock(&worker.mu);
+  worker.denoise_done = true;
+}
+
+void Scheduler::StageLoop(Worker& worker) {
+  while (true) {
+    std::vector<std::shared_ptr<Job>> to_encode, to_decode;
+    {
+      absl::MutexLock lock(&worker.mu);
+      auto has_work = [&worker]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker.mu) {
+        return !worker.to_encode.empty() || !worker.to_decode.empty() ||
+               worker.denoise_done;
+      };
+      worker.mu.Await(absl::Condition(&has_work));
+      // The denoise thread hands nothing more after it is done.
+      if (worker.to_encode.empty() && worker.to_decode.empty()) return;
+      to_encode.swap(worker.to_encode);
+      to_decode.swap(worker.to_decode);
+    }
+    // Decodes first: those jobs need nothing else to end. One call per model.
+    while (!to_decode.empty()) {
+      const ldm::LatentDiffusion* model = &to_decode.front()->model();
+      auto others =
+          std::stable_partition(to_decode.begin(), to_decode.end(),
+                                [model](const std::shared_ptr<Job>& job) {
+                                  return &job->model() == model;
+                                });
+      DecodeAndFinish({to_decode.begin(), others});
+      to_decode.erase(to_decode.begin(), others);
+    }
+    if (to_encode.empty()) continue;
+    // Handed back together, so that jobs admitted together join together.
+    const bool aborting = Aborting();
+    std::vector<Encoded> encoded;
+    for (std::shared_ptr<Job>& job : to_encode) {
+      absl::Status status = aborting
+                                ? absl::UnavailableError(
+                                      "server shut down before the job started")
+                                : job->StopReason(absl::Now());
+      if (status.ok()) status = StartJob(*job);
+      encoded.push_back({std::move(job), std::move(status)});
+    }
+    absl::MutexLock lock(&worker.mu);
+    worker.encoded.insert(worker.encoded.end(),
+                          std::make_move_iterator(encoded.begin()),
+                          std::make_move_iterator(encoded.end()));
   }
 }
 
@@ -295,7 +403,8 @@ std::vector<absl::Status> Scheduler::StepWithRetry(
   return std::vector<absl::Status>(tasks.size(), status);
 }
 
-void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
+std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
+    std::vector<std::shared_ptr<Job>>& running) {
   std::vector<ldm::ImageTask*> tasks;
   for (const auto& job : running) {
     for (ldm::ImageTask& image : job->running().prepared.images) {
@@ -353,14 +462,19 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
     (last ? finished : continuing).push_back(job);
   }
   running = std::move(continuing);
-  if (finished.empty()) return;
-  // Finished jobs are decoded together.
+  return finished;
+}
+
+void Scheduler::DecodeAndFinish(
+    const std::vector<std::shared_ptr<Job>>& finished) {
+  const ldm::LatentDiffusion& model = finished.front()->model();
   std::vector<at::Tensor> latents;
   for (const auto& job : finished) {
     for (const ldm::ImageTask& image : job->running().prepared.images) {
       latents.push_back(image.sampler->latent());
     }
   }
+  if (options_.before_decode_for_testing) options_.before_decode_for_testing();
   const absl::Time decode_start = absl::Now();
   absl::StatusOr<at::Tensor> images = model.DecodeToImages(latents);
   const absl::Time decode_end = absl::Now();
@@ -377,15 +491,15 @@ void Scheduler::StepBatch(std::vector<std::shared_ptr<Job>>& running) {
     JobResult result;
     result.model_name = spec.model_name;
     const ldm::JobRequest& request = spec.request;
-    absl::StatusOr<at::Tensor> finished = job->model().FinishImages(
-        job->running().prepared,
-        images->slice(0, row, row + request.num_images));
+    absl::StatusOr<at::Tensor> job_images =
+        model.FinishImages(job->running().prepared,
+                           images->slice(0, row, row + request.num_images));
     row += request.num_images;
-    if (!finished.ok()) {
-      FailJob(job, finished.status());
+    if (!job_images.ok()) {
+      FailJob(job, job_images.status());
       continue;
     }
-    result.images = *std::move(finished);
+    result.images = *std::move(job_images);
     for (int i = 0; i < request.num_images; ++i) {
       result.seeds.push_back(request.seed + i);
     }

@@ -1,12 +1,16 @@
 // The scheduler: a bounded FIFO queue of jobs and a pool of workers that run
 // them one denoising step at a time.
 //
-// Each worker keeps a set of running jobs that share a model and a latent
-// shape. Every iteration it admits queued jobs that fit (same model and
-// shape, at most `max_batch_images` images in all), runs ONE denoising step
-// for all their images in one UNet call, reports progress, lets finished jobs
-// leave (decoded together) and stopped ones (cancelled, past their deadline)
-// drop out, so jobs join and leave a running batch at step boundaries.
+// Each worker is two threads. Its denoise thread keeps a set of running jobs
+// that share a model and a latent shape; every iteration it admits queued
+// jobs that fit (same model and shape, at most `max_batch_images` images in
+// all), runs ONE denoising step for all their images in one UNet call,
+// reports progress, and lets finished jobs leave and stopped ones
+// (cancelled, past their deadline) drop out, so jobs join and leave a
+// running batch at step boundaries. Its stage thread runs the other stages:
+// it encodes the jobs the denoise thread admitted (text, init images) and
+// hands them back to join at the next step boundary, and decodes finished
+// jobs together, so neither stage stalls the denoising of the others.
 //
 // Thread-safety: all public methods are thread-safe. Workers start in the
 // constructor and are joined by Shutdown() (or the destructor).
@@ -42,7 +46,8 @@ class SchedulerObserver {
   virtual void OnQueueWait(absl::Duration wait) = 0;
   // One UNet call: how many jobs and images shared it, and how long it took.
   virtual void OnDenoiseCall(int jobs, int images, absl::Duration duration) = 0;
-  // "encode" (conditioning) per job, "decode" per batch of finished jobs.
+  // "encode" (conditioning) per job, "decode" per batch of finished jobs;
+  // called from the stage threads.
   virtual void OnStage(const char* stage, absl::Duration duration) = 0;
 };
 
@@ -69,6 +74,8 @@ struct SchedulerOptions {
   // Test hook: consulted before each UNet call with its number of image
   // tasks; an error is taken as that call's outcome (fault injection).
   std::function<absl::Status(size_t tasks)> step_fault_for_testing;
+  // Test hook: called on the stage thread before each decode call.
+  std::function<void()> before_decode_for_testing;
 };
 
 class Scheduler {
@@ -95,13 +102,24 @@ class Scheduler {
   int running_jobs() const;
 
  private:
-  void WorkerLoop();
+  struct Worker;
+  // A job the stage thread has encoded (or failed to), for the denoise
+  // thread to take at its next step boundary.
+  struct Encoded {
+    std::shared_ptr<Job> job;
+    absl::Status status;
+  };
+
+  void DenoiseLoop(Worker& worker);
+  void StageLoop(Worker& worker);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Drained() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Aborting() const;
   void ReportQueuePositions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes the queued jobs that may join `running` now.
+  // Takes the queued jobs that may join `batch` (the jobs running or being
+  // encoded for this worker) now.
   std::vector<std::shared_ptr<Job>> AdmitLocked(
-      const std::vector<std::shared_ptr<Job>>& running)
+      const std::vector<std::shared_ptr<Job>>& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's priority plus what its waiting has earned it by `now`.
   double EffectivePriority(const Job& job, absl::Time now) const;
@@ -115,22 +133,26 @@ class Scheduler {
 
   // Encodes the conditioning and creates the image tasks of a new job.
   absl::Status StartJob(Job& job);
-  // One step for all of `running`, then progress, decode and results.
-  void StepBatch(std::vector<std::shared_ptr<Job>>& running);
+  // One step for all of `running`, then progress; returns the jobs whose
+  // last step this was (they leave `running`).
+  std::vector<std::shared_ptr<Job>> StepBatch(
+      std::vector<std::shared_ptr<Job>>& running);
   // One denoising call over `tasks`; out of memory, it retries the halves.
   // Returns the outcome for each task.
   std::vector<absl::Status> StepWithRetry(
       const ldm::LatentDiffusion& model,
       const std::vector<ldm::ImageTask*>& tasks);
+  // Decodes `finished` (one model's jobs) in one call and ends each job.
+  void DecodeAndFinish(const std::vector<std::shared_ptr<Job>>& finished);
 
   const SchedulerOptions options_;
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // Admitted jobs not yet ended.
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   bool aborting_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> workers_;
+  std::vector<std::unique_ptr<Worker>> workers_;
 };
 
 }  // namespace ldmserve

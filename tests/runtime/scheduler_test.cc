@@ -35,9 +35,12 @@ class RecordingSink : public JobSink {
     started_.Notify();
   }
   void OnProgress(const ProgressEvent& event) override {
-    absl::MutexLock lock(&mu_);
-    events_.push_back("step " + std::to_string(event.step) + "/" +
-                      std::to_string(event.total_steps));
+    {
+      absl::MutexLock lock(&mu_);
+      events_.push_back("step " + std::to_string(event.step) + "/" +
+                        std::to_string(event.total_steps));
+    }
+    if (event.step == event.total_steps) denoised_.Notify();
   }
   void OnResult(JobResult result) override {
     {
@@ -71,6 +74,8 @@ class RecordingSink : public JobSink {
   }
   absl::Notification& done() { return done_; }
   absl::Notification& started() { return started_; }
+  // Notified at the last step's progress, before the decode.
+  absl::Notification& denoised() { return denoised_; }
 
  private:
   absl::Mutex mu_;
@@ -79,6 +84,7 @@ class RecordingSink : public JobSink {
   int terminal_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Notification done_;
   absl::Notification started_;
+  absl::Notification denoised_;
 };
 
 class SchedulerTest : public ::testing::Test {
@@ -229,9 +235,9 @@ class CallRecorder {
   std::vector<size_t> sizes_ ABSL_GUARDED_BY(mu_);
 };
 
-// Submits three jobs of `steps` steps: the first starts (its first call
-// waits in `recorder`), the other two queue behind it; then waits for all
-// three to end.
+// Submits three jobs: the first starts (its first call waits in
+// `recorder`), the other two queue behind it; then waits for all three to
+// end. `make_job` gets each job's index.
 std::vector<std::shared_ptr<RecordingSink>> RunThreeBehindOne(
     Scheduler& scheduler, CallRecorder& recorder,
     const std::function<std::shared_ptr<Job>(std::shared_ptr<RecordingSink>,
@@ -258,23 +264,27 @@ TEST_P(BatchingModeTest, JobsShareCallsAsTheModeSays) {
     return recorder.OnCall(tasks);
   };
   Scheduler scheduler(options);
+  // A runs 25 steps, so that B and C (3 each), encoded on the stage thread
+  // while A steps, can join it in step mode.
   const auto sinks = RunThreeBehindOne(
       scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
-        return MakeJob(std::move(sink), 3, 10 + i);
+        return MakeJob(std::move(sink), i == 0 ? 25 : 3, 10 + i);
       });
   for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
   const std::vector<size_t> sizes = recorder.sizes();
   const size_t widest = *std::max_element(sizes.begin(), sizes.end());
   switch (GetParam()) {
-    case Batching::kStep:  // B and C join A's batch at its second step.
+    case Batching::kStep:  // B and C join A's running batch.
       EXPECT_EQ(widest, 3u);
+      EXPECT_LT(sizes.size(), 25u + 3 + 3);
       break;
     case Batching::kRequest:  // B and C start together once A is done.
       EXPECT_EQ(widest, 2u);
+      EXPECT_EQ(sizes.size(), 25u + 3);
       break;
     case Batching::kNone:
       EXPECT_EQ(widest, 1u);
-      EXPECT_EQ(sizes.size(), 9u);
+      EXPECT_EQ(sizes.size(), 25u + 3 + 3);
       break;
   }
 }
@@ -282,6 +292,38 @@ TEST_P(BatchingModeTest, JobsShareCallsAsTheModeSays) {
 INSTANTIATE_TEST_SUITE_P(Modes, BatchingModeTest,
                          ::testing::Values(Batching::kStep, Batching::kRequest,
                                            Batching::kNone));
+
+TEST_F(SchedulerTest, ADecodeDoesNotStallTheOthersDenoising) {
+  // The first decode (the short job's) is held until the long job has run
+  // all its steps: that only happens when decoding runs beside the
+  // denoising loop, not in it (it failed, after the bound below, when the
+  // worker decoded between steps).
+  absl::Notification long_job_denoised;
+  absl::Notification first_decode;
+  SchedulerOptions options;
+  options.before_decode_for_testing = [&] {
+    if (first_decode.HasBeenNotified()) return;
+    first_decode.Notify();
+    // A bound for a failing run, not synchronisation: passing runs are
+    // released by the notification.
+    EXPECT_TRUE(
+        long_job_denoised.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  };
+  Scheduler scheduler(options);
+  auto short_sink = std::make_shared<RecordingSink>();
+  auto long_sink = std::make_shared<RecordingSink>();
+  auto short_job = MakeJob(short_sink, 2, 1);
+  auto long_job = MakeJob(long_sink, 25, 2);
+  ASSERT_TRUE(scheduler.Submit(short_job).ok());
+  ASSERT_TRUE(scheduler.Submit(long_job).ok());
+  long_sink->denoised().WaitForNotification();
+  long_job_denoised.Notify();
+  short_sink->done().WaitForNotification();
+  long_sink->done().WaitForNotification();
+  EXPECT_EQ(short_sink->events().back(), "result");
+  EXPECT_EQ(long_sink->events().back(), "result");
+  EXPECT_TRUE(first_decode.HasBeenNotified());
+}
 
 TEST_F(SchedulerTest, OutOfMemoryRetriesInHalves) {
   CallRecorder recorder;
@@ -296,15 +338,19 @@ TEST_F(SchedulerTest, OutOfMemoryRetriesInHalves) {
   Scheduler scheduler(options);
   const auto sinks = RunThreeBehindOne(
       scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
-        return MakeJob(std::move(sink), 2, 20 + i);
+        return MakeJob(std::move(sink), i == 0 ? 25 : 2, 20 + i);
       });
   for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
   const std::vector<size_t> sizes = recorder.sizes();
-  // A alone; then A+B+C fails and is retried as [A] and [B, C], the
-  // latter again as [B] and [C].
-  ASSERT_GE(sizes.size(), 6u);
-  EXPECT_EQ(std::vector<size_t>(sizes.begin(), sizes.begin() + 6),
-            (std::vector<size_t>{1, 3, 1, 2, 1, 1}));
+  // A alone until B and C (encoded together) join; then A+B+C fails and is
+  // retried as [A] and [B, C], the latter again as [B] and [C].
+  const auto joined = std::find(sizes.begin(), sizes.end(), 3u);
+  ASSERT_NE(joined, sizes.end());
+  EXPECT_TRUE(std::all_of(sizes.begin(), joined,
+                          [](size_t tasks) { return tasks == 1; }));
+  ASSERT_GE(sizes.end() - joined, 5);
+  EXPECT_EQ(std::vector<size_t>(joined, joined + 5),
+            (std::vector<size_t>{3, 1, 2, 1, 1}));
 }
 
 TEST_F(SchedulerTest, AFailedCallFailsOnlyItsJobs) {
