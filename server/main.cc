@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "server/ldm/layers.h"
+#include "server/runtime/devices.h"
 #include "server/service/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -36,10 +37,13 @@ ABSL_FLAG(int, threads, 0,
           "gRPC and the streams)");
 ABSL_FLAG(int, queue_size, 64, "jobs that may wait in the queue");
 ABSL_FLAG(int, max_batch, 8, "images per denoising call");
+ABSL_FLAG(std::string, devices, "cpu",
+          "where workers run and models load: cpu, cuda:0, ... comma "
+          "separated (cpu,cuda:0 works too); one worker per CUDA device");
 ABSL_FLAG(int, workers, 1,
-          "CPU workers, each running its own batches (LibTorch's --threads "
-          "are shared by all); small models serve more with more workers "
-          "and fewer threads");
+          "CPU workers (for --devices=cpu), each running its own batches "
+          "(LibTorch's --threads are shared by all); small models serve "
+          "more with more workers and fewer threads");
 ABSL_FLAG(int64_t, max_batch_latent_pixels, 0,
           "latent pixels (images x h x w) per denoising call; 0 = no limit");
 ABSL_FLAG(std::string, batching, "step",
@@ -127,7 +131,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ldmserve: --workers must be >= 1\n");
     return 2;
   }
-  options.scheduler.workers = absl::GetFlag(FLAGS_workers);
+  auto devices = ldmserve::ParseDevices(absl::GetFlag(FLAGS_devices),
+                                        ldmserve::CudaDeviceCount());
+  if (!devices.ok()) {
+    std::fprintf(stderr, "ldmserve: %s\n",
+                 std::string(devices.status().message()).c_str());
+    return 2;
+  }
+  options.devices = *devices;
+  options.scheduler.worker_devices =
+      ldmserve::WorkerDevices(*devices, absl::GetFlag(FLAGS_workers));
   options.scheduler.max_batch_latent_pixels =
       absl::GetFlag(FLAGS_max_batch_latent_pixels);
   const std::string batching = absl::GetFlag(FLAGS_batching);

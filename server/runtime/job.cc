@@ -19,13 +19,23 @@ const char* TaskKindName(TaskKind kind) {
 }
 
 Job::Job(std::string id, JobSpec spec, const ldm::LatentDiffusion* model,
-         std::shared_ptr<JobSink> sink, absl::Time deadline)
+         std::shared_ptr<JobSink> sink, absl::Time deadline,
+         std::vector<const ldm::LatentDiffusion*> copies)
     : id_(std::move(id)),
       spec_(std::move(spec)),
       model_(model),
+      copies_(copies.empty() ? std::vector<const ldm::LatentDiffusion*>{model}
+                             : std::move(copies)),
       sink_(std::move(sink)),
       deadline_(deadline),
       admitted_at_(absl::Now()) {}
+
+const ldm::LatentDiffusion* Job::ModelOn(const at::Device& device) const {
+  for (const ldm::LatentDiffusion* copy : copies_) {
+    if (copy->device() == device) return copy;
+  }
+  return nullptr;
+}
 
 void Job::Cancel(absl::Status reason) {
   absl::MutexLock lock(&mu_);

@@ -84,12 +84,18 @@ class JobSink {
 // job to each other under a lock, so one touches it at a time).
 class Job {
  public:
+  // `model` names the model (and is its copy on its first device); `copies`
+  // are its copies on every device it is loaded on (empty = `model` alone).
   Job(std::string id, JobSpec spec, const ldm::LatentDiffusion* model,
-      std::shared_ptr<JobSink> sink, absl::Time deadline);
+      std::shared_ptr<JobSink> sink, absl::Time deadline,
+      std::vector<const ldm::LatentDiffusion*> copies = {});
 
   const std::string& id() const { return id_; }
   const JobSpec& spec() const { return spec_; }
+  // The model's identity: jobs with the same model() may share a batch.
   const ldm::LatentDiffusion& model() const { return *model_; }
+  // The model's copy on `device`, or nullptr when it is not loaded there.
+  const ldm::LatentDiffusion* ModelOn(const at::Device& device) const;
   JobSink& sink() { return *sink_; }
   absl::Time deadline() const { return deadline_; }
   absl::Time admitted_at() const { return admitted_at_; }
@@ -103,6 +109,8 @@ class Job {
 
   // Worker-owned running state.
   struct Running {
+    // The copy on the worker's device: what every stage of the job runs.
+    const ldm::LatentDiffusion* model = nullptr;
     ldm::PreparedJob prepared;
     absl::Time started_at;
     StageTimings timings;
@@ -113,6 +121,7 @@ class Job {
   const std::string id_;
   const JobSpec spec_;
   const ldm::LatentDiffusion* const model_;
+  const std::vector<const ldm::LatentDiffusion*> copies_;
   const std::shared_ptr<JobSink> sink_;
   const absl::Time deadline_;
   const absl::Time admitted_at_;

@@ -13,6 +13,7 @@
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/model_family.h"
 #include "server/ldm/safetensors.h"
+#include "server/ldm/torch_boundary.h"
 
 namespace ldmserve {
 namespace {
@@ -39,8 +40,9 @@ absl::StatusOr<std::string> ResolveConfig(const ModelEntry& entry) {
   return family->config_path;
 }
 
-bool Has(const std::vector<TaskKind>& tasks, TaskKind task) {
-  return std::find(tasks.begin(), tasks.end(), task) != tasks.end();
+template <typename T>
+bool Has(const std::vector<T>& values, const T& value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
 }
 
 }  // namespace
@@ -99,7 +101,7 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
         }
         entry.default_for.push_back(*kind);
       }
-      entry.devices = item.value("devices", std::vector<std::string>{"cpu"});
+      entry.devices = item.value("devices", std::vector<std::string>{});
       entry.required = item.value("required", true);
       entry.use_ema = item.value("ema", false);
     } catch (const nlohmann::json::exception& error) {
@@ -130,46 +132,76 @@ void ModelRegistry::AddLoaded(ModelEntry entry,
   models_.push_back(std::move(loaded));
 }
 
-absl::Status ModelRegistry::LoadAll() {
+std::vector<const ldm::LatentDiffusion*> ModelRegistry::Model::Copies() const {
+  std::vector<const ldm::LatentDiffusion*> copies = {model.get()};
+  for (const auto& copy : other_copies) copies.push_back(copy.get());
+  return copies;
+}
+
+absl::Status ModelRegistry::LoadAll(
+    const std::vector<std::string>& server_devices) {
   std::vector<Model*> pending;
   {
     absl::MutexLock lock(&mu_);
     for (auto& model : models_) {
-      if (model->state == ModelState::kLoading) pending.push_back(model.get());
+      if (model->state != ModelState::kLoading) continue;
+      ModelEntry& entry = model->entry;
+      if (entry.devices.empty()) entry.devices = server_devices;
+      for (const std::string& device : entry.devices) {
+        if (!Has(server_devices, device)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "model ", entry.name, ": device ", device,
+              " has no worker (--devices=", absl::StrJoin(server_devices, ","),
+              ")"));
+        }
+      }
+      pending.push_back(model.get());
     }
   }
   for (Model* model : pending) {
     const ModelEntry& entry = model->entry;
-    for (const std::string& device : entry.devices) {
-      if (device != "cpu") {
-        return absl::InvalidArgumentError(
-            absl::StrCat("model ", entry.name, ": device ", device,
-                         " is not available in this build (cpu only)"));
-      }
-    }
     const absl::Time start = absl::Now();
     absl::StatusOr<std::string> config_path = ResolveConfig(entry);
-    absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
-        config_path.ok()
-            ? ldm::LatentDiffusion::Load(*config_path, entry.weights_path,
-                                         {.use_ema = entry.use_ema})
-            : absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>>(
-                  config_path.status());
+    std::vector<std::unique_ptr<ldm::LatentDiffusion>> copies;
+    absl::Status status = config_path.status();
+    for (size_t i = 0; status.ok() && i < entry.devices.size(); ++i) {
+      absl::StatusOr<at::Device> device = ldm::CallTorch(
+          "device", [&] { return at::Device(entry.devices[i]); });
+      absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
+          device.ok() ? ldm::LatentDiffusion::Load(
+                            *config_path, entry.weights_path,
+                            {.device = *device, .use_ema = entry.use_ema})
+                      : device.status();
+      if (loaded.ok()) {
+        copies.push_back(*std::move(loaded));
+      } else {
+        status = loaded.status();
+        if (entry.devices.size() > 1) {
+          status = absl::Status(
+              status.code(),
+              absl::StrCat("on ", entry.devices[i], ": ", status.message()));
+        }
+      }
+    }
     absl::MutexLock lock(&mu_);
-    if (!loaded.ok()) {
+    if (!status.ok()) {
       model->state = ModelState::kFailed;
-      model->error = std::string(loaded.status().message());
+      model->error = std::string(status.message());
       if (entry.required) {
-        return absl::Status(loaded.status().code(),
-                            absl::StrCat("model ", entry.name, ": ",
-                                         loaded.status().message()));
+        return absl::Status(
+            status.code(),
+            absl::StrCat("model ", entry.name, ": ", status.message()));
       }
       LOG(ERROR) << "model " << entry.name << " not served: " << model->error;
       continue;
     }
-    model->model = std::move(loaded).value();
+    model->model = std::move(copies.front());
+    for (size_t i = 1; i < copies.size(); ++i) {
+      model->other_copies.push_back(std::move(copies[i]));
+    }
     model->state = ModelState::kReady;
-    LOG(INFO) << "model " << entry.name << " ready ("
+    LOG(INFO) << "model " << entry.name << " ready on "
+              << absl::StrJoin(entry.devices, ", ") << " ("
               << model->model->NumParameters() << " parameters, "
               << absl::ToDoubleSeconds(absl::Now() - start) << " s)";
   }

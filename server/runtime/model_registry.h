@@ -6,12 +6,13 @@
 //      "weights": "shapes-tiny/weights.safetensors",
 //      "tasks": ["text_to_image"],
 //      "default_for": ["text_to_image"],
-//      "devices": ["cpu"],
+//      "devices": ["cpu"],     // optional; default: every --devices device
 //      "required": true}]}
 //
-// LoadAll() loads every entry; a failing entry marked required fails the
-// whole load (the server exits with one clear line), others are kept as
-// FAILED with their error and the server serves the rest.
+// LoadAll() loads every entry, one copy per device it is served on; a
+// failing entry marked required fails the whole load (the server exits with one
+// clear line), others are kept as FAILED with their error and the server serves
+// the rest.
 //
 // Thread-safety: LoadAll() runs once before serving; afterwards the registry
 // is read-only and safe to share.
@@ -42,6 +43,8 @@ struct ModelEntry {
   std::string weights_path;
   std::vector<TaskKind> tasks;
   std::vector<TaskKind> default_for;
+  // Where copies are loaded ("cpu", "cuda:0", ...); each must be one the
+  // server runs workers on. Empty = all of them (LoadAll fills it in).
   std::vector<std::string> devices;
   bool required = true;
   bool use_ema = false;  // "ema": true: the checkpoint's EMA UNet weights.
@@ -56,13 +59,20 @@ class ModelRegistry {
   // For tests: serve an already built model.
   void AddLoaded(ModelEntry entry, std::unique_ptr<ldm::LatentDiffusion> model);
 
-  absl::Status LoadAll();
+  // `server_devices`: the devices the server runs workers on (--devices).
+  absl::Status LoadAll(const std::vector<std::string>& server_devices = {
+                           "cpu"});
 
   struct Model {
     ModelEntry entry;
     ModelState state = ModelState::kLoading;
     std::string error;
+    // The copy on entry.devices[0]; names the model for batching.
     std::unique_ptr<ldm::LatentDiffusion> model;
+    // The copies on entry.devices[1...].
+    std::vector<std::unique_ptr<ldm::LatentDiffusion>> other_copies;
+    // Every copy, `model` first (what a Job may run on).
+    std::vector<const ldm::LatentDiffusion*> Copies() const;
   };
 
   // The ready model named `name`, or, when `name` is empty, the default for

@@ -33,6 +33,8 @@ int64_t LatentPixelsOf(const Job& job) {
 // One worker's two threads and what they hand each other. Lock order: `mu`
 // and Scheduler::mu_ are never held together.
 struct Scheduler::Worker {
+  explicit Worker(at::Device on) : device(on) {}
+  const at::Device device;
   absl::Mutex mu;
   // Admitted by the denoise thread, for the stage thread to encode.
   std::vector<std::shared_ptr<Job>> to_encode ABSL_GUARDED_BY(mu);
@@ -46,9 +48,11 @@ struct Scheduler::Worker {
   std::thread stages;
 };
 
-Scheduler::Scheduler(SchedulerOptions options) : options_(options) {
-  for (int i = 0; i < options_.workers; ++i) {
-    workers_.push_back(std::make_unique<Worker>());
+Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
+  std::vector<at::Device> devices = options_.worker_devices;
+  if (devices.empty()) devices.assign(options_.workers, at::kCPU);
+  for (const at::Device& device : devices) {
+    workers_.push_back(std::make_unique<Worker>(device));
     Worker& worker = *workers_.back();
     worker.denoise = std::thread([this, &worker] { DenoiseLoop(worker); });
     worker.stages = std::thread([this, &worker] { StageLoop(worker); });
@@ -132,7 +136,10 @@ int Scheduler::running_jobs() const {
   return running_;
 }
 
-bool Scheduler::HasWork() const { return !queue_.empty() || stopping_; }
+bool Scheduler::HasWorkFor(const at::Device& device) const {
+  return stopping_ ||
+         (!queue_.empty() && queue_.front()->ModelOn(device) != nullptr);
+}
 
 bool Scheduler::Drained() const { return queue_.empty() && running_ == 0; }
 
@@ -175,7 +182,7 @@ void Scheduler::ReportQueuePositions() {
 }
 
 std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
-    const std::vector<std::shared_ptr<Job>>& batch) {
+    const std::vector<std::shared_ptr<Job>>& batch, const at::Device& device) {
   std::vector<std::shared_ptr<Job>> admitted;
   // Request-level and unbatched modes only start work on an idle worker.
   if (options_.batching != Batching::kStep && !batch.empty()) return {};
@@ -188,6 +195,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
   while (!queue_.empty()) {
     const std::shared_ptr<Job>& head = queue_.front();
     if (key != nullptr && !SameBatchKey(*key, *head)) break;
+    if (head->ModelOn(device) == nullptr) break;
     const bool empty = images == 0;
     if (!empty &&
         images + head->spec().request.num_images > options_.max_batch_images) {
@@ -230,13 +238,14 @@ void Scheduler::FinishJob(const std::shared_ptr<Job>& job, JobResult result) {
   JobLeft();
 }
 
-absl::Status Scheduler::StartJob(Job& job) {
+absl::Status Scheduler::StartJob(Job& job, const at::Device& device) {
   Job::Running& running = job.running();
+  running.model = job.ModelOn(device);
   running.started_at = absl::Now();
   running.timings.queue = running.started_at - job.admitted_at();
   job.sink().OnStarted(running.timings.queue);
   absl::StatusOr<ldm::PreparedJob> prepared =
-      job.model().PrepareJob(job.spec().request);
+      running.model->PrepareJob(job.spec().request);
   if (!prepared.ok()) return prepared.status();
   running.prepared = *std::move(prepared);
   running.timings.encode = absl::Now() - running.started_at;
@@ -257,7 +266,10 @@ void Scheduler::DenoiseLoop(Worker& worker) {
     {
       absl::MutexLock lock(&mu_);
       if (running.empty() && encoding.empty()) {
-        mu_.Await(absl::Condition(this, &Scheduler::HasWork));
+        auto has_work = [this, &worker]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return HasWorkFor(worker.device);
+        };
+        mu_.Await(absl::Condition(&has_work));
         if (stopping_ && queue_.empty()) break;
       }
       aborting = aborting_;
@@ -268,7 +280,7 @@ void Scheduler::DenoiseLoop(Worker& worker) {
       } else {
         std::vector<std::shared_ptr<Job>> batch = running;
         batch.insert(batch.end(), encoding.begin(), encoding.end());
-        admitted = AdmitLocked(batch);
+        admitted = AdmitLocked(batch, worker.device);
       }
     }
     if (aborting) {
@@ -352,11 +364,11 @@ void Scheduler::StageLoop(Worker& worker) {
     }
     // Decodes first: those jobs need nothing else to end. One call per model.
     while (!to_decode.empty()) {
-      const ldm::LatentDiffusion* model = &to_decode.front()->model();
+      const ldm::LatentDiffusion* model = to_decode.front()->running().model;
       auto others =
           std::stable_partition(to_decode.begin(), to_decode.end(),
                                 [model](const std::shared_ptr<Job>& job) {
-                                  return &job->model() == model;
+                                  return job->running().model == model;
                                 });
       DecodeAndFinish({to_decode.begin(), others});
       to_decode.erase(to_decode.begin(), others);
@@ -370,7 +382,7 @@ void Scheduler::StageLoop(Worker& worker) {
                                 ? absl::UnavailableError(
                                       "server shut down before the job started")
                                 : job->StopReason(absl::Now());
-      if (status.ok()) status = StartJob(*job);
+      if (status.ok()) status = StartJob(*job, worker.device);
       encoded.push_back({std::move(job), std::move(status)});
     }
     absl::MutexLock lock(&worker.mu);
@@ -411,7 +423,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
       tasks.push_back(&image);
     }
   }
-  const ldm::LatentDiffusion& model = running.front()->model();
+  const ldm::LatentDiffusion& model = *running.front()->running().model;
   const absl::Time step_start = absl::Now();
   const std::vector<absl::Status> outcomes = StepWithRetry(model, tasks);
   const absl::Time step_end = absl::Now();
@@ -467,7 +479,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
 
 void Scheduler::DecodeAndFinish(
     const std::vector<std::shared_ptr<Job>>& finished) {
-  const ldm::LatentDiffusion& model = finished.front()->model();
+  const ldm::LatentDiffusion& model = *finished.front()->running().model;
   std::vector<at::Tensor> latents;
   for (const auto& job : finished) {
     for (const ldm::ImageTask& image : job->running().prepared.images) {

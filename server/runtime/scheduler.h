@@ -70,6 +70,10 @@ struct SchedulerOptions {
   // low priorities are delayed, never starved; zero = no ageing.
   absl::Duration priority_aging = absl::Seconds(10);
   int workers = 1;  // 0 = none: jobs queue but never run (tests).
+  // One worker per entry, on that device (a device may repeat); empty =
+  // `workers` workers on the CPU. A worker takes only jobs whose model has
+  // a copy on its device.
+  std::vector<at::Device> worker_devices;
   SchedulerObserver* observer = nullptr;  // Must outlive the scheduler.
   // Test hook: consulted before each UNet call with its number of image
   // tasks; an error is taken as that call's outcome (fault injection).
@@ -112,14 +116,16 @@ class Scheduler {
 
   void DenoiseLoop(Worker& worker);
   void StageLoop(Worker& worker);
-  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A queued job can start on `device` (or the scheduler is stopping).
+  bool HasWorkFor(const at::Device& device) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Drained() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Aborting() const;
   void ReportQueuePositions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes the queued jobs that may join `batch` (the jobs running or being
   // encoded for this worker) now.
   std::vector<std::shared_ptr<Job>> AdmitLocked(
-      const std::vector<std::shared_ptr<Job>>& batch)
+      const std::vector<std::shared_ptr<Job>>& batch, const at::Device& device)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's priority plus what its waiting has earned it by `now`.
   double EffectivePriority(const Job& job, absl::Time now) const;
@@ -131,8 +137,9 @@ class Scheduler {
   void FinishJob(const std::shared_ptr<Job>& job, JobResult result);
   void JobLeft();
 
-  // Encodes the conditioning and creates the image tasks of a new job.
-  absl::Status StartJob(Job& job);
+  // Encodes the conditioning and creates the image tasks of a new job, on
+  // its model's copy on `device`.
+  absl::Status StartJob(Job& job, const at::Device& device);
   // One step for all of `running`, then progress; returns the jobs whose
   // last step this was (they leave `running`).
   std::vector<std::shared_ptr<Job>> StepBatch(

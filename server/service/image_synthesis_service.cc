@@ -321,9 +321,9 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   }
   spec->model_name = (*model)->entry.name;
   stream->SetLabels(spec->model_name, TaskKindName(*task));
-  auto job =
-      std::make_shared<Job>(job_id, *std::move(spec), (*model)->model.get(),
-                            stream, absl::FromChrono(context->deadline()));
+  auto job = std::make_shared<Job>(
+      job_id, *std::move(spec), (*model)->model.get(), stream,
+      absl::FromChrono(context->deadline()), (*model)->Copies());
   reactor->AttachJob(job);
   absl::Status admitted = scheduler_->Submit(job);
   if (!admitted.ok()) {

@@ -20,6 +20,7 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
     const ServerOptions& options, std::unique_ptr<ModelRegistry> models) {
   std::unique_ptr<LdmServer> server(new LdmServer());
   server->models_ = std::move(models);
+  server->devices_ = options.devices;
   server->metrics_ = std::make_unique<ServiceMetrics>();
   SchedulerOptions scheduler_options = options.scheduler;
   if (scheduler_options.observer == nullptr) {
@@ -73,7 +74,7 @@ void LdmServer::RefreshGauges() {
 }
 
 absl::Status LdmServer::LoadModels() {
-  absl::Status status = models_->LoadAll();
+  absl::Status status = models_->LoadAll(devices_);
   if (status.ok() && models_->AllRequiredReady()) SetServing(true);
   return status;
 }

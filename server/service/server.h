@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -26,8 +27,11 @@ namespace ldmserve {
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
   std::string metrics_listen;              // Empty = no metrics endpoint.
-  SchedulerOptions scheduler;
+  SchedulerOptions scheduler;  // Its worker_devices: from `devices`.
   ServiceLimits limits;
+  // Where models are loaded (ParseDevices' form); the scheduler's workers
+  // must cover them.
+  std::vector<std::string> devices = {"cpu"};
 };
 
 class LdmServer {
@@ -70,6 +74,7 @@ class LdmServer {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool shut_down_ = false;
+  std::vector<std::string> devices_;
 };
 
 }  // namespace ldmserve

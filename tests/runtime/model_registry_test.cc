@@ -68,6 +68,32 @@ TEST_F(ModelRegistryTest, DetectsTheFamilyOfACheckpointWithoutConfig) {
   EXPECT_EQ((*found)->model->config().name, "tiny-family");
 }
 
+TEST_F(ModelRegistryTest, DevicesDefaultToTheServersAndNeedAWorker) {
+  auto entries = Registry(R"({"models": [{"name": "mine",
+      "weights": "known.safetensors", "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  EXPECT_TRUE((*entries)[0].devices.empty());
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll({"cpu"}).ok());
+  auto found = registry.Find("mine", TaskKind::kSuperResolution);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ((*found)->entry.devices, std::vector<std::string>{"cpu"});
+  const std::vector<const ldm::LatentDiffusion*> copies = (*found)->Copies();
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0], (*found)->model.get());
+  EXPECT_EQ(copies[0]->device(), at::Device(at::kCPU));
+
+  auto on_gpu = Registry(R"({"models": [{"name": "mine",
+      "weights": "known.safetensors", "devices": ["cuda:0"]}]})");
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
+  ModelRegistry refused(*on_gpu);
+  const absl::Status status = refused.LoadAll({"cpu"});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("model mine: device cuda:0 has no worker "
+                        "(--devices=cpu)"));
+}
+
 TEST_F(ModelRegistryTest, FamilyByNameUsesTheConfigsFolder) {
   auto entries = Registry(R"({"models": [{"name": "mine",
       "family": "tiny-family", "weights": "known.safetensors",

@@ -161,6 +161,27 @@ TEST_F(SchedulerTest, SeveralWorkersServeTheQueueWithTheSameResults) {
   ldm::SetBatchInvariant(false);
 }
 
+TEST_F(SchedulerTest, AWorkerTakesOnlyJobsWhoseModelIsOnItsDevice) {
+  // The model is on the CPU only; the first worker serves cuda:0 (no CUDA
+  // here: a job it took would fail or crash). All jobs run, on the CPU.
+  SchedulerOptions options;
+  options.worker_devices = {at::Device("cuda:0"), at::Device(at::kCPU)};
+  Scheduler scheduler(options);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 4; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    auto job = MakeJob(sinks.back(), 3, 40 + i);
+    EXPECT_EQ(job->ModelOn(at::Device("cuda:0")), nullptr);
+    EXPECT_EQ(job->ModelOn(at::kCPU), model_.get());
+    ASSERT_TRUE(scheduler.Submit(job).ok());
+  }
+  for (auto& sink : sinks) {
+    sink->done().WaitForNotification();
+    EXPECT_EQ(sink->events().back(), "result");
+    EXPECT_EQ(sink->terminal(), 1);
+  }
+}
+
 TEST_F(SchedulerTest, FullQueueRejectsAtOnceAndCancelFreesASlot) {
   Scheduler scheduler({.queue_size = 2, .max_batch_images = 4, .workers = 0});
   auto first = std::make_shared<RecordingSink>();
@@ -312,10 +333,11 @@ TEST_F(SchedulerTest, ADecodeDoesNotStallTheOthersDenoising) {
   Scheduler scheduler(options);
   auto short_sink = std::make_shared<RecordingSink>();
   auto long_sink = std::make_shared<RecordingSink>();
-  auto short_job = MakeJob(short_sink, 2, 1);
-  auto long_job = MakeJob(long_sink, 25, 2);
-  ASSERT_TRUE(scheduler.Submit(short_job).ok());
-  ASSERT_TRUE(scheduler.Submit(long_job).ok());
+  // The long job starts first: the stage thread that is held in the
+  // decode also encodes, so a job still to be encoded would wait too.
+  ASSERT_TRUE(scheduler.Submit(MakeJob(long_sink, 25, 2)).ok());
+  long_sink->started().WaitForNotification();
+  ASSERT_TRUE(scheduler.Submit(MakeJob(short_sink, 2, 1)).ok());
   long_sink->denoised().WaitForNotification();
   long_job_denoised.Notify();
   short_sink->done().WaitForNotification();

@@ -16,6 +16,15 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; echo "--- server log" >&2; cat "$work/server.log" >&2; exit 1; }
 
+# A device this machine lacks: exit 2 at once with one line naming it.
+touch "$work/server.log"
+code=0
+"$ldmserve" --listen=127.0.0.1:0 --metrics-listen= --models="$registry" \
+  --devices=cuda:99 2>"$work/devices.txt" || code=$?
+[[ $code -eq 2 ]] || fail "--devices=cuda:99 exit code $code"
+grep -q "^ldmserve: --devices: cuda:99 is not available (" "$work/devices.txt" \
+  || fail "--devices=cuda:99: $(cat "$work/devices.txt")"
+
 "$ldmserve" --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
   --models="$registry" --port-file="$work/port" --threads=1 \
   >"$work/server.log" 2>&1 &

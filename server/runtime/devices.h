@@ -1,0 +1,35 @@
+// The devices a server runs workers on (--devices).
+//
+// Example:
+//   LDM_ASSIGN_OR_RETURN(std::vector<std::string> devices,
+//                        ParseDevices("cuda:0,cuda:1", CudaDeviceCount()));
+//   options.worker_devices = WorkerDevices(devices, /*cpu_workers=*/2);
+#ifndef LDMSERVE_SERVER_RUNTIME_DEVICES_H_
+#define LDMSERVE_SERVER_RUNTIME_DEVICES_H_
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace ldmserve {
+
+// The CUDA devices this process's LibTorch sees (0 in a CPU-only build).
+int CudaDeviceCount();
+
+// Parses a comma-separated list of "cpu" and "cuda:N" (N below
+// `cuda_devices`), each at most once. INVALID_ARGUMENT names the item and
+// what this machine has.
+absl::StatusOr<std::vector<std::string>> ParseDevices(absl::string_view list,
+                                                      int cuda_devices);
+
+// One worker per CUDA device, `cpu_workers` for "cpu".
+std::vector<at::Device> WorkerDevices(const std::vector<std::string>& devices,
+                                      int cpu_workers);
+
+}  // namespace ldmserve
+
+#endif  // LDMSERVE_SERVER_RUNTIME_DEVICES_H_
