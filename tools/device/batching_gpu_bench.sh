@@ -3,19 +3,9 @@
 # the machine's PyTorch and prints what a fuller guided UNet call costs per
 # image on the GPU (`ldmbench --batches`): the economics behind step-level
 # batching. Log in $OUT/log. Needs .deps/ as ldm_gpu_bench.sh says.
-set -uo pipefail
-root=$(pwd)
-out=${OUT:-/tmp}
-exec > >(tee "$out/log") 2>&1
-source "$root/tools/device/deps_env.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+source tools/device/deps_env.sh
 build=/tmp/ldm-build
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DLDMSERVE_BUILD_SERVICE=OFF -DLDMSERVE_BUILD_TESTS=OFF \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
-  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
-  -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
+configure_ldm "$build" -DLDMSERVE_BUILD_TESTS=OFF
 cmake --build "$build" -j16 --target ldmbench 2>&1 | grep -E "error|FAILED" | head
 bench="$build/bench/ldmbench"
 shapes=models/shapes-txt2img/config.json

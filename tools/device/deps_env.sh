@@ -1,8 +1,29 @@
-# Sourced by the GPU scripts: makes the carried .deps/ usable. ICU's data
-# library travels xz-compressed (30 MB -> 7.5 MB: `xz -9 -k` it, then delete
-# the original) so the tree, models/ and .deps/ fit the 64 MiB a call
-# carries; it is unpacked here on the first call.
+# Sourced by the GPU scripts, in the repository root on the GPU machine:
+# sends the rest of the script's output to $OUT/log too, makes the carried
+# .deps/ usable, prints the GPU and PyTorch, and defines
+#   configure_ldm BUILD_DIR [cmake args...]
+# which configures the model library (service off) against the machine's
+# PyTorch. ICU's data library travels xz-compressed (30 MB -> 7.5 MB: `xz -9
+# -k` it, then delete the original) so the tree, models/ and .deps/ fit the
+# 64 MiB a call carries; it is unpacked here on the first call.
+set -uo pipefail
+root=$(pwd)
+out=${OUT:-/tmp}
+exec > >(tee "$out/log") 2>&1
 icu_data="$root/.deps/usr/lib/x86_64-linux-gnu/libicudata.so.72.1"
 [ -f "$icu_data" ] || python3 -c 'import lzma, sys
 open(sys.argv[1], "wb").write(lzma.open(sys.argv[1] + ".xz").read())' "$icu_data"
 export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+configure_ldm() {
+  local build=$1
+  shift
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DLDMSERVE_BUILD_SERVICE=OFF "$@" \
+    -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
+    -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
+    -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
+}

@@ -7,20 +7,9 @@
 # libabsl20220623, nlohmann-json3-dev, libgtest-dev, libgmock-dev, libicu-dev,
 # libicu72; drop static libraries but GoogleTest's and compress ICU's data
 # as tools/device/deps_env.sh says, to stay under the 64 MiB carry limit) and optionally .golden/ (a copy of some golden sets).
-set -uo pipefail
-root=$(pwd)
-out=${OUT:-/tmp}
-exec > >(tee "$out/log") 2>&1
-source "$root/tools/device/deps_env.sh"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+source tools/device/deps_env.sh
 build=/tmp/ldm-build
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DLDMSERVE_BUILD_SERVICE=OFF \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
-  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
-  -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
+configure_ldm "$build"
 cmake --build "$build" -j16 2>&1 | grep -E "error|FAILED" | head -20
 (cd "$build" && LDM_GOLDEN_DIR="$root/.golden" ctest 2>&1 |
   grep -E "tests passed|Failed|Skipped|FAILED")

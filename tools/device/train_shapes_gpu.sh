@@ -14,22 +14,11 @@
 #   TASKS: which diffusion models (default "txt2img inpaint sr").
 #   PREDICTION: what their UNets predict, eps or v (default v; ldmtrain
 #   --prediction). CONTINUE=1 may turn an eps model into a v one.
-set -uo pipefail
 start=$(date +%s)
-root=$(pwd)
-out=${OUT:-/tmp}
-exec > >(tee "$out/log") 2>&1
-source "$root/tools/device/deps_env.sh"
+source tools/device/deps_env.sh
 deadline=$((start + ${DEADLINE_SECONDS:-540}))
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 build=/tmp/ldm-build
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DLDMSERVE_BUILD_SERVICE=OFF -DLDMSERVE_BUILD_TESTS=OFF \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
-  -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
-  -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
+configure_ldm "$build" -DLDMSERVE_BUILD_TESTS=OFF
 cmake --build "$build" -j16 --target ldmtrain 2>&1 | grep -E "error|FAILED" | head -20
 train="$build/tools/ldmtrain"
 [ -x "$train" ] || { echo "build failed"; exit 1; }
