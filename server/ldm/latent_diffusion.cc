@@ -274,6 +274,7 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
   std::vector<float> token_weights;
   bool weighted = false;
   for (const std::string& prompt : prompts) {
+    const size_t warnings_before = result.warnings.size();
     const std::vector<PromptSegment> segments = ParsePromptWeights(prompt);
     const std::string text = PromptText(segments);
     std::vector<int64_t> row;
@@ -329,6 +330,8 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
     ids.insert(ids.end(), row.begin(), row.end());
     token_weights.insert(token_weights.end(), row_weights.begin(),
                          row_weights.end());
+    result.row_warnings.emplace_back(result.warnings.begin() + warnings_before,
+                                     result.warnings.end());
   }
   return CallTorch("encode text", [&] {
     c10::InferenceMode inference;
@@ -673,6 +676,44 @@ at::Generator EncoderGenerator(uint64_t image_seed) {
 
 absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
     const JobRequest& request) const {
+  return PrepareJobWithText(request, nullptr);
+}
+
+std::vector<absl::StatusOr<PreparedJob>> LatentDiffusion::PrepareJobs(
+    absl::Span<const JobRequest* const> requests) const {
+  std::vector<absl::StatusOr<PreparedJob>> prepared;
+  absl::StatusOr<TextConditioning> text = TextConditioning{};
+  if (has_text_encoder() && requests.size() > 1) {
+    std::vector<std::string> prompts;
+    for (const JobRequest* request : requests) {
+      prompts.push_back(request->negative_prompt);
+      prompts.push_back(request->prompt);
+    }
+    text = EncodeText(prompts);
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (!text.ok()) {
+      prepared.push_back(text.status());
+      continue;
+    }
+    if (!text->context.defined()) {
+      prepared.push_back(PrepareJob(*requests[i]));
+      continue;
+    }
+    // This job's two rows, [uncond; cond], and their warnings.
+    const auto row = static_cast<int64_t>(2 * i);
+    TextConditioning rows{text->context.slice(0, row, row + 2), {}, {}};
+    for (size_t r = 2 * i; r < 2 * i + 2; ++r) {
+      rows.warnings.insert(rows.warnings.end(), text->row_warnings[r].begin(),
+                           text->row_warnings[r].end());
+    }
+    prepared.push_back(PrepareJobWithText(*requests[i], &rows));
+  }
+  return prepared;
+}
+
+absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJobWithText(
+    const JobRequest& request, const TextConditioning* text) const {
   PreparedJob job;
   const int64_t f = config_.ae.DownsamplingFactor();
   const at::Tensor& pixels = request.init_image.defined() ? request.init_image
@@ -707,11 +748,15 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
 
   at::Tensor cond, uncond;
   if (has_text_encoder()) {
-    LDM_ASSIGN_OR_RETURN(TextConditioning text,
-                         EncodeText({request.negative_prompt, request.prompt}));
-    job.warnings = text.warnings;
-    cond = text.context.slice(0, 1, 2);
-    uncond = text.context.slice(0, 0, 1);
+    TextConditioning encoded;
+    if (text == nullptr) {
+      LDM_ASSIGN_OR_RETURN(
+          encoded, EncodeText({request.negative_prompt, request.prompt}));
+      text = &encoded;
+    }
+    job.warnings = text->warnings;
+    cond = text->context.slice(0, 1, 2);
+    uncond = text->context.slice(0, 0, 1);
   }
   if (request.inpaint_image.defined()) {
     LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint", [&] {

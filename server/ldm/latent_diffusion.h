@@ -94,6 +94,7 @@ struct ImageTask {
 struct TextConditioning {
   at::Tensor context;  // [B, L, D]
   std::vector<std::string> warnings;
+  std::vector<std::vector<std::string>> row_warnings;  // Per prompt (row).
 };
 
 // Everything one job asks of the model. Which pipeline runs follows from the
@@ -224,6 +225,11 @@ class LatentDiffusion {
 
   // Encodes a job's conditioning and creates one ImageTask per image.
   absl::StatusOr<PreparedJob> PrepareJob(const JobRequest& request) const;
+  // PrepareJob for each request, their prompts encoded in one text-encoder
+  // call (the stage that admits several jobs at once); each job's result is
+  // what PrepareJob alone gives (bit for bit with SetBatchInvariant(true)).
+  std::vector<absl::StatusOr<PreparedJob>> PrepareJobs(
+      absl::Span<const JobRequest* const> requests) const;
   // Decoded uint8 images [n, H, W, 3] of `job` -> the job's final images
   // (inpainting pastes the kept pixels back).
   absl::StatusOr<at::Tensor> FinishImages(const PreparedJob& job,
@@ -250,6 +256,11 @@ class LatentDiffusion {
   const WordTokenizer* word_tokenizer() const { return tokenizer_.get(); }
 
  private:
+  // PrepareJob with the job's [uncond; cond] text rows already encoded
+  // (`text`, or nullptr to encode them here).
+  absl::StatusOr<PreparedJob> PrepareJobWithText(
+      const JobRequest& request, const TextConditioning* text) const;
+
   LatentDiffusion(ModelConfig config, LoadOptions options,
                   at::Device declare_on = at::kCPU);
   // quant_conv(encoder(images)), tiled past the load options' threshold.

@@ -238,22 +238,50 @@ void Scheduler::FinishJob(const std::shared_ptr<Job>& job, JobResult result) {
   JobLeft();
 }
 
-absl::Status Scheduler::StartJob(Job& job, const at::Device& device) {
-  Job::Running& running = job.running();
-  running.model = job.ModelOn(device);
-  running.started_at = absl::Now();
-  running.timings.queue = running.started_at - job.admitted_at();
-  job.sink().OnStarted(running.timings.queue);
-  absl::StatusOr<ldm::PreparedJob> prepared =
-      running.model->PrepareJob(job.spec().request);
-  if (!prepared.ok()) return prepared.status();
-  running.prepared = *std::move(prepared);
-  running.timings.encode = absl::Now() - running.started_at;
-  if (options_.observer != nullptr) {
-    options_.observer->OnQueueWait(running.timings.queue);
-    options_.observer->OnStage("encode", running.timings.encode);
+std::vector<absl::Status> Scheduler::StartJobs(
+    const std::vector<std::shared_ptr<Job>>& jobs, const at::Device& device) {
+  for (const std::shared_ptr<Job>& job : jobs) {
+    Job::Running& running = job->running();
+    running.model = job->ModelOn(device);
+    running.started_at = absl::Now();
+    running.timings.queue = running.started_at - job->admitted_at();
+    job->sink().OnStarted(running.timings.queue);
+    if (options_.observer != nullptr) {
+      options_.observer->OnQueueWait(running.timings.queue);
+    }
   }
-  return absl::OkStatus();
+  std::vector<absl::Status> outcomes(jobs.size());
+  std::vector<bool> done(jobs.size(), false);
+  for (size_t first = 0; first < jobs.size(); ++first) {
+    if (done[first]) continue;
+    // The jobs on this model copy, prepared in one call.
+    const ldm::LatentDiffusion* model = jobs[first]->running().model;
+    std::vector<size_t> group;
+    std::vector<const ldm::JobRequest*> requests;
+    for (size_t i = first; i < jobs.size(); ++i) {
+      if (done[i] || jobs[i]->running().model != model) continue;
+      done[i] = true;
+      group.push_back(i);
+      requests.push_back(&jobs[i]->spec().request);
+    }
+    const absl::Time start = absl::Now();
+    std::vector<absl::StatusOr<ldm::PreparedJob>> prepared =
+        model->PrepareJobs(requests);
+    const absl::Time end = absl::Now();
+    if (options_.observer != nullptr) {
+      options_.observer->OnStage("encode", end - start);
+    }
+    for (size_t k = 0; k < group.size(); ++k) {
+      Job::Running& running = jobs[group[k]]->running();
+      if (!prepared[k].ok()) {
+        outcomes[group[k]] = prepared[k].status();
+        continue;
+      }
+      running.prepared = *std::move(prepared[k]);
+      running.timings.encode = end - running.started_at;
+    }
+  }
+  return outcomes;
 }
 
 void Scheduler::DenoiseLoop(Worker& worker) {
@@ -377,13 +405,21 @@ void Scheduler::StageLoop(Worker& worker) {
     // Handed back together, so that jobs admitted together join together.
     const bool aborting = Aborting();
     std::vector<Encoded> encoded;
+    std::vector<std::shared_ptr<Job>> starting;
     for (std::shared_ptr<Job>& job : to_encode) {
       absl::Status status = aborting
                                 ? absl::UnavailableError(
                                       "server shut down before the job started")
                                 : job->StopReason(absl::Now());
-      if (status.ok()) status = StartJob(*job, worker.device);
-      encoded.push_back({std::move(job), std::move(status)});
+      if (status.ok()) {
+        starting.push_back(std::move(job));
+      } else {
+        encoded.push_back({std::move(job), std::move(status)});
+      }
+    }
+    std::vector<absl::Status> outcomes = StartJobs(starting, worker.device);
+    for (size_t i = 0; i < starting.size(); ++i) {
+      encoded.push_back({std::move(starting[i]), std::move(outcomes[i])});
     }
     absl::MutexLock lock(&worker.mu);
     worker.encoded.insert(worker.encoded.end(),

@@ -46,8 +46,8 @@ class SchedulerObserver {
   virtual void OnQueueWait(absl::Duration wait) = 0;
   // One UNet call: how many jobs and images shared it, and how long it took.
   virtual void OnDenoiseCall(int jobs, int images, absl::Duration duration) = 0;
-  // "encode" (conditioning) per job, "decode" per batch of finished jobs;
-  // called from the stage threads.
+  // "encode" per batch of starting jobs (their conditioning), "decode" per
+  // batch of finished jobs; called from the stage threads.
   virtual void OnStage(const char* stage, absl::Duration duration) = 0;
 };
 
@@ -137,9 +137,11 @@ class Scheduler {
   void FinishJob(const std::shared_ptr<Job>& job, JobResult result);
   void JobLeft();
 
-  // Encodes the conditioning and creates the image tasks of a new job, on
-  // its model's copy on `device`.
-  absl::Status StartJob(Job& job, const at::Device& device);
+  // Starts `jobs` on their model's copy on `device`: encodes their
+  // conditioning (the jobs of one model in one call, their prompts in one
+  // text-encoder call) and creates their image tasks. Each job's outcome.
+  std::vector<absl::Status> StartJobs(
+      const std::vector<std::shared_ptr<Job>>& jobs, const at::Device& device);
   // One step for all of `running`, then progress; returns the jobs whose
   // last step this was (they leave `running`).
   std::vector<std::shared_ptr<Job>> StepBatch(

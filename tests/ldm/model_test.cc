@@ -523,6 +523,46 @@ TEST(BatchInvarianceTest, BatchedStepsAreBitIdenticalToStepsAlone) {
   SetBatchInvariant(false);
 }
 
+TEST(BatchInvarianceTest, JobsPreparedTogetherEqualJobsPreparedAlone) {
+  // The scheduler's stage thread prepares the jobs it admits together, their
+  // prompts in one text-encoder call: each must get what it gets alone,
+  // warnings included (only the job with an unknown word is warned).
+  SetBatchInvariant(true);
+  auto model = TinyModel();
+  std::vector<JobRequest> requests(3);
+  requests[0].prompt = "a red circle";
+  requests[0].seed = 1;
+  requests[1].prompt = "a (blue:1.4) square";
+  requests[1].negative_prompt = "red";
+  requests[1].seed = 2;
+  requests[2].prompt = "a green circle";  // "green": not in the vocabulary.
+  requests[2].seed = 3;
+  std::vector<const JobRequest*> pointers;
+  for (const JobRequest& request : requests) pointers.push_back(&request);
+  std::vector<absl::StatusOr<PreparedJob>> together =
+      model->PrepareJobs(pointers);
+  ASSERT_EQ(together.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<PreparedJob> alone = model->PrepareJob(requests[i]);
+    ASSERT_TRUE(alone.ok() && together[i].ok()) << i;
+    const ImageTask& a = alone->images.at(0);
+    const ImageTask& b = together[i]->images.at(0);
+    EXPECT_TRUE(at::equal(a.cond, b.cond)) << i;
+    EXPECT_TRUE(at::equal(a.uncond, b.uncond)) << i;
+    EXPECT_TRUE(at::equal(a.sampler->latent(), b.sampler->latent())) << i;
+    EXPECT_EQ(alone->warnings, together[i]->warnings) << i;
+  }
+  EXPECT_TRUE(together[0]->warnings.empty());
+  EXPECT_EQ(together[2]->warnings.size(), 1u);
+  // The weighted prompt's conditioning differs from the plain one's.
+  EXPECT_FALSE(
+      at::equal(together[1]->images[0].cond,
+                model->PrepareJob(JobRequest{.prompt = "a blue square"})
+                    ->images[0]
+                    .cond));
+  SetBatchInvariant(false);
+}
+
 TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
   // The BPE files the SD configs ship with.
   const std::string tokenizer =

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -345,6 +346,45 @@ TEST_F(SchedulerTest, ADecodeDoesNotStallTheOthersDenoising) {
   EXPECT_EQ(short_sink->events().back(), "result");
   EXPECT_EQ(long_sink->events().back(), "result");
   EXPECT_TRUE(first_decode.HasBeenNotified());
+}
+
+// Counts the stage calls the scheduler reports.
+class StageCounter : public SchedulerObserver {
+ public:
+  void OnQueueWait(absl::Duration) override {}
+  void OnDenoiseCall(int, int, absl::Duration) override {}
+  void OnStage(const char* stage, absl::Duration) override {
+    absl::MutexLock lock(&mu_);
+    ++calls_[stage];
+  }
+  int calls(const std::string& stage) {
+    absl::MutexLock lock(&mu_);
+    return calls_[stage];
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(SchedulerTest, JobsAdmittedTogetherAreEncodedInOneCall) {
+  CallRecorder recorder;
+  StageCounter stages;
+  SchedulerOptions options;
+  options.batching = Batching::kRequest;
+  options.observer = &stages;
+  options.step_fault_for_testing = [&](size_t tasks) {
+    return recorder.OnCall(tasks);
+  };
+  Scheduler scheduler(options);
+  const auto sinks = RunThreeBehindOne(
+      scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
+        return MakeJob(std::move(sink), 3, 30 + i);
+      });
+  for (auto& sink : sinks) EXPECT_EQ(sink->events().back(), "result");
+  // A alone, then B and C together (request mode admits them at once).
+  EXPECT_EQ(stages.calls("encode"), 2);
+  EXPECT_EQ(stages.calls("decode"), 2);
 }
 
 TEST_F(SchedulerTest, OutOfMemoryRetriesInHalves) {
