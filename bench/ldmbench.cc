@@ -36,7 +36,7 @@ namespace {
 
 double CurrentRssMiB() {
   std::ifstream statm("/proc/self/statm");
-  long pages_total = 0, pages_resident = 0;
+  int64_t pages_total = 0, pages_resident = 0;
   statm >> pages_total >> pages_resident;
   return static_cast<double>(pages_resident) * sysconf(_SC_PAGESIZE) /
          (1 << 20);

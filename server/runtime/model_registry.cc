@@ -186,7 +186,7 @@ absl::Status ModelRegistry::LoadAll(
     absl::MutexLock lock(&mu_);
     if (!status.ok()) {
       model->state = ModelState::kFailed;
-      model->error = std::string(status.message());
+      model->error.assign(status.message().data(), status.message().size());
       if (entry.required) {
         return absl::Status(
             status.code(),
@@ -239,8 +239,9 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
   }
   if (!Has(found->entry.tasks, task)) {
     std::vector<std::string> names;
-    for (TaskKind kind : found->entry.tasks)
+    for (TaskKind kind : found->entry.tasks) {
       names.push_back(TaskKindName(kind));
+    }
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", found->entry.name, "' cannot run ", TaskKindName(task),
         " (its tasks: ", absl::StrJoin(names, ", "), ")"));
