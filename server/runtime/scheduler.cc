@@ -1,5 +1,6 @@
 #include "server/runtime/scheduler.h"
 
+#include <ATen/Parallel.h>
 #include <glog/logging.h>
 
 #include <algorithm>
@@ -285,6 +286,9 @@ std::vector<absl::Status> Scheduler::StartJobs(
 }
 
 void Scheduler::DenoiseLoop(Worker& worker) {
+  // OpenMP's thread count is per calling thread: without this, ops that
+  // bypass ATen's lazy set-up (oneDNN's convolutions) use every core here.
+  at::init_num_threads();
   std::vector<std::shared_ptr<Job>> running;
   // Admitted and handed to the stage thread, not back yet.
   std::vector<std::shared_ptr<Job>> encoding;
@@ -376,6 +380,7 @@ void Scheduler::DenoiseLoop(Worker& worker) {
 }
 
 void Scheduler::StageLoop(Worker& worker) {
+  at::init_num_threads();  // As in DenoiseLoop.
   while (true) {
     std::vector<std::shared_ptr<Job>> to_encode, to_decode;
     {
