@@ -28,6 +28,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "server/ldm/allocator.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/torch_boundary.h"
@@ -211,6 +212,7 @@ int Run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ldm::KeepFreedTensorMemory();
   Options options;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];

@@ -22,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/ldm/allocator.h"
 #include "server/ldm/layers.h"
 #include "server/runtime/devices.h"
 #include "server/service/server.h"
@@ -94,6 +95,7 @@ int main(int argc, char** argv) {
   std::vector<char*> args = NormalizeFlagDashes(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   FLAGS_logtostderr = true;
+  ldm::KeepFreedTensorMemory();
   google::InitGoogleLogging(argv[0]);
 
   // Signals are taken by sigwait below, never by a handler: block them

@@ -35,6 +35,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/ldm/allocator.h"
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/latent_diffusion.h"
@@ -218,6 +219,7 @@ int TextToImage(std::map<std::string, std::string> options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ldm::KeepFreedTensorMemory();
   if (argc < 2) return Usage();
   const std::string command = argv[1];
   {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "server/ldm/allocator.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
@@ -208,6 +209,7 @@ int Train(ldmtrain::Task task, std::map<std::string, std::string> options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ldm::KeepFreedTensorMemory();
   if (argc < 2) return Usage();
   const std::string command = argv[1];
   auto options = ParseOptions(argc, argv, 2);
