@@ -682,22 +682,21 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
 std::vector<absl::StatusOr<PreparedJob>> LatentDiffusion::PrepareJobs(
     absl::Span<const JobRequest* const> requests) const {
   std::vector<absl::StatusOr<PreparedJob>> prepared;
-  absl::StatusOr<TextConditioning> text = TextConditioning{};
-  if (has_text_encoder() && requests.size() > 1) {
-    std::vector<std::string> prompts;
+  if (!has_text_encoder() || requests.size() < 2) {
     for (const JobRequest* request : requests) {
-      prompts.push_back(request->negative_prompt);
-      prompts.push_back(request->prompt);
+      prepared.push_back(PrepareJob(*request));
     }
-    text = EncodeText(prompts);
+    return prepared;
   }
+  std::vector<std::string> prompts;
+  for (const JobRequest* request : requests) {
+    prompts.push_back(request->negative_prompt);
+    prompts.push_back(request->prompt);
+  }
+  const absl::StatusOr<TextConditioning> text = EncodeText(prompts);
   for (size_t i = 0; i < requests.size(); ++i) {
     if (!text.ok()) {
       prepared.push_back(text.status());
-      continue;
-    }
-    if (!text->context.defined()) {
-      prepared.push_back(PrepareJob(*requests[i]));
       continue;
     }
     // This job's two rows, [uncond; cond], and their warnings.

@@ -18,12 +18,6 @@ bool SameBatchKey(const Job& a, const Job& b) {
          a.spec().request.latent_width == b.spec().request.latent_width;
 }
 
-int ImagesOf(const std::vector<std::shared_ptr<Job>>& jobs) {
-  int images = 0;
-  for (const auto& job : jobs) images += job->spec().request.num_images;
-  return images;
-}
-
 int64_t LatentPixelsOf(const Job& job) {
   const ldm::JobRequest& request = job.spec().request;
   return request.num_images * request.latent_height * request.latent_width;
@@ -183,15 +177,26 @@ void Scheduler::ReportQueuePositions() {
 }
 
 std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
-    const std::vector<std::shared_ptr<Job>>& batch, const at::Device& device) {
-  std::vector<std::shared_ptr<Job>> admitted;
+    const std::vector<std::shared_ptr<Job>>& running,
+    const std::vector<std::shared_ptr<Job>>& encoding,
+    const at::Device& device) {
+  const bool idle = running.empty() && encoding.empty();
   // Request-level and unbatched modes only start work on an idle worker.
-  if (options_.batching != Batching::kStep && !batch.empty()) return {};
-  int images = ImagesOf(batch);
+  if (options_.batching != Batching::kStep && !idle) return {};
+  int images = 0;
   int64_t pixels = 0;
-  for (const auto& job : batch) pixels += LatentPixelsOf(*job);
+  for (const auto* jobs : {&running, &encoding}) {
+    for (const auto& job : *jobs) {
+      images += job->spec().request.num_images;
+      pixels += LatentPixelsOf(*job);
+    }
+  }
   ReorderLocked(absl::Now());
-  const Job* key = batch.empty() ? nullptr : batch.front().get();
+  // Both lists hold jobs of one batch key; any of them names it.
+  const Job* key = idle              ? nullptr
+                   : running.empty() ? encoding.front().get()
+                                     : running.front().get();
+  std::vector<std::shared_ptr<Job>> admitted;
   // FIFO: stop at the first job that cannot join, so none is overtaken.
   while (!queue_.empty()) {
     const std::shared_ptr<Job>& head = queue_.front();
@@ -252,35 +257,30 @@ std::vector<absl::Status> Scheduler::StartJobs(
     }
   }
   std::vector<absl::Status> outcomes(jobs.size());
-  std::vector<bool> done(jobs.size(), false);
-  for (size_t first = 0; first < jobs.size(); ++first) {
-    if (done[first]) continue;
-    // The jobs on this model copy, prepared in one call.
-    const ldm::LatentDiffusion* model = jobs[first]->running().model;
-    std::vector<size_t> group;
-    std::vector<const ldm::JobRequest*> requests;
-    for (size_t i = first; i < jobs.size(); ++i) {
-      if (done[i] || jobs[i]->running().model != model) continue;
-      done[i] = true;
-      group.push_back(i);
-      requests.push_back(&jobs[i]->spec().request);
+  if (jobs.empty()) return outcomes;
+  // One model copy for all: a worker admits only jobs of its batch's key
+  // while the batch (jobs running or encoding) is not empty, and it is not
+  // while any are waiting here.
+  const ldm::LatentDiffusion& model = *jobs.front()->running().model;
+  std::vector<const ldm::JobRequest*> requests;
+  for (const std::shared_ptr<Job>& job : jobs) {
+    requests.push_back(&job->spec().request);
+  }
+  const absl::Time start = absl::Now();
+  std::vector<absl::StatusOr<ldm::PreparedJob>> prepared =
+      model.PrepareJobs(requests);
+  const absl::Time end = absl::Now();
+  if (options_.observer != nullptr) {
+    options_.observer->OnStage("encode", end - start);
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (!prepared[i].ok()) {
+      outcomes[i] = prepared[i].status();
+      continue;
     }
-    const absl::Time start = absl::Now();
-    std::vector<absl::StatusOr<ldm::PreparedJob>> prepared =
-        model->PrepareJobs(requests);
-    const absl::Time end = absl::Now();
-    if (options_.observer != nullptr) {
-      options_.observer->OnStage("encode", end - start);
-    }
-    for (size_t k = 0; k < group.size(); ++k) {
-      Job::Running& running = jobs[group[k]]->running();
-      if (!prepared[k].ok()) {
-        outcomes[group[k]] = prepared[k].status();
-        continue;
-      }
-      running.prepared = *std::move(prepared[k]);
-      running.timings.encode = end - running.started_at;
-    }
+    Job::Running& running = jobs[i]->running();
+    running.prepared = *std::move(prepared[i]);
+    running.timings.encode = end - running.started_at;
   }
   return outcomes;
 }
@@ -310,9 +310,7 @@ void Scheduler::DenoiseLoop(Worker& worker) {
         running_ += static_cast<int>(queue_.size());
         queue_.clear();
       } else {
-        std::vector<std::shared_ptr<Job>> batch = running;
-        batch.insert(batch.end(), encoding.begin(), encoding.end());
-        admitted = AdmitLocked(batch, worker.device);
+        admitted = AdmitLocked(running, encoding, worker.device);
       }
     }
     if (aborting) {

@@ -122,11 +122,12 @@ class Scheduler {
   bool Drained() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Aborting() const;
   void ReportQueuePositions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes the queued jobs that may join `batch` (the jobs running or being
-  // encoded for this worker) now.
+  // Takes the queued jobs that may join the batch of a worker on `device`
+  // now (its jobs `running` and those still `encoding`).
   std::vector<std::shared_ptr<Job>> AdmitLocked(
-      const std::vector<std::shared_ptr<Job>>& batch, const at::Device& device)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      const std::vector<std::shared_ptr<Job>>& running,
+      const std::vector<std::shared_ptr<Job>>& encoding,
+      const at::Device& device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's priority plus what its waiting has earned it by `now`.
   double EffectivePriority(const Job& job, absl::Time now) const;
   // Orders the queue by effective priority, FIFO among equals; reports the
@@ -137,8 +138,8 @@ class Scheduler {
   void FinishJob(const std::shared_ptr<Job>& job, JobResult result);
   void JobLeft();
 
-  // Starts `jobs` on their model's copy on `device`: encodes their
-  // conditioning (the jobs of one model in one call, their prompts in one
+  // Starts `jobs` (of one batch key) on their model's copy on `device`:
+  // encodes their conditioning in one call (their prompts in one
   // text-encoder call) and creates their image tasks. Each job's outcome.
   std::vector<absl::Status> StartJobs(
       const std::vector<std::shared_ptr<Job>>& jobs, const at::Device& device);
