@@ -85,6 +85,8 @@ std::vector<at::Tensor> RunBatched(
 
 struct Scores {
   int colour = 0, shape = 0, position = 0, total = 0;
+  // Per shape asked for: how often it was drawn right, and asked.
+  int shape_right[kNumShapes] = {}, shape_asked[kNumShapes] = {};
 };
 
 // Single-object prompts "a COLOR SHAPE POSITION", one seed each; with
@@ -122,10 +124,13 @@ Scores ScoreTextToImage(const ldm::LatentDiffusion& model, float guidance,
   for (size_t i = 0; i < images.size(); ++i) {
     const ProbeResult probe = ProbeScene(Bytes(images[i]));
     ++scores.total;
+    const int shape = static_cast<int>(asked[i].shape);
+    ++scores.shape_asked[shape];
     if (probe.objects.empty()) continue;
     const ProbedObject& seen = probe.objects[0];
     scores.colour += seen.color == asked[i].color;
     scores.shape += seen.shape == asked[i].shape;
+    scores.shape_right[shape] += seen.shape == asked[i].shape;
     scores.position += seen.position == asked[i].position;
   }
   return scores;
@@ -151,6 +156,12 @@ TEST(ModelQualityTest, TextToImageFollowsThePrompt) {
         "%.1f%%, position %.1f%%\n",
         name, s.total, kSteps, Percent(s.colour, s.total),
         Percent(s.shape, s.total), Percent(s.position, s.total));
+    std::printf("  shape right, by the shape asked:");
+    for (int k = 0; k < kNumShapes; ++k) {
+      std::printf(" %s %d/%d", ShapeName(static_cast<Shape>(k)),
+                  s.shape_right[k], s.shape_asked[k]);
+    }
+    std::printf("\n");
   }
   // Measured with the shipped weights: colour and position 100% guided
   // and at cfg 1, 5% and 17.5% with an empty prompt (chance: 12.5%,

@@ -10,6 +10,8 @@
 //       --device cpu|cuda --threads N --name NAME
 //       --init WEIGHTS (diffusion stages: start from exported weights)
 //       --prediction eps|v (diffusion stages: what the UNet predicts)
+//       --pixel-loss W --pixel-loss-max-timestep T (diffusion stages: add
+//       the decoded x0 prediction's pixel loss below T; trainer.h)
 //       Rerunning with the same --out resumes from DIR/train_state.
 //   ldmtrain sample --model DIR --out GRID.ppm [--steps N] [--cfg X]
 //                   [--what ae]
@@ -188,6 +190,13 @@ int Train(ldmtrain::Task task, std::map<std::string, std::string> options) {
     train.warmup_steps = std::stoll(options["warmup"]);
   }
   if (options.count("prediction")) train.prediction = options["prediction"];
+  if (options.count("pixel-loss")) {
+    train.pixel_loss_weight = std::stod(options["pixel-loss"]);
+  }
+  if (options.count("pixel-loss-max-timestep")) {
+    train.pixel_loss_max_timestep =
+        std::stoll(options["pixel-loss-max-timestep"]);
+  }
   if (options.count("ema")) train.ema_decay = std::stod(options["ema"]);
   if (options.count("seed")) train.seed = std::stoull(options["seed"]);
   if (options.count("max-seconds")) {

@@ -257,6 +257,28 @@ absl::Status LoadAutoencoderWeights(
   return absl::OkStatus();
 }
 
+// L1 as the paper, plus L2, which weighs the large errors at the objects'
+// edges (what PSNR measures) more; per pixel value, so the log reads as an
+// L1 distance.
+at::Tensor ReconstructionLoss(const at::Tensor& images,
+                              const at::Tensor& reconstruction) {
+  const at::Tensor error = images - reconstruction;
+  return (error.abs() + error.pow(2)).mean();
+}
+
+// Reconstruction PSNR (posterior mean) over the first held-out scenes.
+double HeldOutPsnr(const ldm::Autoencoder& autoencoder, at::Device device) {
+  c10::NoGradGuard no_grad;
+  std::vector<std::vector<uint8_t>> pixels;
+  for (int i = 0; i < kEvaluationImages; ++i) {
+    pixels.push_back(shapes::RenderScene(shapes::HeldOutScene(i)));
+  }
+  const at::Tensor images = ImagesToTensor(pixels).to(device);
+  const at::Tensor reconstruction = autoencoder.Decode(
+      ldm::Autoencoder::Posterior(autoencoder.EncodeMoments(images)).mean);
+  return Psnr(TensorToBytes(images), TensorToBytes(reconstruction));
+}
+
 class TrainingRun {
  public:
   TrainingRun(Task task, TrainOptions options)
@@ -411,20 +433,14 @@ class TrainingRun {
                    generator, latent_options);
                const at::Tensor reconstruction =
                    model.Decode(posterior.SampleWith(noise));
-               const auto count = static_cast<double>(options_.batch_size);
-               // L1 as the paper, plus L2, which weighs the large errors at
-               // the objects' edges (what PSNR measures) more.
-               const at::Tensor error = batch.images - reconstruction;
-               const at::Tensor l1 = (error.abs() + error.pow(2)).sum() / count;
                const at::Tensor kl =
                    0.5 *
                    (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 -
                     posterior.logvar)
                        .sum() /
-                   count;
-               // Reported per pixel value, so the log reads as an L1 distance.
-               return (l1 + kKlWeight * kl) /
-                      static_cast<double>(batch.images[0].numel());
+                   static_cast<double>(batch.images.numel());
+               return ReconstructionLoss(batch.images, reconstruction) +
+                      kKlWeight * kl;
              }));
     (void)last;
     optimizer.CopyEmaIntoParameters();
@@ -433,17 +449,8 @@ class TrainingRun {
                                    ae.registry.Named(""));
     }));
     return ldm::CallTorchStatus("evaluate", [&] {
-      c10::NoGradGuard no_grad;
-      std::vector<std::vector<uint8_t>> pixels;
-      for (int i = 0; i < kEvaluationImages; ++i) {
-        pixels.push_back(shapes::RenderScene(shapes::HeldOutScene(i)));
-      }
-      const at::Tensor images = ImagesToTensor(pixels).to(options_.device);
-      const at::Tensor reconstruction = model.Decode(
-          ldm::Autoencoder::Posterior(model.EncodeMoments(images)).mean);
       std::printf("autoencoder: held-out PSNR %.2f dB over %d images\n",
-                  Psnr(TensorToBytes(images), TensorToBytes(reconstruction)),
-                  kEvaluationImages);
+                  HeldOutPsnr(model, options_.device), kEvaluationImages);
       return absl::OkStatus();
     });
   }
@@ -480,6 +487,11 @@ class TrainingRun {
                                  : options_.model_name;
     if (options_.prediction != "eps" && options_.prediction != "v") {
       return absl::InvalidArgumentError("--prediction: eps or v");
+    }
+    if (options_.pixel_loss_weight < 0 ||
+        options_.pixel_loss_max_timestep < 1) {
+      return absl::InvalidArgumentError(
+          "--pixel-loss: a weight >= 0; --pixel-loss-max-timestep: >= 1");
     }
     ldm::ModelConfig config = PresetConfig(task_, name);
     config.parameterization = options_.prediction;
@@ -633,9 +645,34 @@ class TrainingRun {
                  context = text->Forward(
                      at::tensor(ids).view({b, -1}).to(options_.device));
                }
-               return (unet.Forward(input, timesteps, context) - target)
-                   .pow(2)
-                   .mean();
+               const at::Tensor prediction =
+                   unet.Forward(input, timesteps, context);
+               at::Tensor loss = (prediction - target).pow(2).mean();
+               if (options_.pixel_loss_weight > 0) {
+                 const at::Tensor rows =
+                     (timesteps < options_.pixel_loss_max_timestep)
+                         .nonzero()
+                         .squeeze(1);
+                 if (rows.numel() > 0) {
+                   const at::Tensor a = alpha.index_select(0, rows);
+                   const at::Tensor noised =
+                       input.slice(1, 0, channels).index_select(0, rows);
+                   const at::Tensor output = prediction.index_select(0, rows);
+                   const at::Tensor x0 =
+                       config.parameterization == "v"
+                           ? a.sqrt() * noised - (1.0 - a).sqrt() * output
+                           : (noised - (1.0 - a).sqrt() * output) / a.sqrt();
+                   // Weighted by the rows' share, so the term's scale does
+                   // not depend on how many rows drew a low t.
+                   loss = loss + options_.pixel_loss_weight *
+                                     static_cast<double>(rows.numel()) /
+                                     static_cast<double>(b) *
+                                     ReconstructionLoss(
+                                         batch.images.index_select(0, rows),
+                                         ae.Decode(x0 / scale));
+                 }
+               }
+               return loss;
              }));
     (void)last;
     optimizer.CopyEmaIntoParameters();

@@ -52,6 +52,15 @@ struct TrainOptions {
   // signal-to-noise ratio, ~1e-4 at the high noise levels where an image's
   // layout is decided; the v loss by SNR + 1.
   std::string prediction = "eps";
+  // Diffusion stages: adds `pixel_loss_weight` times the reconstruction
+  // loss of the decoded x0 prediction (decoder frozen, gradient through
+  // it) for the images noised to t < `pixel_loss_max_timestep`. The latent
+  // loss weighs every latent value alike, but the decoder turns small
+  // latent errors at an object's corners into rounded corners; this weighs
+  // them as the picture shows them. 0 = off (the paper's loss alone); the
+  // shipped models do not use it (docs/models.md has what it measured).
+  double pixel_loss_weight = 0;
+  int64_t pixel_loss_max_timestep = 400;
   at::Device device = at::kCPU;
   std::string model_name;  // Defaults to shapes-<task>.
 };

@@ -1,0 +1,122 @@
+// The training stages on a few tiny steps: which weights each one may move.
+// (What training reaches is measured by the quality tests on the shipped
+// models, not here.)
+#include "tools/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "server/ldm/safetensors.h"
+
+namespace ldmtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::set_num_threads(2);
+    root_ =
+        fs::temp_directory_path() /
+        ("ldmserve_trainer_test_" +
+         std::string(
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  TrainOptions Tiny(const std::string& out) const {
+    TrainOptions options;
+    options.out_dir = (root_ / out).string();
+    options.steps = 2;
+    options.batch_size = 2;
+    options.warmup_steps = 1;
+    options.learning_rate = 1e-3;
+    options.log_every = 1;
+    return options;
+  }
+
+  static std::shared_ptr<const ldm::SafetensorsFile> Open(
+      const fs::path& path) {
+    auto file = ldm::SafetensorsFile::Open(path.string());
+    EXPECT_TRUE(file.ok()) << file.status();
+    return file.ok() ? *file : nullptr;
+  }
+
+  // Keys of `a` whose tensors differ from `b`'s.
+  static std::vector<std::string> ChangedKeys(const ldm::SafetensorsFile& a,
+                                              const ldm::SafetensorsFile& b) {
+    std::vector<std::string> changed;
+    for (const auto& [key, entry] : a.entries()) {
+      const at::Tensor left = *a.Get(key);
+      const at::Tensor right = *b.Get(key);
+      if (!at::equal(left.to(at::kFloat), right.to(at::kFloat))) {
+        changed.push_back(key);
+      }
+    }
+    return changed;
+  }
+
+  void TrainAutoencoder() {
+    ASSERT_TRUE(Train(Task::kAutoencoder, Tiny("ae")).ok());
+  }
+
+  // A text-to-image model on the autoencoder, two steps.
+  void TrainTextToImage(const std::string& out, double pixel_loss_weight) {
+    TrainOptions options = Tiny(out);
+    options.autoencoder_dir = (root_ / "ae").string();
+    options.prediction = "v";
+    options.pixel_loss_weight = pixel_loss_weight;
+    // Every row gets the pixel loss.
+    options.pixel_loss_max_timestep = 1000;
+    ASSERT_TRUE(Train(Task::kTextToImage, options).ok());
+  }
+
+  fs::path root_;
+};
+
+TEST_F(TrainerTest, PixelLossTrainsTheUNetThroughAFrozenDecoder) {
+  TrainAutoencoder();
+  TrainTextToImage("plain", 0);
+  TrainTextToImage("pixel", 1.0);
+  auto autoencoder = Open(root_ / "ae" / "ae.safetensors");
+  auto plain = Open(root_ / "plain" / "weights.safetensors");
+  auto pixel = Open(root_ / "pixel" / "weights.safetensors");
+  ASSERT_NE(autoencoder, nullptr);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(pixel, nullptr);
+  // Same seed, same data: only the pixel loss tells the two apart, and it
+  // reaches the UNet.
+  bool unet_differs = false;
+  for (const std::string& key : ChangedKeys(*pixel, *plain)) {
+    EXPECT_FALSE(absl::StartsWith(key, "first_stage_model.")) << key;
+    unet_differs |= absl::StartsWith(key, "model.diffusion_model.");
+  }
+  EXPECT_TRUE(unet_differs);
+  // The decoder it flows through stays as trained (exported in F16).
+  for (const auto& [key, entry] : autoencoder->entries()) {
+    EXPECT_TRUE(
+        at::equal(autoencoder->Get(key)->to(at::kHalf), *pixel->Get(key)))
+        << key;
+  }
+}
+
+TEST_F(TrainerTest, NegativePixelLossIsRejected) {
+  TrainOptions options = Tiny("txt2img");
+  options.autoencoder_dir = (root_ / "ae").string();
+  options.pixel_loss_weight = -1;
+  const absl::Status status = Train(Task::kTextToImage, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "--pixel-loss")) << status;
+}
+
+}  // namespace
+}  // namespace ldmtrain
