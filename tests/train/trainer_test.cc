@@ -13,6 +13,8 @@
 
 #include "absl/strings/match.h"
 #include "server/ldm/safetensors.h"
+#include "tools/shapes/shapes_world.h"
+#include "tools/train/shapes_batch.h"
 
 namespace ldmtrain {
 namespace {
@@ -109,13 +111,60 @@ TEST_F(TrainerTest, PixelLossTrainsTheUNetThroughAFrozenDecoder) {
   }
 }
 
-TEST_F(TrainerTest, NegativePixelLossIsRejected) {
+TEST_F(TrainerTest, OutlineWeightChangesOnlyTheTrainedUpdate) {
+  TrainAutoencoder();
+  TrainTextToImage("plain", 0);
+  TrainOptions options = Tiny("outline");
+  options.autoencoder_dir = (root_ / "ae").string();
+  options.prediction = "v";
+  options.outline_weight = 20;
+  ASSERT_TRUE(Train(Task::kTextToImage, options).ok());
+  auto plain = Open(root_ / "plain" / "weights.safetensors");
+  auto outline = Open(root_ / "outline" / "weights.safetensors");
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(outline, nullptr);
+  const std::vector<std::string> changed = ChangedKeys(*outline, *plain);
+  EXPECT_FALSE(changed.empty());
+  for (const std::string& key : changed) {
+    EXPECT_FALSE(absl::StartsWith(key, "first_stage_model.")) << key;
+  }
+}
+
+TEST(OutlineBandMaskTest, CoversTheOutlineNotTheInsideOrTheBackground) {
+  shapes::Scene scene;
+  shapes::SceneObject square;
+  square.shape = shapes::Shape::kSquare;
+  square.center_x = 32;
+  square.center_y = 32;
+  square.size = 10;  // Half side 9 px: corners at 32 +- 9.
+  scene.objects = {square};
+  const std::vector<uint8_t> band = OutlineBandMask(scene);
+  auto at = [&](int x, int y) { return band[y * 64 + x]; };
+  EXPECT_EQ(at(32, 32), 0);  // Centre.
+  EXPECT_EQ(at(2, 2), 0);    // Background.
+  EXPECT_EQ(at(40, 40), 1);  // Near the corner (40.5, 40.5).
+  EXPECT_EQ(at(40, 32), 1);  // The middle of a side.
+  EXPECT_EQ(at(32, 23), 1);
+  int count = 0;
+  for (uint8_t inside : band) count += inside;
+  // Between the squares of half side 11.25 and 6.75: pixel centres
+  // 21.5 ... 42.5 (22 across) less 25.5 ... 38.5 (14 across).
+  EXPECT_EQ(count, 22 * 22 - 14 * 14);
+}
+
+TEST_F(TrainerTest, NegativeLossWeightsAreRejected) {
   TrainOptions options = Tiny("txt2img");
   options.autoencoder_dir = (root_ / "ae").string();
   options.pixel_loss_weight = -1;
-  const absl::Status status = Train(Task::kTextToImage, options);
+  absl::Status status = Train(Task::kTextToImage, options);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(status.message(), "--pixel-loss")) << status;
+  options.pixel_loss_weight = 0;
+  options.outline_weight = -1;
+  status = Train(Task::kTextToImage, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "--outline-weight"))
+      << status;
 }
 
 }  // namespace

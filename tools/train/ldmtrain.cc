@@ -12,6 +12,8 @@
 //       --prediction eps|v (diffusion stages: what the UNet predicts)
 //       --pixel-loss W --pixel-loss-max-timestep T (diffusion stages: add
 //       the decoded x0 prediction's pixel loss below T; trainer.h)
+//       --outline-weight W (diffusion stages: extra loss weight on the
+//       band around the objects' outlines; trainer.h)
 //       Rerunning with the same --out resumes from DIR/train_state.
 //   ldmtrain sample --model DIR --out GRID.ppm [--steps N] [--cfg X]
 //                   [--what ae]
@@ -196,6 +198,9 @@ int Train(ldmtrain::Task task, std::map<std::string, std::string> options) {
   if (options.count("pixel-loss-max-timestep")) {
     train.pixel_loss_max_timestep =
         std::stoll(options["pixel-loss-max-timestep"]);
+  }
+  if (options.count("outline-weight")) {
+    train.outline_weight = std::stod(options["outline-weight"]);
   }
   if (options.count("ema")) train.ema_decay = std::stod(options["ema"]);
   if (options.count("seed")) train.seed = std::stoull(options["seed"]);

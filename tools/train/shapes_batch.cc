@@ -60,6 +60,29 @@ at::Tensor MasksToTensor(const std::vector<std::vector<uint8_t>>& masks) {
   return bytes.to(at::kFloat);
 }
 
+std::vector<uint8_t> OutlineBandMask(const shapes::Scene& scene) {
+  constexpr float kBand = 0.25f;
+  std::vector<uint8_t> mask(static_cast<size_t>(kSize) * kSize, 0);
+  for (const shapes::SceneObject& object : scene.objects) {
+    for (int y = 0; y < kSize; ++y) {
+      for (int x = 0; x < kSize; ++x) {
+        const float px = static_cast<float>(x) + 0.5f;
+        const float py = static_cast<float>(y) + 0.5f;
+        const bool in_grown =
+            shapes::ShapeCoverage(object.shape, object.center_x,
+                                  object.center_y, object.size * (1 + kBand),
+                                  px, py) >= 0.5f;
+        const bool in_shrunk =
+            shapes::ShapeCoverage(object.shape, object.center_x,
+                                  object.center_y, object.size * (1 - kBand),
+                                  px, py) >= 0.5f;
+        if (in_grown && !in_shrunk) mask[y * kSize + x] = 1;
+      }
+    }
+  }
+  return mask;
+}
+
 at::Tensor TensorToBytes(const at::Tensor& images) {
   return at::round((images.detach().to(at::kCPU, at::kFloat) + 1.0) * 127.5)
       .clamp(0, 255)

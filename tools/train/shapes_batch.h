@@ -29,6 +29,11 @@ at::Tensor TensorToBytes(const at::Tensor& images);
 // there), otherwise a random box or free-form brush strokes.
 std::vector<uint8_t> RandomInpaintMask(const shapes::Scene& scene,
                                        shapes::ShapesRng& rng);
+// 64 x 64 mask (1 = inside) of the band around the outlines of `scene`'s
+// objects where shapes of about the object's area differ: inside the object
+// grown by a quarter of its size and outside it shrunk by a quarter (a
+// circle's rim, a square's corners and the middles of its sides).
+std::vector<uint8_t> OutlineBandMask(const shapes::Scene& scene);
 // A box around `object`, `margin` pixels past its extent.
 std::vector<uint8_t> ObjectBoxMask(const shapes::SceneObject& object,
                                    float margin);

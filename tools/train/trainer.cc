@@ -488,6 +488,9 @@ class TrainingRun {
     if (options_.prediction != "eps" && options_.prediction != "v") {
       return absl::InvalidArgumentError("--prediction: eps or v");
     }
+    if (options_.outline_weight < 0) {
+      return absl::InvalidArgumentError("--outline-weight: >= 0");
+    }
     if (options_.pixel_loss_weight < 0 ||
         options_.pixel_loss_max_timestep < 1) {
       return absl::InvalidArgumentError(
@@ -647,7 +650,20 @@ class TrainingRun {
                }
                const at::Tensor prediction =
                    unet.Forward(input, timesteps, context);
-               at::Tensor loss = (prediction - target).pow(2).mean();
+               at::Tensor squared_error = (prediction - target).pow(2);
+               if (options_.outline_weight > 0) {
+                 std::vector<std::vector<uint8_t>> bands;
+                 for (const shapes::Scene& scene : batch.scenes) {
+                   bands.push_back(OutlineBandMask(scene));
+                 }
+                 squared_error =
+                     squared_error *
+                     (1.0 + options_.outline_weight *
+                                at::adaptive_avg_pool2d(MasksToTensor(bands),
+                                                        {side, side})
+                                    .to(options_.device));
+               }
+               at::Tensor loss = squared_error.mean();
                if (options_.pixel_loss_weight > 0) {
                  const at::Tensor rows =
                      (timesteps < options_.pixel_loss_max_timestep)

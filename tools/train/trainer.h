@@ -61,6 +61,13 @@ struct TrainOptions {
   // shipped models do not use it (docs/models.md has what it measured).
   double pixel_loss_weight = 0;
   int64_t pixel_loss_max_timestep = 400;
+  // Diffusion stages: the loss at latent pixels over the band around the
+  // objects' outlines (OutlineBandMask, averaged to the latent grid) counts
+  // 1 + `outline_weight` times. That band is where a square and a circle of
+  // the same size differ, a tenth of the image; with the loss spread evenly
+  // the UNet gains little from telling shapes apart and learns it slowly.
+  // 0 = off (the paper's loss).
+  double outline_weight = 0;
   at::Device device = at::kCPU;
   std::string model_name;  // Defaults to shapes-<task>.
 };
