@@ -14,6 +14,8 @@
 #   TASKS: which diffusion models (default "txt2img inpaint sr").
 #   PREDICTION: what their UNets predict, eps or v (default v; ldmtrain
 #   --prediction). CONTINUE=1 may turn an eps model into a v one.
+#   OUTLINE_WEIGHT: ldmtrain --outline-weight (default 0; the shipped
+#   txt2img model's last CPU steps used 20).
 start=$(date +%s)
 source tools/device/deps_env.sh
 deadline=$((start + ${DEADLINE_SECONDS:-540}))
@@ -57,6 +59,7 @@ for task in $tasks; do
   ("$train" "$task" --device cuda --threads 5 --ae "$ae_dir" \
      --out "$work/$task" --seed $seed --steps 40000 --batch "${BATCH:-512}" \
      --lr "${LR:-6e-4}" --prediction "${PREDICTION:-v}" "${init[@]}" \
+     --outline-weight "${OUTLINE_WEIGHT:-0}" \
      --max-seconds "$left" --log-every 500 > "$work/$task.log" 2>&1 &&
    mkdir -p "$out/$task" &&
    cp "$work/$task/weights.safetensors" "$work/$task/config.json" \
