@@ -33,8 +33,14 @@ int64_t Id(const std::string& token) {
 class WordPieceTokenizerTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // One file per test: CTest runs the tests of this fixture as parallel
+    // processes, and a shared name let one truncate it while another read.
     path_ =
-        (std::filesystem::path(::testing::TempDir()) / "vocab.txt").string();
+        (std::filesystem::path(::testing::TempDir()) /
+         (std::string(
+              ::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+          "-vocab.txt"))
+            .string();
     std::ofstream out(path_);
     for (const std::string& token : Vocab()) out << token << "\n";
     out.close();
@@ -42,6 +48,8 @@ class WordPieceTokenizerTest : public ::testing::Test {
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     tokenizer_ = std::move(*loaded);
   }
+
+  void TearDown() override { std::filesystem::remove(path_); }
 
   std::string path_;
   std::unique_ptr<WordPieceTokenizer> tokenizer_;
