@@ -270,6 +270,7 @@ at::Tensor ReconstructionLoss(const at::Tensor& images,
 double HeldOutPsnr(const ldm::Autoencoder& autoencoder, at::Device device) {
   c10::NoGradGuard no_grad;
   std::vector<std::vector<uint8_t>> pixels;
+  pixels.reserve(kEvaluationImages);
   for (int i = 0; i < kEvaluationImages; ++i) {
     pixels.push_back(shapes::RenderScene(shapes::HeldOutScene(i)));
   }
