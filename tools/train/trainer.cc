@@ -631,13 +631,14 @@ class TrainingRun {
                const at::Tensor epsilon = noise();
                const at::Tensor alpha =
                    alphas_cumprod.index_select(0, timesteps).view({b, 1, 1, 1});
-               at::Tensor input =
+               const at::Tensor noised =
                    alpha.sqrt() * latents + (1.0 - alpha).sqrt() * epsilon;
                const at::Tensor target =
                    config.parameterization == "v"
                        ? alpha.sqrt() * epsilon - (1.0 - alpha).sqrt() * latents
                        : epsilon;
-               if (concat.defined()) input = at::cat({input, concat}, 1);
+               const at::Tensor input =
+                   concat.defined() ? at::cat({noised, concat}, 1) : noised;
                at::Tensor context;
                if (text != nullptr) {
                  std::vector<int64_t> ids;
@@ -672,13 +673,12 @@ class TrainingRun {
                          .squeeze(1);
                  if (rows.numel() > 0) {
                    const at::Tensor a = alpha.index_select(0, rows);
-                   const at::Tensor noised =
-                       input.slice(1, 0, channels).index_select(0, rows);
+                   const at::Tensor x_t = noised.index_select(0, rows);
                    const at::Tensor output = prediction.index_select(0, rows);
                    const at::Tensor x0 =
                        config.parameterization == "v"
-                           ? a.sqrt() * noised - (1.0 - a).sqrt() * output
-                           : (noised - (1.0 - a).sqrt() * output) / a.sqrt();
+                           ? a.sqrt() * x_t - (1.0 - a).sqrt() * output
+                           : (x_t - (1.0 - a).sqrt() * output) / a.sqrt();
                    // Weighted by the rows' share, so the term's scale does
                    // not depend on how many rows drew a low t.
                    loss = loss + options_.pixel_loss_weight *
