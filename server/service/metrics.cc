@@ -86,7 +86,13 @@ ServiceMetrics::ServiceMetrics()
                            .Name("ldmserve_process_resident_memory_bytes")
                            .Help("Resident memory of the server process.")
                            .Register(*registry_)
-                           .Add({})) {}
+                           .Add({})),
+      device_memory_(prometheus::BuildGauge()
+                         .Name("ldmserve_device_memory_bytes")
+                         .Help("GPU memory held by LibTorch's caching "
+                               "allocator: in tensors (allocated) and taken "
+                               "from the driver (reserved).")
+                         .Register(*registry_)) {}
 
 void ServiceMetrics::RequestEnded(const std::string& model,
                                   const std::string& task,
@@ -123,6 +129,15 @@ void ServiceMetrics::SetModelReady(const std::string& model, bool ready) {
 
 void ServiceMetrics::SetResidentMemory(double bytes) {
   resident_memory_.Set(bytes);
+}
+
+void ServiceMetrics::SetDeviceMemory(const std::string& device,
+                                     double allocated_bytes,
+                                     double reserved_bytes) {
+  device_memory_.Add({{"device", device}, {"kind", "allocated"}})
+      .Set(allocated_bytes);
+  device_memory_.Add({{"device", device}, {"kind", "reserved"}})
+      .Set(reserved_bytes);
 }
 
 void ServiceMetrics::ImagesGenerated(int count) { images_.Increment(count); }

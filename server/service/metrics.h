@@ -36,6 +36,9 @@ class ServiceMetrics : public SchedulerObserver {
   void SetRunningJobs(int jobs);
   void SetModelReady(const std::string& model, bool ready);
   void SetResidentMemory(double bytes);
+  // A CUDA device's memory as LibTorch's caching allocator holds it.
+  void SetDeviceMemory(const std::string& device, double allocated_bytes,
+                       double reserved_bytes);
 
   // SchedulerObserver.
   void OnQueueWait(absl::Duration wait) override;
@@ -57,6 +60,7 @@ class ServiceMetrics : public SchedulerObserver {
   prometheus::Counter& busy_seconds_;
   prometheus::Family<prometheus::Gauge>& model_ready_;
   prometheus::Gauge& resident_memory_;
+  prometheus::Family<prometheus::Gauge>& device_memory_;
 };
 
 }  // namespace ldmserve

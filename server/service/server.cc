@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "server/ldm/device_memory.h"
 
 namespace ldmserve {
 namespace {
@@ -70,6 +71,16 @@ void LdmServer::RefreshGauges() {
   if (statm >> pages >> resident) {
     metrics_->SetResidentMemory(static_cast<double>(resident) *
                                 static_cast<double>(sysconf(_SC_PAGESIZE)));
+  }
+  for (const std::string& device : devices_) {
+    if (device == "cpu") continue;
+    // Only a LibTorch with CUDA can run these workers, and it reads them.
+    const absl::StatusOr<ldm::DeviceMemory> memory =
+        ldm::CudaMemory(c10::Device(device));
+    if (!memory.ok()) continue;
+    metrics_->SetDeviceMemory(device,
+                              static_cast<double>(memory->allocated_bytes),
+                              static_cast<double>(memory->reserved_bytes));
   }
 }
 

@@ -30,6 +30,7 @@ namespace {
 using ldm::v1::GenerateRequest;
 using ldm::v1::GenerateResponse;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr char kModelName[] = "test-tiny";
 
@@ -383,6 +384,8 @@ TEST_F(IntegrationTest, CancelMidwayStopsTheJobAndTheServerKeepsServing) {
   EXPECT_THAT(metrics,
               HasSubstr("ldmserve_stage_seconds_count{stage=\"decode\"} 1"));
   EXPECT_THAT(metrics, HasSubstr("ldmserve_process_resident_memory_bytes "));
+  // A CPU-only server has no GPU memory to report.
+  EXPECT_THAT(metrics, Not(HasSubstr("ldmserve_device_memory_bytes{")));
 }
 
 TEST_F(IntegrationTest, DeadlineExpiresDuringGeneration) {

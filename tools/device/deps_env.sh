@@ -1,5 +1,5 @@
 # Sourced by the GPU scripts, in the repository root on the GPU machine:
-# sends the rest of the script's output to $OUT/log too, makes the carried
+# appends the rest of the script's output to $OUT/log, makes the carried
 # .deps/ usable, prints the GPU and PyTorch, and defines
 #   configure_ldm BUILD_DIR [cmake args...]
 # which configures the model library (service off) against the machine's
@@ -9,10 +9,13 @@
 set -uo pipefail
 root=$(pwd)
 out=${OUT:-/tmp}
-exec > >(tee "$out/log") 2>&1
+exec > >(tee -a "$out/log") 2>&1
 icu_data="$root/.deps/usr/lib/x86_64-linux-gnu/libicudata.so.72.1"
-[ -f "$icu_data" ] || python3 -c 'import lzma, sys
-open(sys.argv[1], "wb").write(lzma.open(sys.argv[1] + ".xz").read())' "$icu_data"
+# Unpacked beside and renamed into place: two scripts may start at once.
+[ -f "$icu_data" ] || python3 -c 'import lzma, os, sys
+part = "%s.%d" % (sys.argv[1], os.getpid())
+open(part, "wb").write(lzma.open(sys.argv[1] + ".xz").read())
+os.replace(part, sys.argv[1])' "$icu_data"
 export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
