@@ -119,5 +119,29 @@ TEST(ShapesWorldTest, SameSeedSameSceneAndCaptionGrammar) {
                 std::to_string(HeldOutScene(1).objects[0].center_x));
 }
 
+TEST(ShapesWorldTest, TwoObjectShareFollowsTheArgument) {
+  auto two_object_count = [](double fraction) {
+    ShapesRng rng(11);
+    int two = 0;
+    for (int i = 0; i < 1000; ++i) {
+      const Scene scene = SampleScene(rng, fraction);
+      bool names_a_relation = false;
+      for (int r = 0; r < kNumRelations; ++r) {
+        const std::string phrase =
+            std::string(" ") + RelationPhrase(static_cast<Relation>(r)) + " a ";
+        names_a_relation |= scene.caption.find(phrase) != std::string::npos;
+      }
+      EXPECT_EQ(names_a_relation, scene.objects.size() == 2) << scene.caption;
+      two += scene.objects.size() == 2;
+    }
+    return two;
+  };
+  EXPECT_EQ(two_object_count(0), 0);
+  EXPECT_EQ(two_object_count(1), 1000);
+  const int dataset_share = two_object_count(kTwoObjectFraction);
+  EXPECT_GT(dataset_share, 350);  // 400 expected; binomial sd about 15.
+  EXPECT_LT(dataset_share, 450);
+}
+
 }  // namespace
 }  // namespace shapes

@@ -165,6 +165,11 @@ TEST_F(TrainerTest, NegativeLossWeightsAreRejected) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(status.message(), "--outline-weight"))
       << status;
+  options.outline_weight = 0;
+  options.two_object_fraction = 1.5;
+  status = Train(Task::kTextToImage, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "--two-objects")) << status;
 }
 
 }  // namespace

@@ -15,12 +15,15 @@
 #   PREDICTION: what their UNets predict, eps or v (default v; ldmtrain
 #   --prediction). CONTINUE=1 may turn an eps model into a v one.
 #   OUTLINE_WEIGHT: ldmtrain --outline-weight (default 0; the shipped
-#   txt2img model's last CPU steps used 20).
+#   txt2img model's last CPU steps used 20). TWO_OBJECTS: ldmtrain
+#   --two-objects, the share of two-object scenes (default the dataset's
+#   0.4).
 start=$(date +%s)
 source tools/device/deps_env.sh
 deadline=$((start + ${DEADLINE_SECONDS:-540}))
 build=/tmp/ldm-build
-configure_ldm "$build" -DLDMSERVE_BUILD_TESTS=OFF
+# The trainer reads no GPU memory figures: build without them.
+configure_ldm "$build" -DLDMSERVE_BUILD_TESTS=OFF -DLDMSERVE_CUDA_MEMORY=OFF
 cmake --build "$build" -j16 --target ldmtrain 2>&1 | grep -E "error|FAILED" | head -20
 train="$build/tools/ldmtrain"
 [ -x "$train" ] || { echo "build failed"; exit 1; }
@@ -60,6 +63,7 @@ for task in $tasks; do
      --out "$work/$task" --seed $seed --steps 40000 --batch "${BATCH:-512}" \
      --lr "${LR:-6e-4}" --prediction "${PREDICTION:-v}" "${init[@]}" \
      --outline-weight "${OUTLINE_WEIGHT:-0}" \
+     --two-objects "${TWO_OBJECTS:-0.4}" \
      --max-seconds "$left" --log-every 500 > "$work/$task.log" 2>&1 &&
    mkdir -p "$out/$task" &&
    cp "$work/$task/weights.safetensors" "$work/$task/config.json" \

@@ -263,8 +263,10 @@ Scene SampleTwoObjectScene(ShapesRng& rng, bool name_background) {
   return scene;
 }
 
-Scene SampleScene(ShapesRng& rng) {
-  if (rng.Chance(0.4)) return SampleTwoObjectScene(rng, rng.Chance(0.5));
+Scene SampleScene(ShapesRng& rng, double two_object_fraction) {
+  if (rng.Chance(two_object_fraction)) {
+    return SampleTwoObjectScene(rng, rng.Chance(0.5));
+  }
   SingleObjectSpec spec;
   spec.color = RandomColor(rng);
   spec.shape = RandomShape(rng);

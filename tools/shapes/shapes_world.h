@@ -100,9 +100,12 @@ struct SingleObjectSpec {
   std::optional<Color> background;
 };
 
-// A random scene: one object (60%) or two, caption parts each left out at
-// random.
-Scene SampleScene(ShapesRng& rng);
+// The share of two-object scenes in the dataset (and the held-out set).
+inline constexpr double kTwoObjectFraction = 0.4;
+// A random scene: two objects with probability `two_object_fraction`, else
+// one; caption parts each left out at random.
+Scene SampleScene(ShapesRng& rng,
+                  double two_object_fraction = kTwoObjectFraction);
 // One object as `spec` says; the caption names exactly the given fields.
 Scene SampleSingleObjectScene(const SingleObjectSpec& spec, ShapesRng& rng);
 // Two objects in `relation`; the caption names both and the background when

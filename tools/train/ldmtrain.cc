@@ -14,6 +14,8 @@
 //       the decoded x0 prediction's pixel loss below T; trainer.h)
 //       --outline-weight W (diffusion stages: extra loss weight on the
 //       band around the objects' outlines; trainer.h)
+//       --two-objects F (diffusion stages: the share of two-object scenes,
+//       default the dataset's 0.4)
 //       Rerunning with the same --out resumes from DIR/train_state.
 //   ldmtrain sample --model DIR --out GRID.ppm [--steps N] [--cfg X]
 //                   [--what ae]
@@ -201,6 +203,9 @@ int Train(ldmtrain::Task task, std::map<std::string, std::string> options) {
   }
   if (options.count("outline-weight")) {
     train.outline_weight = std::stod(options["outline-weight"]);
+  }
+  if (options.count("two-objects")) {
+    train.two_object_fraction = std::stod(options["two-objects"]);
   }
   if (options.count("ema")) train.ema_decay = std::stod(options["ema"]);
   if (options.count("seed")) train.seed = std::stoull(options["seed"]);

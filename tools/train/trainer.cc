@@ -213,7 +213,8 @@ struct Batch {
 Batch SampleBatch(shapes::ShapesRng& rng, const TrainOptions& options) {
   Batch batch;
   for (int64_t i = 0; i < options.batch_size; ++i) {
-    batch.scenes.push_back(shapes::SampleScene(rng));
+    batch.scenes.push_back(
+        shapes::SampleScene(rng, options.two_object_fraction));
     batch.captions.push_back(rng.Chance(options.caption_dropout)
                                  ? std::string()
                                  : batch.scenes.back().caption);
@@ -491,6 +492,9 @@ class TrainingRun {
     }
     if (options_.outline_weight < 0) {
       return absl::InvalidArgumentError("--outline-weight: >= 0");
+    }
+    if (options_.two_object_fraction < 0 || options_.two_object_fraction > 1) {
+      return absl::InvalidArgumentError("--two-objects: a share in [0, 1]");
     }
     if (options_.pixel_loss_weight < 0 ||
         options_.pixel_loss_max_timestep < 1) {

@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "server/ldm/model_config.h"
+#include "tools/shapes/shapes_world.h"
 
 namespace ldmtrain {
 
@@ -68,6 +69,10 @@ struct TrainOptions {
   // the UNet gains little from telling shapes apart and learns it slowly.
   // 0 = off (the paper's loss).
   double outline_weight = 0;
+  // Diffusion stages: the share of training scenes with two objects (the
+  // dataset's own share by default). Their objects are smaller and their
+  // captions longer, so they are learnt later than single objects.
+  double two_object_fraction = shapes::kTwoObjectFraction;
   at::Device device = at::kCPU;
   std::string model_name;  // Defaults to shapes-<task>.
 };
