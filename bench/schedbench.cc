@@ -252,8 +252,9 @@ int main(int argc, char** argv) {
   for (absl::string_view name :
        absl::StrSplit(flag("modes", "none,request,step"), ',')) {
     absl::StatusOr<ldmserve::Batching> mode = ParseBatching(name);
-    if (!mode.ok()) return Usage(std::string(mode.status().message()));
-    modes.emplace_back(std::string(name), *mode);
+    if (!mode.ok()) return Usage(mode.status().ToString());
+    const std::string mode_name(name);
+    modes.emplace_back(mode_name, *mode);
   }
   const std::string dtype = flag("dtype", "f32");
   if (dtype != "f32" && dtype != "f16") return Usage("--dtype: f32 or f16");
