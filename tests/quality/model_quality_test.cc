@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "server/ldm/latent_diffusion.h"
@@ -44,6 +45,17 @@ std::vector<uint8_t> Bytes(const at::Tensor& image) {
 }
 
 double Percent(int part, int whole) { return 100.0 * part / whole; }
+
+// A text-to-image request as these tests send it: one image, kSteps steps.
+ldm::JobRequest PromptRequest(std::string prompt, uint64_t seed,
+                              float guidance) {
+  ldm::JobRequest request;
+  request.prompt = std::move(prompt);
+  request.seed = seed;
+  request.sampler.steps = kSteps;
+  request.sampler.guidance_scale = guidance;
+  return request;
+}
 
 // Runs `requests` (one image each, the same step count) as the scheduler
 // does: every job prepared, then one batched DenoiseStep for all of them per
@@ -111,17 +123,12 @@ Scores ScoreTextToImage(const ldm::LatentDiffusion& model, float guidance,
     const Asked want{static_cast<Color>(i % kNumColors),
                      static_cast<Shape>((i / kNumColors + i) % kNumShapes),
                      static_cast<Position>(i % kNumPositions)};
-    ldm::JobRequest request;
-    if (with_prompt) {
-      request.prompt = std::string("a ") + ColorName(want.color) + " " +
-                       ShapeName(want.shape) + " " +
-                       PositionPhrase(want.position);
-    }
-    request.seed = 1000 + i;
-    request.sampler.steps = kSteps;
-    request.sampler.guidance_scale = guidance;
+    const std::string prompt = std::string("a ") + ColorName(want.color) + " " +
+                               ShapeName(want.shape) + " " +
+                               PositionPhrase(want.position);
     asked.push_back(want);
-    requests.push_back(request);
+    requests.push_back(
+        PromptRequest(with_prompt ? prompt : "", 1000 + i, guidance));
   }
   Scores scores;
   const std::vector<at::Tensor> images = RunBatched(model, requests);
@@ -166,11 +173,10 @@ TEST(ModelQualityTest, TextToImageFollowsThePrompt) {
     }
     std::printf("\n");
   }
-  // Measured with the shipped weights (session 6, after the outline-weighted
-  // steps): colour, shape and position 100% guided (also with seeds
-  // 7000 + i); at cfg 1 shape 75% (diamonds 3/10); empty prompt 15% /
-  // 20% / 15% (chance: 12.5%, 25%, about 20%). All held to issue 5's
-  // targets.
+  // Measured with the shipped weights (session 7): colour, shape and
+  // position 100% guided (also with seeds 7000 + i); at cfg 1 shape 97.5%;
+  // empty prompt 17.5% / 20% / 20% (chance: 12.5%, 25%, about 20%). All
+  // held to issue 5's targets.
   EXPECT_GE(Percent(guided.colour, guided.total), 90);
   EXPECT_GE(Percent(guided.position, guided.total), 80);
   EXPECT_GE(Percent(guided.shape(), guided.total), 80);
@@ -180,6 +186,131 @@ TEST(ModelQualityTest, TextToImageFollowsThePrompt) {
   EXPECT_GE(guided.position, unconditional.position + kPrompts / 2);
   EXPECT_GE(guided.colour + guided.shape() + guided.position,
             unguided.colour + unguided.shape() + unguided.position);
+}
+
+// Two-object prompts "a C1 S1 RELATION a C2 S2", two different colours, one
+// seed each. The probed objects are matched to the asked ones by colour.
+struct TwoObjectScores {
+  int total = 0;
+  int both_found = 0;  // An object of each asked colour.
+  int relation = 0;    // ... placed as asked.
+  int shapes = 0;      // Objects (two per prompt) of the asked shape.
+  int all_right = 0;   // Colours, both shapes and the relation.
+  // Per shape asked for (either place), when its object was found.
+  int shape_right[kNumShapes] = {}, shape_asked[kNumShapes] = {};
+};
+
+bool RelationHolds(Relation relation, const ProbedObject& first,
+                   const ProbedObject& second) {
+  const float dx = first.center_x - second.center_x;
+  const float dy = first.center_y - second.center_y;
+  switch (relation) {
+    case Relation::kAbove:
+      return dy < 0 && -dy > std::abs(dx);
+    case Relation::kBelow:
+      return dy > 0 && dy > std::abs(dx);
+    case Relation::kLeftOf:
+      return dx < 0 && -dx > std::abs(dy);
+    case Relation::kRightOf:
+      return dx > 0 && dx > std::abs(dy);
+  }
+  return false;
+}
+
+// The largest probed object of `color`, or null.
+const ProbedObject* FindColour(const ProbeResult& probe, Color color) {
+  for (const ProbedObject& object : probe.objects) {
+    if (object.color == color) return &object;  // Largest first.
+  }
+  return nullptr;
+}
+
+// Prompt 0 is issue 5's example, "a red circle above a blue square"; over
+// the rest every relation and every shape comes in both places.
+TwoObjectScores ScoreTwoObjects(const ldm::LatentDiffusion& model,
+                                float guidance, int count) {
+  struct Asked {
+    Color color[2];
+    Shape shape[2];
+    Relation relation;
+  };
+  std::vector<Asked> asked;
+  std::vector<ldm::JobRequest> requests;
+  for (int i = 0; i < count; ++i) {
+    const int first_color = i % kNumColors;
+    const int second_color =
+        (first_color + 1 + (i / kNumColors) % 3 + 2 * (i % 2)) % kNumColors;
+    Asked want{
+        {static_cast<Color>(first_color), static_cast<Color>(second_color)},
+        {static_cast<Shape>(i % kNumShapes),
+         static_cast<Shape>((i / kNumShapes + i + 1) % kNumShapes)},
+        static_cast<Relation>((i + i / kNumRelations) % kNumRelations)};
+    if (i == 0) {
+      want = {{Color::kRed, Color::kBlue},
+              {Shape::kCircle, Shape::kSquare},
+              Relation::kAbove};
+    }
+    asked.push_back(want);
+    requests.push_back(PromptRequest(
+        std::string("a ") + ColorName(want.color[0]) + " " +
+            ShapeName(want.shape[0]) + " " + RelationPhrase(want.relation) +
+            " a " + ColorName(want.color[1]) + " " + ShapeName(want.shape[1]),
+        4000 + i, guidance));
+  }
+  TwoObjectScores scores;
+  const std::vector<at::Tensor> images = RunBatched(model, requests);
+  for (size_t i = 0; i < images.size(); ++i) {
+    ++scores.total;
+    const ProbeResult probe = ProbeScene(Bytes(images[i]));
+    const ProbedObject* first = FindColour(probe, asked[i].color[0]);
+    const ProbedObject* second = FindColour(probe, asked[i].color[1]);
+    if (first == nullptr || second == nullptr) continue;
+    ++scores.both_found;
+    const bool relation = RelationHolds(asked[i].relation, *first, *second);
+    int shapes = 0;
+    for (const auto& [seen, want] :
+         {std::pair{first, asked[i].shape[0]}, {second, asked[i].shape[1]}}) {
+      ++scores.shape_asked[static_cast<int>(want)];
+      scores.shape_right[static_cast<int>(want)] += seen->shape == want;
+      shapes += seen->shape == want;
+    }
+    scores.relation += relation;
+    scores.shapes += shapes;
+    scores.all_right += relation && shapes == 2;
+  }
+  return scores;
+}
+
+TEST(ModelQualityTest, TextToImageDrawsTwoObjects) {
+  auto model = LoadShipped("shapes-txt2img");
+  ASSERT_NE(model, nullptr);
+  constexpr int kPrompts = 24;
+  const TwoObjectScores guided =
+      ScoreTwoObjects(*model, Guidance(*model), kPrompts);
+  std::printf(
+      "txt2img two objects, %d prompts, %d DDIM steps, guidance %.1f: both "
+      "colours found %.1f%%, relation %.1f%%, shapes %.1f%% (of %d objects), "
+      "all right %.1f%%\n",
+      guided.total, kSteps, Guidance(*model),
+      Percent(guided.both_found, guided.total),
+      Percent(guided.relation, guided.total),
+      Percent(guided.shapes, 2 * guided.total), 2 * guided.total,
+      Percent(guided.all_right, guided.total));
+  std::printf("  shape right, by the shape asked:");
+  for (int k = 0; k < kNumShapes; ++k) {
+    std::printf(" %s %d/%d", ShapeName(static_cast<Shape>(k)),
+                guided.shape_right[k], guided.shape_asked[k]);
+  }
+  std::printf("\n");
+  // Measured with the shipped weights (session 7): both colours, relation,
+  // shapes and all right 95.8% each (seeds 9000 + i: 95.8, 95.8, 91.7,
+  // 87.5%); the weights before (session 6) drew both objects in place but
+  // as blobs: shapes 35.4%, all right 12.5%. Issue 5 sets no two-object
+  // target; these floors sit below what is measured.
+  EXPECT_GE(Percent(guided.both_found, guided.total), 85);
+  EXPECT_GE(Percent(guided.relation, guided.total), 80);
+  EXPECT_GE(Percent(guided.shapes, 2 * guided.total), 80);
+  EXPECT_GE(Percent(guided.all_right, guided.total), 70);
 }
 
 TEST(ModelQualityTest, InpaintingKeepsTheUnmaskedPixels) {
