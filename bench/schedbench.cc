@@ -173,8 +173,9 @@ void RunMode(const ldm::LatentDiffusion& model, const BenchOptions& options,
     return outcome;
   };
 
-  // Warm-up: every client once at the smallest and largest step counts (the
-  // allocator's pools, cuDNN's choices), then the counters start over.
+  // Warm-up: two jobs per client from the same mix (the allocator's pools,
+  // cuDNN's choices, every batch size the mode reaches), then the counters
+  // start over.
   ldmctl::LoadOptions warm_up = options.load;
   warm_up.rate = 0;
   warm_up.max_requests = 2 * std::max(1, options.load.concurrency);
@@ -267,7 +268,7 @@ int main(int argc, char** argv) {
   ldm::LoadOptions load;
   try {
     load.device = c10::Device(options.device);
-  } catch (const std::exception& error) {
+  } catch (const std::exception&) {
     return Usage("--device: " + options.device + " is not a device");
   }
   load.dtype = dtype == "f16" ? at::kHalf : at::kFloat;

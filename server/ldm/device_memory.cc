@@ -25,11 +25,17 @@ absl::Status CheckCuda(const c10::Device& device) {
 }
 
 #if defined(LDMSERVE_WITH_CUDA)
+// "cuda" names the first device, as LibTorch reads it.
+c10::DeviceIndex IndexOf(const c10::Device& device) {
+  return device.has_index() ? device.index() : 0;
+}
+
 // LibTorch sets its CUDA allocator up with the first CUDA tensor; until
 // then its statistics calls throw ("not initialized"). An empty tensor
 // does it, allocating nothing.
 void InitCudaAllocator(const c10::Device& device) {
-  (void)at::empty({0}, at::TensorOptions().device(device));
+  (void)at::empty({0}, at::TensorOptions().device(c10::Device(
+                           c10::DeviceType::CUDA, IndexOf(device))));
 }
 #endif
 
@@ -49,7 +55,7 @@ absl::StatusOr<DeviceMemory> CudaMemory(const c10::Device& device) {
   return CallTorch("device memory", [&]() -> DeviceMemory {
     InitCudaAllocator(device);
     const auto stats =
-        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+        c10::cuda::CUDACachingAllocator::getDeviceStats(IndexOf(device));
     // Index 0 of every StatArray is the aggregate over the pools.
     return {stats.allocated_bytes[0].current, stats.reserved_bytes[0].current,
             stats.allocated_bytes[0].peak, stats.reserved_bytes[0].peak};
@@ -64,7 +70,7 @@ absl::Status ResetCudaMemoryPeaks(const c10::Device& device) {
 #if defined(LDMSERVE_WITH_CUDA)
   return CallTorchStatus("device memory reset", [&] {
     InitCudaAllocator(device);
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+    c10::cuda::CUDACachingAllocator::resetPeakStats(IndexOf(device));
     return absl::OkStatus();
   });
 #else

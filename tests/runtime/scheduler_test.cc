@@ -188,9 +188,10 @@ TEST_F(SchedulerTest, AWorkerTakesOnlyJobsWhoseModelIsOnItsDevice) {
 // Runs where LibTorch sees a GPU (tools/device/scheduler_gpu_bench.sh runs
 // it there). Jobs with different step counts share a CUDA worker's batches;
 // each must come out as the same job run alone on that GPU, and as on the
-// CPU, within a level or two: on the GPU the batched text encoder and
-// GEMMs of other shapes round differently (measured on an H200: 3 of 6
-// differ from the job alone), so bit-identity is the CPU's promise only.
+// CPU, within a level or two: on the GPU, kernels for other shapes (the
+// prompts of jobs started together are encoded in one call) may round
+// differently (measured on an H200: 3 of 6 differ from the job alone by one
+// level), so bit-identity is the CPU's promise only.
 TEST_F(SchedulerTest, ACudaWorkerGivesTheJobsOwnResults) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device here";
   const at::Device gpu("cuda:0");
