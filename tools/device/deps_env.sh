@@ -17,6 +17,12 @@ part = "%s.%d" % (sys.argv[1], os.getpid())
 open(part, "wb").write(lzma.open(sys.argv[1] + ".xz").read())
 os.replace(part, sys.argv[1])' "$icu_data"
 export LD_LIBRARY_PATH="$root/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+# Debian's glog finds its FindUnwind module at an absolute /usr path: point
+# it inside .deps/ (the runtime build needs glog).
+glog_modules="$root/.deps/usr/lib/x86_64-linux-gnu/cmake/glog/glog-modules.cmake"
+[ -f "$glog_modules" ] && sed -i \
+  's|"/usr/share/glog/cmake"|"${CMAKE_CURRENT_LIST_DIR}/../../../../share/glog/cmake"|' \
+  "$glog_modules"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
