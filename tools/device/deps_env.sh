@@ -3,7 +3,7 @@
 # .deps/ usable, prints the GPU and PyTorch, and defines
 #   configure_ldm BUILD_DIR [cmake args...]
 # which configures the model library (service off) against the machine's
-# PyTorch. ICU's data library travels xz-compressed (30 MB -> 7.5 MB: `xz -9
+# PyTorch, printing only its errors (with what CMake says after them). ICU's data library travels xz-compressed (30 MB -> 7.5 MB: `xz -9
 # -k` it, then delete the original) so the tree, models/ and .deps/ fit the
 # 64 MiB a call carries; it is unpacked here on the first call.
 set -uo pipefail
@@ -34,5 +34,5 @@ configure_ldm() {
     -DLDMSERVE_BUILD_SERVICE=OFF "$@" \
     -DCMAKE_PREFIX_PATH="$torch_prefix;$root/.deps/usr" \
     -Dnlohmann_json_DIR="$root/.deps/usr/share/cmake/nlohmann_json" \
-    -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE "error" | head
+    -DICU_ROOT="$root/.deps/usr" 2>&1 | grep -iE -A8 "error" | head -40
 }
