@@ -46,6 +46,17 @@ std::vector<uint8_t> Bytes(const at::Tensor& image) {
 
 double Percent(int part, int whole) { return 100.0 * part / whole; }
 
+// "circle 10/10 square 9/10 ...": right of asked, per shape asked for.
+void PrintShapeCounts(const int (&right)[kNumShapes],
+                      const int (&asked)[kNumShapes]) {
+  std::printf("  shape right, by the shape asked:");
+  for (int k = 0; k < kNumShapes; ++k) {
+    std::printf(" %s %d/%d", ShapeName(static_cast<Shape>(k)), right[k],
+                asked[k]);
+  }
+  std::printf("\n");
+}
+
 // A text-to-image request as these tests send it: one image, kSteps steps.
 ldm::JobRequest PromptRequest(std::string prompt, uint64_t seed,
                               float guidance) {
@@ -166,12 +177,7 @@ TEST(ModelQualityTest, TextToImageFollowsThePrompt) {
         "%.1f%%, position %.1f%%\n",
         name, s.total, kSteps, Percent(s.colour, s.total),
         Percent(s.shape(), s.total), Percent(s.position, s.total));
-    std::printf("  shape right, by the shape asked:");
-    for (int k = 0; k < kNumShapes; ++k) {
-      std::printf(" %s %d/%d", ShapeName(static_cast<Shape>(k)),
-                  s.shape_right[k], s.shape_asked[k]);
-    }
-    std::printf("\n");
+    PrintShapeCounts(s.shape_right, s.shape_asked);
   }
   // Measured with the shipped weights (session 7): colour, shape and
   // position 100% guided (also with seeds 7000 + i); at cfg 1 shape 97.5%;
@@ -296,12 +302,7 @@ TEST(ModelQualityTest, TextToImageDrawsTwoObjects) {
       Percent(guided.relation, guided.total),
       Percent(guided.shapes, 2 * guided.total), 2 * guided.total,
       Percent(guided.all_right, guided.total));
-  std::printf("  shape right, by the shape asked:");
-  for (int k = 0; k < kNumShapes; ++k) {
-    std::printf(" %s %d/%d", ShapeName(static_cast<Shape>(k)),
-                guided.shape_right[k], guided.shape_asked[k]);
-  }
-  std::printf("\n");
+  PrintShapeCounts(guided.shape_right, guided.shape_asked);
   // Measured with the shipped weights (session 7): both colours, relation,
   // shapes and all right 95.8% each (seeds 9000 + i: 95.8, 95.8, 91.7,
   // 87.5%); the weights before (session 6) drew both objects in place but
