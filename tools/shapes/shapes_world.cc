@@ -17,10 +17,6 @@ constexpr float kSquareHalfSide = 0.9f;    // area 3.24 s^2
 constexpr float kDiamondRadius = 1.25f;    // area 3.13 s^2 (L1 radius)
 constexpr float kTriangleHalfSide = 1.3f;  // area 2.93 s^2
 
-// How far an object reaches from its centre, per unit of size (the
-// triangle's apex is the farthest point).
-constexpr float kExtent = 1.5f;
-
 constexpr float kSmallSize[2] = {6.5f, 8.0f};
 constexpr float kLargeSize[2] = {11.5f, 13.5f};
 constexpr float kPairSize[2] = {6.0f, 8.5f};

@@ -60,6 +60,10 @@ std::array<float, 2> PositionAnchor(Position position);
 // after its padding and unknown tokens).
 std::vector<std::string> Vocabulary();
 
+// How far an object reaches from its centre, per unit of `size` (the
+// triangle's apex is the farthest point).
+inline constexpr float kExtent = 1.5f;
+
 struct SceneObject {
   Color color = Color::kRed;
   Shape shape = Shape::kCircle;

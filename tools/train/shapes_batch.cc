@@ -64,8 +64,17 @@ std::vector<uint8_t> OutlineBandMask(const shapes::Scene& scene) {
   constexpr float kBand = 0.25f;
   std::vector<uint8_t> mask(static_cast<size_t>(kSize) * kSize, 0);
   for (const shapes::SceneObject& object : scene.objects) {
-    for (int y = 0; y < kSize; ++y) {
-      for (int x = 0; x < kSize; ++x) {
+    // Only pixels the grown object can reach (one more for the edge).
+    const float reach = shapes::kExtent * object.size * (1 + kBand) + 1;
+    const auto first = [&](float centre) {
+      return std::max(0, static_cast<int>(centre - reach));
+    };
+    const auto last = [&](float centre) {
+      return std::min(static_cast<int>(kSize) - 1,
+                      static_cast<int>(centre + reach));
+    };
+    for (int y = first(object.center_y); y <= last(object.center_y); ++y) {
+      for (int x = first(object.center_x); x <= last(object.center_x); ++x) {
         const float px = static_cast<float>(x) + 0.5f;
         const float py = static_cast<float>(y) + 0.5f;
         const bool in_grown =
@@ -94,7 +103,7 @@ at::Tensor TensorToBytes(const at::Tensor& images) {
 std::vector<uint8_t> ObjectBoxMask(const shapes::SceneObject& object,
                                    float margin) {
   std::vector<uint8_t> mask(kSize * kSize, 0);
-  const float reach = 1.5f * object.size + margin;
+  const float reach = shapes::kExtent * object.size + margin;
   FillBox(mask, object.center_x - reach, object.center_y - reach,
           object.center_x + reach, object.center_y + reach);
   return mask;

@@ -208,6 +208,8 @@ struct Batch {
   std::vector<shapes::Scene> scenes;
   at::Tensor images;  // [B, 3, 64, 64] on the device
   std::vector<std::string> captions;
+  // With an outline weight: each scene's OutlineBandMask.
+  std::vector<std::vector<uint8_t>> outline_bands;
 };
 
 Batch SampleBatch(shapes::ShapesRng& rng, const TrainOptions& options) {
@@ -219,11 +221,15 @@ Batch SampleBatch(shapes::ShapesRng& rng, const TrainOptions& options) {
                                  ? std::string()
                                  : batch.scenes.back().caption);
   }
-  // Rendering is the data loader's cost: spread it over the threads.
+  // Rendering (and the outline bands) are the data loader's cost: spread
+  // them over the threads.
   std::vector<std::vector<uint8_t>> pixels(batch.scenes.size());
+  const bool bands = options.outline_weight > 0;
+  if (bands) batch.outline_bands.resize(batch.scenes.size());
   at::parallel_for(0, options.batch_size, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       pixels[i] = shapes::RenderScene(batch.scenes[i]);
+      if (bands) batch.outline_bands[i] = OutlineBandMask(batch.scenes[i]);
     }
   });
   batch.images = ImagesToTensor(pixels).to(options.device);
@@ -658,16 +664,13 @@ class TrainingRun {
                    unet.Forward(input, timesteps, context);
                at::Tensor squared_error = (prediction - target).pow(2);
                if (options_.outline_weight > 0) {
-                 std::vector<std::vector<uint8_t>> bands;
-                 for (const shapes::Scene& scene : batch.scenes) {
-                   bands.push_back(OutlineBandMask(scene));
-                 }
                  squared_error =
                      squared_error *
-                     (1.0 + options_.outline_weight *
-                                at::adaptive_avg_pool2d(MasksToTensor(bands),
-                                                        {side, side})
-                                    .to(options_.device));
+                     (1.0 +
+                      options_.outline_weight *
+                          at::adaptive_avg_pool2d(
+                              MasksToTensor(batch.outline_bands), {side, side})
+                              .to(options_.device));
                }
                at::Tensor loss = squared_error.mean();
                if (options_.pixel_loss_weight > 0) {
