@@ -2,7 +2,8 @@
 //
 //   ldmbench [--config models/configs/sd-v1.json] [--sizes 256,512]
 //            [--device cpu|cuda] [--dtype f32|f16|bf16] [--repeats 3]
-//            [--threads N]
+//            [--threads N] [--batches 1,4,8] [--batch-invariant 0|1]
+//            [--fused-attention 0|1] [--peak 0|1]
 //   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [--device ...]
 //       loads a checkpoint through the real loader and reports the load time
 //       and the process's peak RSS against the file's size (run it in a
@@ -13,7 +14,12 @@
 // with seeded random weights, then times one UNet call at batch 1 (no
 // guidance) and batch 2 (a CFG pair), and one autoencoder decode, reporting
 // the median of --repeats runs after a warm-up, the parameter bytes and the
-// process RSS. Figures go to docs/benchmarks.md with the machine's name.
+// process RSS. Each figure's FLOPs (matrix products and convolutions,
+// counted per layer in the warm-up run) give its GFLOP/s; on the CPU the
+// machine's float32 FMA peak and a 2048^3 GEMM are measured in the same run,
+// before and after the models (--peak 0 skips them), and each figure is also
+// printed as a fraction of that peak. Figures go to docs/benchmarks.md with
+// the machine's name.
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <sys/resource.h>
@@ -28,9 +34,11 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/machine_peak.h"
 #include "server/ldm/allocator.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/layers.h"
+#include "server/ldm/precision.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace {
@@ -49,11 +57,22 @@ double PeakRssMiB() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
-// Median wall time in ms of `fn` over `repeats` runs after one warm-up;
-// `fn` must synchronise (read a value back) so device work is counted.
+struct Timing {
+  double ms = 0;      // Median wall time.
+  int64_t flops = 0;  // Matrix and convolution work of one run.
+  // GFLOP/s, and the fraction of `peak_gflops` that is.
+  double Gflops() const { return flops / ms / 1e6; }
+};
+
+// Median wall time in ms of `fn` over `repeats` runs after one warm-up, in
+// which its FLOPs are counted; `fn` must synchronise (read a value back) so
+// device work is counted.
 template <typename Fn>
-double MedianMs(int repeats, Fn&& fn) {
+Timing Time(int repeats, Fn&& fn) {
+  Timing timing;
+  ldm::StartCountingFlops();
   fn();
+  timing.flops = ldm::StopCountingFlops();
   std::vector<double> times;
   for (int i = 0; i < repeats; ++i) {
     const auto start = std::chrono::steady_clock::now();
@@ -63,7 +82,26 @@ double MedianMs(int repeats, Fn&& fn) {
                         .count());
   }
   std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  timing.ms = times[times.size() / 2];
+  return timing;
+}
+
+template <typename Fn>
+double MedianMs(int repeats, Fn&& fn) {
+  return Time(repeats, fn).ms;
+}
+
+// The machine's FMA peak and GEMM rate, printed; returns the peak.
+double PrintMachinePeak(const char* when) {
+  const ldmbench::FmaPeak peak = ldmbench::MeasureFmaPeak();
+  const double gemm = ldmbench::MeasureGemmGflops();
+  std::printf(
+      "machine %s: f32 FMA peak %.1f GFLOP/s (%s, %d threads), f32 GEMM "
+      "2048^3 %.1f GFLOP/s (%.0f%% of peak)\n",
+      when, peak.gflops, peak.isa.c_str(), peak.threads, gemm,
+      100 * gemm / peak.gflops);
+  std::fflush(stdout);
+  return peak.gflops;
 }
 
 struct Options {
@@ -76,6 +114,8 @@ struct Options {
   int threads = 0;
   std::vector<int64_t> batches;  // Images per guided call; empty = skip.
   bool batch_invariant = false;
+  bool fused_attention = true;
+  bool peak = true;  // Measure the CPU's peak before and after (CPU only).
 };
 
 // Parses "1,4,8"; unparsable items are skipped.
@@ -91,9 +131,7 @@ std::vector<int64_t> ParseIntList(absl::string_view list) {
 int RunLoad(const Options& options) {
   ldm::LoadOptions load;
   load.device = at::Device(options.device);
-  load.dtype = options.dtype == "f16"    ? at::kHalf
-               : options.dtype == "bf16" ? at::kBFloat16
-                                         : at::kFloat;
+  load.dtype = ldm::ParseDtypeName(options.dtype).value();
   const double rss_before = CurrentRssMiB();
   const auto start = std::chrono::steady_clock::now();
   auto model =
@@ -122,14 +160,19 @@ int Run(const Options& options) {
   if (!options.load.empty()) return RunLoad(options);
   ldm::LoadOptions load;
   load.device = at::Device(options.device);
-  load.dtype = options.dtype == "f16"    ? at::kHalf
-               : options.dtype == "bf16" ? at::kBFloat16
-                                         : at::kFloat;
+  load.dtype = ldm::ParseDtypeName(options.dtype).value();
   ldm::SetBatchInvariant(options.batch_invariant);
+  ldm::SetFusedAttention(options.fused_attention);
   std::printf(
-      "threads %d, device %s, dtype %s, repeats %d, batch-invariant %d\n",
+      "threads %d, device %s, dtype %s, repeats %d, batch-invariant %d, "
+      "fused attention %s\n",
       at::get_num_threads(), options.device.c_str(), options.dtype.c_str(),
-      options.repeats, options.batch_invariant);
+      options.repeats, options.batch_invariant,
+      !ldm::FusedAttentionAvailable() ? "n/a (LibTorch < 2.1)"
+      : options.fused_attention       ? "on (CUDA)"
+                                      : "off");
+  const bool on_cpu = load.device.is_cpu() && options.peak;
+  const double peak = on_cpu ? PrintMachinePeak("before") : 0;
   std::printf("%-14s %5s %10s %10s %12s %12s %12s %12s %10s %10s\n", "model",
               "size", "params(M)", "param MiB", "text cfg ms", "unet b1 ms",
               "unet cfg ms", "decode ms", "RSS MiB", "peak MiB");
@@ -178,25 +221,42 @@ int Run(const Options& options) {
             ctx_dim > 0
                 ? at::randn({batch, config->ctx_len, ctx_dim}, tensor_options)
                 : at::Tensor();
-        return MedianMs(options.repeats, [&] {
+        return Time(options.repeats, [&] {
           (*model)->unet().Forward(x, t, context).sum().item<float>();
         });
       };
-      const double unet_b1 = unet_call(1);
-      const double unet_cfg = unet_call(2);
+      const Timing unet_b1_timing = unet_call(1);
+      const Timing unet_cfg_timing = unet_call(2);
       at::Tensor z =
-          at::randn({1, config->ae.embed_dim, latent, latent}, tensor_options);
-      const double decode = MedianMs(options.repeats, [&] {
+          at::randn({1, config->ae.embed_dim, latent, latent},
+                    tensor_options.dtype((*model)->precision().first_stage));
+      const Timing decode_timing = Time(options.repeats, [&] {
         (*model)->autoencoder().Decode(z).sum().item<float>();
       });
+      const double unet_b1 = unet_b1_timing.ms;
+      const double unet_cfg = unet_cfg_timing.ms;
+      const double decode = decode_timing.ms;
       std::printf(
           "%-14s %5lld %10.1f %10.1f %12.1f %12.1f %12.1f %12.1f %10.0f "
           "%10.0f\n",
           config->name.c_str(), static_cast<long long>(size),
           (*model)->NumParameters() / 1e6, param_mib, text_cfg, unet_b1,
           unet_cfg, decode, rss_model, PeakRssMiB());
+      // FLOPs counted per layer (matrix products and convolutions).
+      for (const auto& [name, timing] :
+           {std::pair<const char*, const Timing*>{"unet b1", &unet_b1_timing},
+            {"unet cfg", &unet_cfg_timing},
+            {"decode", &decode_timing}}) {
+        std::printf("  %-9s %8.1f GFLOP %9.1f GFLOP/s", name,
+                    timing->flops / 1e9, timing->Gflops());
+        if (peak > 0) {
+          std::printf("  %5.1f%% of the FMA peak",
+                      100 * timing->Gflops() / peak);
+        }
+        std::printf("\n");
+      }
       for (int64_t images : options.batches) {
-        const double call = unet_call(2 * images);
+        const double call = unet_call(2 * images).ms;
         std::printf(
             "  guided call of %2lld images: %9.1f ms, %7.2f ms per "
             "image-step (%.2f x the 1-image cost)\n",
@@ -206,6 +266,7 @@ int Run(const Options& options) {
       std::fflush(stdout);
     }
   }
+  if (on_cpu) PrintMachinePeak("after");
   return 0;
 }
 
@@ -226,9 +287,17 @@ int main(int argc, char** argv) {
       options.batches = ParseIntList(value);
     } else if (flag == "--batch-invariant") {
       options.batch_invariant = value == "1" || value == "true";
+    } else if (flag == "--fused-attention") {
+      options.fused_attention = value == "1" || value == "true";
+    } else if (flag == "--peak") {
+      options.peak = value == "1" || value == "true";
     } else if (flag == "--device") {
       options.device = value;
     } else if (flag == "--dtype") {
+      if (!ldm::ParseDtypeName(value).ok()) {
+        std::fprintf(stderr, "ldmbench: --dtype must be f32, f16 or bf16\n");
+        return 2;
+      }
       options.dtype = value;
     } else if (flag == "--repeats") {
       options.repeats = std::max(1, std::stoi(value));

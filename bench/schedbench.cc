@@ -37,6 +37,7 @@
 #include "server/ldm/device_memory.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/layers.h"
+#include "server/ldm/precision.h"
 #include "server/runtime/scheduler.h"
 #include "tools/cli_util.h"
 
@@ -271,7 +272,10 @@ int main(int argc, char** argv) {
   } catch (const std::exception&) {
     return Usage("--device: " + options.device + " is not a device");
   }
-  load.dtype = dtype == "f16" ? at::kHalf : at::kFloat;
+  absl::StatusOr<at::ScalarType> parsed_dtype = ldm::ParseDtypeName(dtype);
+  if (!parsed_dtype.ok())
+    return Usage(std::string(parsed_dtype.status().message()));
+  load.dtype = *parsed_dtype;
   auto model = ldm::LatentDiffusion::Load(
       flag("config", shipped + "config.json"),
       flag("weights", shipped + "weights.safetensors"), load);

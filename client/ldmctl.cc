@@ -450,12 +450,19 @@ int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
       absl::StrAppend(&tasks, tasks.empty() ? "" : ",",
                       ldm::v1::Task_Name(static_cast<ldm::v1::Task>(task)));
     }
-    std::printf("%s\t%s\t%ux%u\tlatent %ux%ux%u\t%s%s\n", model.name().c_str(),
-                ldm::v1::ModelState_Name(model.state()).c_str(),
-                model.native_width(), model.native_height(),
-                model.latent_channels(), model.latent_height(),
-                model.latent_width(), tasks.c_str(),
-                model.error().empty() ? "" : ("\t" + model.error()).c_str());
+    // "cuda:0 f16 (vae f32, text f32)" per loaded copy.
+    std::string placements;
+    for (const ldm::v1::ModelPlacement& copy : model.placements()) {
+      absl::StrAppend(&placements, "\t", copy.device(), " ", copy.dtype(),
+                      " (vae ", copy.vae_dtype(), ", text ", copy.text_dtype(),
+                      ")");
+    }
+    std::printf(
+        "%s\t%s\t%ux%u\tlatent %ux%ux%u\t%s%s%s\n", model.name().c_str(),
+        ldm::v1::ModelState_Name(model.state()).c_str(), model.native_width(),
+        model.native_height(), model.latent_channels(), model.latent_height(),
+        model.latent_width(), tasks.c_str(), placements.c_str(),
+        model.error().empty() ? "" : ("\t" + model.error()).c_str());
   }
   return 0;
 }

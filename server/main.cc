@@ -24,6 +24,7 @@
 #include "absl/strings/str_replace.h"
 #include "server/ldm/allocator.h"
 #include "server/ldm/layers.h"
+#include "server/ldm/precision.h"
 #include "server/runtime/devices.h"
 #include "server/service/server.h"
 
@@ -41,6 +42,10 @@ ABSL_FLAG(int, max_batch, 8, "images per denoising call");
 ABSL_FLAG(std::string, devices, "cpu",
           "where workers run and models load: cpu, cuda:0, ... comma "
           "separated (cpu,cuda:0 works too); one worker per CUDA device");
+ABSL_FLAG(std::string, dtype, "auto",
+          "models' dtype where the registry names none: auto (f16 on CUDA, "
+          "f32 on the CPU), f32, f16 or bf16; the autoencoder and text "
+          "encoder stay f32 unless the registry says otherwise");
 ABSL_FLAG(int, workers, 1,
           "CPU workers (for --devices=cpu), each running its own batches "
           "(LibTorch's --threads are shared by all); small models serve "
@@ -141,6 +146,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.devices = *devices;
+  options.dtype = absl::GetFlag(FLAGS_dtype);
+  if (options.dtype != "auto" && !ldm::ParseDtypeName(options.dtype).ok()) {
+    std::fprintf(stderr, "ldmserve: --dtype must be auto, f32, f16 or bf16\n");
+    return 2;
+  }
   options.scheduler.worker_devices =
       ldmserve::WorkerDevices(*devices, absl::GetFlag(FLAGS_workers));
   options.scheduler.max_batch_latent_pixels =

@@ -1,7 +1,7 @@
 // ldmtool: offline model utilities (no server needed).
 //
 //   ldmtool init-random --config CONFIG.json --seed S --out W.safetensors
-//                       [--dtype f32|f16]
+//                       [--dtype f32|f16|bf16]
 //       builds the model of CONFIG with seeded random weights and saves it
 //       under the reference key names.
 //   ldmtool inspect WEIGHTS.safetensors [--configs DIR]
@@ -19,7 +19,8 @@
 //       prints each prompt's CLIP BPE ids on one line (the 77-id SD v1 form
 //       with --padded), for debugging prompts.
 //   ldmtool txt2img --config C --weights W --prompt P [--steps N] [--seed S]
-//                   [--n N] [--device cpu|cuda] [--dtype f32|f16] --out X.ppm
+//                   [--n N] [--device cpu|cuda] [--dtype f32|f16|bf16]
+//                   --out X.ppm
 //       runs a whole job alone through the engine twice (the second timed)
 //       and writes the first image as binary PPM.
 #include <ATen/Parallel.h>
@@ -40,6 +41,7 @@
 #include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/model_family.h"
+#include "server/ldm/precision.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
 #include "tools/cli_util.h"
@@ -48,14 +50,15 @@
 namespace {
 
 int Usage() {
-  std::fprintf(
-      stderr,
-      "usage:\n"
-      "  ldmtool init-random --config C --seed S --out W [--dtype f16]\n"
-      "  ldmtool inspect W [--configs DIR]\n"
-      "  ldmtool txt2img --config C --weights W --prompt P "
-      "[--steps N] [--seed S] [--cfg X] [--n N] [--device D] [--dtype f16] "
-      "--out IMAGE.ppm\n");
+  std::fprintf(stderr,
+               "usage:\n"
+               "  ldmtool init-random --config C --seed S --out W\n"
+               "                      [--dtype f32|f16|bf16]\n"
+               "  ldmtool inspect W [--configs DIR]\n"
+               "  ldmtool txt2img --config C --weights W --prompt P\n"
+               "                  [--steps N] [--seed S] [--cfg X] [--n N]\n"
+               "                  [--device D] [--dtype f32|f16|bf16]\n"
+               "                  --out IMAGE.ppm\n");
   return 2;
 }
 
@@ -74,9 +77,10 @@ int InitRandom(std::map<std::string, std::string> options) {
       options.count("seed") ? std::stoull(options["seed"]) : 0;
   auto model = ldm::LatentDiffusion::CreateRandom(*config, seed);
   if (!model.ok()) return Error(model.status());
-  const at::ScalarType dtype =
-      options["dtype"] == "f16" ? at::kHalf : at::kFloat;
-  if (auto saved = (*model)->Save(options["out"], dtype); !saved.ok()) {
+  absl::StatusOr<at::ScalarType> dtype =
+      ldm::ParseDtypeName(options.count("dtype") ? options["dtype"] : "f32");
+  if (!dtype.ok()) return Error(dtype.status());
+  if (auto saved = (*model)->Save(options["out"], *dtype); !saved.ok()) {
     return Error(saved);
   }
   std::printf("%s: %lld parameters, seed %llu\n", options["out"].c_str(),
@@ -189,7 +193,12 @@ int TextToImage(std::map<std::string, std::string> options) {
     if (!device.ok()) return Error(device.status());
     load.device = *device;
   }
-  if (options["dtype"] == "f16") load.dtype = at::kHalf;
+  if (options.count("dtype")) {
+    absl::StatusOr<at::ScalarType> dtype =
+        ldm::ParseDtypeName(options["dtype"]);
+    if (!dtype.ok()) return Error(dtype.status());
+    load.dtype = *dtype;
+  }
   auto model =
       ldm::LatentDiffusion::Load(options["config"], options["weights"], load);
   if (!model.ok()) return Error(model.status());

@@ -140,8 +140,8 @@ absl::StatusOr<std::unique_ptr<ClipTextModel>> ClipTextModel::Load(
     const std::string position_ids = prefix + "embeddings.position_ids";
     return registry->LoadFrom(
         *Checkpoint::FromFile(file), prefix, /*strict=*/true,
-        [&](const std::string& key) { return key == position_ids; },
-        at::TensorOptions().dtype(at::kFloat));
+        [&](const std::string& key) { return key == position_ids; }, at::kCPU,
+        [](const std::string&) { return at::kFloat; });
   }));
   model->own_registry_ = std::move(registry);
   return model;

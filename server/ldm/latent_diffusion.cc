@@ -86,9 +86,26 @@ at::Tensor PreviewProjection(int64_t channels) {
 
 }  // namespace
 
+StagePrecision LoadOptions::Precision() const {
+  StagePrecision precision = StagePrecision::ForModelDtype(dtype);
+  if (first_stage_dtype) precision.first_stage = *first_stage_dtype;
+  if (text_dtype) precision.text = *text_dtype;
+  return precision;
+}
+
 LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options,
                                  at::Device declare_on)
-    : config_(std::move(config)), options_(options), registry_(declare_on) {}
+    : config_(std::move(config)),
+      options_(options),
+      precision_(options.Precision()),
+      registry_(declare_on) {}
+
+at::ScalarType LatentDiffusion::DtypeOfParameter(
+    const std::string& name) const {
+  if (absl::StartsWith(name, kAutoencoderPrefix)) return precision_.first_stage;
+  if (absl::StartsWith(name, kTextEncoderPrefix)) return precision_.text;
+  return precision_.unet;
+}
 
 absl::StatusOr<std::map<std::string, std::vector<int64_t>>>
 LatentDiffusion::ExpectedParameters(const ModelConfig& config) {
@@ -175,6 +192,11 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
   // is read from the file, straight into its device and dtype.
   std::unique_ptr<LatentDiffusion> model(
       new LatentDiffusion(std::move(config), options, at::kMeta));
+  for (at::ScalarType dtype :
+       {model->precision_.unet, model->precision_.first_stage,
+        model->precision_.text}) {
+    LDM_RETURN_IF_ERROR(CheckDtypeSupported(options.device, dtype));
+  }
   LDM_RETURN_IF_ERROR(CallTorchStatus("load " + weights_path, [&] {
     c10::InferenceMode inference;
     LDM_RETURN_IF_ERROR(model->Build());
@@ -194,7 +216,10 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
           return IsKnownExtraKey(key) ||
                  (options.use_ema && absl::StartsWith(key, kEmaSourcePrefix));
         },
-        at::TensorOptions().device(options.device).dtype(options.dtype),
+        options.device,
+        [&model](const std::string& name) {
+          return model->DtypeOfParameter(name);
+        },
         key_for));
     if (file->Contains("alphas_cumprod")) {
       // The checkpoint's buffer wins where it disagrees with the config;
@@ -231,7 +256,9 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
     // matters once text is encoded (EncodeText then says so).
     (void)model->LoadTokenizer();
     model->registry_.InitRandom(seed);
-    model->registry_.To(options.device, options.dtype);
+    model->registry_.To(options.device, [&model](const std::string& name) {
+      return model->DtypeOfParameter(name);
+    });
     return absl::OkStatus();
   }));
   return model;
@@ -342,8 +369,8 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
             .to(options_.device);
     at::Tensor context =
         clip_text_ ? clip_text_->Encode(id_tensor, config_.clip->clip_skip)
-                         .to(options_.dtype)
                    : text_encoder_->Forward(id_tensor);
+    context = context.to(at::kFloat);
     if (weighted) {
       // As those front ends do: scale each token's row by its weight, then
       // give each prompt's rows back their mean (unless it is ~0).
@@ -356,7 +383,8 @@ absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
       context =
           at::where(after.abs() > 1e-6, scaled * (before / after), scaled);
     }
-    result.context = std::move(context);
+    // The UNet's dtype: what its cross-attention reads.
+    result.context = context.to(precision_.unet);
     return result;
   });
 }
@@ -372,7 +400,7 @@ absl::StatusOr<ImageTask> LatentDiffusion::NewImageTask(
     at::Generator generator = MakeGenerator(seed);
     at::Tensor noise = StandardNormal(
         {1, config_.unet.out_channels, latent_height, latent_width}, generator,
-        at::TensorOptions().dtype(options_.dtype).device(options_.device));
+        at::TensorOptions().dtype(at::kFloat).device(options_.device));
     LDM_ASSIGN_OR_RETURN(task.sampler,
                          MakeSampler(sampler, *schedule_, std::move(noise),
                                      std::move(generator), init_latent));
@@ -399,11 +427,13 @@ absl::StatusOr<at::Tensor> LatentDiffusion::EncodeImages(
     const at::Tensor& images, const at::Tensor& noise) const {
   return CallTorch("encode images", [&] {
     c10::InferenceMode inference;
-    const at::Tensor encoded = EncodeMoments(images);
+    // Latents are float32 (the sampler's state) whatever the first stage's
+    // dtype.
+    const at::Tensor encoded = EncodeMoments(images).to(at::kFloat);
     if (autoencoder_->is_vq()) return config_.scale_factor * encoded;
     const DiagonalGaussian posterior = Autoencoder::Posterior(encoded);
     return config_.scale_factor *
-           posterior.SampleWith(noise.to(options_.device, options_.dtype));
+           posterior.SampleWith(noise.to(options_.device, at::kFloat));
   });
 }
 
@@ -413,9 +443,9 @@ LatentDiffusion::PrepareInpaint(const at::Tensor& image, const at::Tensor& mask,
   InpaintConditioning result;
   LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint conditioning", [&] {
     c10::InferenceMode inference;
-    const at::Tensor device_mask = mask.to(options_.device, options_.dtype);
+    const at::Tensor device_mask = mask.to(options_.device, at::kFloat);
     result.masked_image =
-        image.to(options_.device, options_.dtype) * (device_mask < 0.5);
+        image.to(options_.device, at::kFloat) * (device_mask < 0.5);
     result.mask_latent =
         at::upsample_nearest2d(device_mask, {noise.size(2), noise.size(3)});
     return absl::OkStatus();
@@ -444,8 +474,10 @@ absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatents(
   }
   return CallTorch("decode", [&] {
     c10::InferenceMode inference;
-    return autoencoder_->Decode((1.0 / config_.scale_factor) *
-                                latents.to(options_.device, options_.dtype));
+    return autoencoder_
+        ->Decode((1.0 / config_.scale_factor) *
+                 latents.to(options_.device, precision_.first_stage))
+        .to(at::kFloat);
   });
 }
 
@@ -529,18 +561,18 @@ absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatentsTiled(
   return CallTorch("tiled decode", [&] {
     c10::InferenceMode inference;
     const at::Tensor z = (1.0 / config_.scale_factor) *
-                         latents.to(options_.device, options_.dtype);
+                         latents.to(options_.device, precision_.first_stage);
     return BlendTiles(z, 1, config_.ae.DownsamplingFactor(), config_.ae.out_ch,
                       tiles,
                       [&](const at::Tensor& tile) {
                         return autoencoder_->Decode(tile);
                       })
-        .to(options_.device, options_.dtype);
+        .to(options_.device, at::kFloat);
   });
 }
 
 at::Tensor LatentDiffusion::EncodeMoments(const at::Tensor& images) const {
-  const at::Tensor x = images.to(options_.device, options_.dtype);
+  const at::Tensor x = images.to(options_.device, precision_.first_stage);
   const int64_t f = config_.ae.DownsamplingFactor();
   const TileOptions& tiles = options_.tiles;
   if (tiles.max_untiled_latent_pixels <= 0 ||
@@ -553,7 +585,7 @@ at::Tensor LatentDiffusion::EncodeMoments(const at::Tensor& images) const {
                     [&](const at::Tensor& tile) {
                       return autoencoder_->EncodeMoments(tile);
                     })
-      .to(options_.device, options_.dtype);
+      .to(options_.device, precision_.first_stage);
 }
 
 absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
@@ -609,8 +641,12 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
       context = at::cat(contexts, 0);
     }
     at::Tensor t = at::tensor(timesteps).to(options_.device);
-    at::Tensor input = at::cat(inputs, 0);
-    at::Tensor out = unet_->Forward(input, t, context, class_labels);
+    // The sampler's float32 state in, the UNet's dtype through it, float32
+    // out (no-ops for a float32 model).
+    at::Tensor input = at::cat(inputs, 0).to(precision_.unet);
+    if (context.defined()) context = context.to(precision_.unet);
+    at::Tensor out =
+        unet_->Forward(input, t, context, class_labels).to(at::kFloat);
     std::vector<at::Tensor> guided;
     int64_t row = 0;
     for (ImageTask* task : tasks) {
@@ -774,7 +810,7 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJobWithText(
   }
 
   const at::TensorOptions latent_options =
-      at::TensorOptions().dtype(options_.dtype).device(options_.device);
+      at::TensorOptions().dtype(at::kFloat).device(options_.device);
   for (int i = 0; i < request.num_images; ++i) {
     const uint64_t seed = request.seed + static_cast<uint64_t>(i);
     at::Generator encoder_generator = EncoderGenerator(seed);
@@ -805,17 +841,16 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJobWithText(
         LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint", [&] {
           c10::InferenceMode inference;
           const at::Tensor repaint = at::upsample_nearest2d(
-              request.inpaint_mask.to(options_.device, options_.dtype),
+              request.inpaint_mask.to(options_.device, at::kFloat),
               {height, width});
-          blend =
-              ImageTask::Blend{1 - (repaint >= 0.5).to(options_.dtype), known,
-                               MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
+          blend = ImageTask::Blend{1 - (repaint >= 0.5).to(at::kFloat), known,
+                                   MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
           return absl::OkStatus();
         }));
       }
     }
     if (request.low_res.defined()) {
-      concat = request.low_res.to(options_.device, options_.dtype);
+      concat = request.low_res.to(options_.device, at::kFloat);
     }
     LDM_ASSIGN_OR_RETURN(
         ImageTask task, NewImageTask(seed, height, width, request.sampler, cond,

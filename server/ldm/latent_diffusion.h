@@ -39,6 +39,7 @@
 #include "server/ldm/clip_tokenizer.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/parameters.h"
+#include "server/ldm/precision.h"
 #include "server/ldm/sampler.h"
 #include "server/ldm/schedule.h"
 #include "server/ldm/text_encoder.h"
@@ -58,13 +59,19 @@ struct TileOptions {
 
 struct LoadOptions {
   at::Device device = at::kCPU;
+  // The model's dtype: its UNet's. The autoencoder and the text encoder are
+  // float32 unless set here (precision.h says why).
   at::ScalarType dtype = at::kFloat;
+  std::optional<at::ScalarType> first_stage_dtype;
+  std::optional<at::ScalarType> text_dtype;
   bool strict = true;
   // Read the UNet from the checkpoint's EMA copy (CompVis `model_ema.*`,
   // names without dots) instead of its training weights; FAILED_PRECONDITION
   // when the file has none. Either way the other copy is skipped.
   bool use_ema = false;
   TileOptions tiles;
+
+  StagePrecision Precision() const;
 };
 
 // One image's (or one batch's) progress through the denoising loop.
@@ -160,6 +167,8 @@ class LatentDiffusion {
 
   const ModelConfig& config() const { return config_; }
   const at::Device& device() const { return options_.device; }
+  // The dtype of each stage's weights and arithmetic.
+  const StagePrecision& precision() const { return precision_; }
   int64_t NumParameters() const { return registry_.NumElements(); }
   bool has_text_encoder() const {
     return text_encoder_ != nullptr || clip_text_ != nullptr;
@@ -270,8 +279,12 @@ class LatentDiffusion {
   // text-to-image encoder.
   absl::Status LoadTokenizer();
 
+  // The dtype of parameter `name` (a reference key): its stage's.
+  at::ScalarType DtypeOfParameter(const std::string& name) const;
+
   ModelConfig config_;
   LoadOptions options_;
+  StagePrecision precision_;
   ParameterRegistry registry_;
   std::unique_ptr<UNetModel> unet_;
   std::unique_ptr<Autoencoder> autoencoder_;

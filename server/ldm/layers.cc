@@ -1,12 +1,25 @@
 #include "server/ldm/layers.h"
 
+#include <torch/version.h>
+
 #include <algorithm>
 #include <atomic>
+
+// at::scaled_dot_product_attention takes `scale` from LibTorch 2.1 on.
+#if TORCH_VERSION_MAJOR > 2 || \
+    (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define LDMSERVE_HAS_SDPA 1
+#else
+#define LDMSERVE_HAS_SDPA 0
+#endif
 
 namespace ldm {
 namespace {
 
 std::atomic<bool> batch_invariant{false};
+std::atomic<bool> fused_attention{true};
+std::atomic<bool> counting_flops{false};
+std::atomic<int64_t> counted_flops{0};
 
 // `fn` over each sample of `x` (dim 0) alone, results concatenated.
 template <typename Fn>
@@ -24,6 +37,24 @@ at::Tensor PerSample(const at::Tensor& x, Fn&& fn) {
 
 void SetBatchInvariant(bool on) { batch_invariant.store(on); }
 bool BatchInvariant() { return batch_invariant.load(); }
+void SetFusedAttention(bool on) { fused_attention.store(on); }
+
+void StartCountingFlops() {
+  counted_flops.store(0);
+  counting_flops.store(true);
+}
+
+int64_t StopCountingFlops() {
+  counting_flops.store(false);
+  return counted_flops.load();
+}
+
+void CountFlops(int64_t flops) {
+  if (counting_flops.load(std::memory_order_relaxed)) {
+    counted_flops.fetch_add(flops, std::memory_order_relaxed);
+  }
+}
+bool FusedAttentionAvailable() { return LDMSERVE_HAS_SDPA != 0; }
 
 Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
                int64_t out_channels, int64_t kernel, int64_t stride,
@@ -39,7 +70,11 @@ at::Tensor Conv2d::Forward(const at::Tensor& x) const {
     return at::conv2d(input, weight_, bias_, {stride_, stride_},
                       {padding_, padding_});
   };
-  return BatchInvariant() ? PerSample(x, conv) : conv(x);
+  at::Tensor out = BatchInvariant() ? PerSample(x, conv) : conv(x);
+  // Each output element: in_channels * k * k multiply-adds.
+  CountFlops(2 * out.numel() * weight_.size(1) * weight_.size(2) *
+             weight_.size(3));
+  return out;
 }
 
 Conv1x1d::Conv1x1d(const ParamScope& scope, int64_t in_channels,
@@ -52,6 +87,7 @@ at::Tensor Conv1x1d::Forward(const at::Tensor& x) const {
   auto conv = [&](const at::Tensor& input) {
     return at::conv1d(input, weight_, bias_);
   };
+  CountFlops(2 * x.size(0) * x.size(2) * weight_.size(0) * weight_.size(1));
   return BatchInvariant() ? PerSample(x, conv) : conv(x);
 }
 
@@ -65,6 +101,8 @@ at::Tensor Linear::Forward(const at::Tensor& x) const {
   auto linear = [&](const at::Tensor& input) {
     return at::linear(input, weight_, bias_);
   };
+  // Rows of x times the weight's multiply-adds.
+  CountFlops(2 * (x.numel() / x.size(-1)) * weight_.numel());
   // Dim 0 is the batch (for a 2-D input each row is a sample).
   return BatchInvariant() ? PerSample(x, linear) : linear(x);
 }
@@ -120,17 +158,44 @@ at::Tensor MergeHeads(const at::Tensor& x, int64_t heads) {
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, double scale,
                      const at::Tensor& mask) {
-  // Bound each chunk's score matrix to about 32M elements.
-  constexpr int64_t kMaxScores = int64_t{1} << 25;
+  // q k^T and the weighted sum of v.
+  CountFlops(2 * 2 * q.size(0) * q.size(1) * k.size(1) * q.size(2));
+#if LDMSERVE_HAS_SDPA
+  if (q.is_cuda() && fused_attention.load()) {
+    // [B*heads, T, d] as one batch of B*heads heads: the layout the flash
+    // and memory-efficient kernels take.
+    c10::optional<at::Tensor> bias;
+    if (mask.defined()) bias = mask.to(q.scalar_type());
+    return at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0),
+                                            v.unsqueeze(0), bias,
+                                            /*dropout_p=*/0.0,
+                                            /*is_causal=*/false, scale)
+        .squeeze(0);
+  }
+#endif
+  // Bound each chunk's score matrix to about 32M elements (128 MiB in f32).
+  return AttentionInChunks(q, k, v, scale, mask, int64_t{1} << 25);
+}
+
+at::Tensor AttentionInChunks(const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v, double scale,
+                             const at::Tensor& mask, int64_t max_scores) {
   const int64_t batch = q.size(0), queries = q.size(1), keys = k.size(1);
   const int64_t chunk =
-      std::max<int64_t>(1, kMaxScores / std::max<int64_t>(1, batch * keys));
+      std::max<int64_t>(1, max_scores / std::max<int64_t>(1, batch * keys));
   const at::Tensor k_t = k.transpose(1, 2);
   auto attend = [&](int64_t start, int64_t end) {
     const at::Tensor q_part = q.slice(1, start, end);
-    at::Tensor scores = at::baddbmm(
-        at::empty({q_part.size(0), q_part.size(1), keys}, q_part.options()),
-        q_part, k_t, /*beta=*/0, /*alpha=*/scale);
+    // beta = 0 makes the BLAS ignore the output's old contents, but
+    // LibTorch 1.13's own kernel for small products computes 0 * old, and
+    // the functional baddbmm hands it uninitialised memory (NaN now and
+    // then: seen in AttentionTest). So: in place, into zeros where the
+    // product is small; big ones take the BLAS and skip the memset.
+    const std::vector<int64_t> sizes = {q_part.size(0), q_part.size(1), keys};
+    const bool small = q_part.size(1) * keys * q.size(2) < 65536;
+    at::Tensor scores = small ? at::zeros(sizes, q_part.options())
+                              : at::empty(sizes, q_part.options());
+    scores.baddbmm_(q_part, k_t, /*beta=*/0, /*alpha=*/scale);
     if (mask.defined()) scores = scores + mask.slice(0, start, end);
     return at::bmm(at::softmax(scores, -1), v);
   };

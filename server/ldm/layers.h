@@ -24,6 +24,18 @@ namespace ldm {
 void SetBatchInvariant(bool on);
 bool BatchInvariant();
 
+// Floating-point operations of the matrix products and convolutions run
+// while counting is on, 2 per multiply-add (element-wise work, norms and
+// softmax are not counted: they are memory-bound). Benchmarks report speed
+// as a fraction of the machine's peak with it. Process-wide; off by default,
+// when it costs one relaxed atomic load per layer call.
+void StartCountingFlops();
+// Stops counting; returns the operations counted since the start.
+int64_t StopCountingFlops();
+// Adds `flops` while counting is on (layers call it; so do model blocks that
+// multiply matrices themselves).
+void CountFlops(int64_t flops);
+
 class Conv2d {
  public:
   // Not copyable: the parameter registry points into the layer.
@@ -107,13 +119,28 @@ class Embedding {
   at::Tensor weight_;
 };
 
-// softmax(q k^T * scale + mask) v over [B*heads, T, d] tensors, in query
-// chunks so that memory stays bounded for long sequences (a 64x64 latent has
-// 4096 tokens: the full score matrix per head would be 64 MiB). `mask`, if
-// given, is [Tq, Tk] and added to the scores (-inf hides a key).
+// Fused attention (at::scaled_dot_product_attention's flash and
+// memory-efficient kernels) for tensors on CUDA, where this LibTorch has it
+// (2.1 and later; FusedAttentionAvailable() says). Process-wide, on by
+// default; benchmarks turn it off to measure its gain. The CPU always takes
+// the chunked path below: it is what the golden parity sets and the
+// batch-invariance promise were measured on.
+void SetFusedAttention(bool on);
+bool FusedAttentionAvailable();
+
+// softmax(q k^T * scale + mask) v over [B*heads, T, d] tensors. `mask`, if
+// given, is [Tq, Tk] and added to the scores (-inf hides a key). Fused on
+// CUDA (above); otherwise AttentionInChunks with a 32M-element bound.
 at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, double scale,
                      const at::Tensor& mask = {});
+// The same in query chunks whose score matrices hold at most `max_scores`
+// elements (B*heads * chunk * Tk), so memory stays bounded for long
+// sequences: a 64x64 latent has 4096 tokens, a 128x128 one 16384, whose
+// full score matrix would be 1 GiB per head.
+at::Tensor AttentionInChunks(const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v, double scale,
+                             const at::Tensor& mask, int64_t max_scores);
 
 // [B, T, heads*d] -> [B*heads, T, d], head j taking features [j*d, (j+1)*d).
 at::Tensor SplitHeads(const at::Tensor& x, int64_t heads);

@@ -40,7 +40,7 @@ void ParameterRegistry::Declare(const std::string& name,
 absl::Status ParameterRegistry::LoadFrom(
     const Checkpoint& file, const std::string& prefix, bool strict,
     const std::function<bool(const std::string&)>& is_known_extra,
-    const at::TensorOptions& options,
+    at::Device device, const DtypeForName& dtype_for,
     const std::function<std::string(const std::string&)>& key_for) {
   std::vector<std::string> missing;
   std::set<std::string> claimed;
@@ -62,7 +62,8 @@ absl::Status ParameterRegistry::LoadFrom(
     if (!stored.ok()) return stored.status();
     // A copy (not an alias of the mapping): the mapping may be unaligned and
     // is read-only.
-    *entry.slot = stored->to(options, /*non_blocking=*/false, /*copy=*/true);
+    *entry.slot = stored->to(device, dtype_for(entry.name),
+                             /*non_blocking=*/false, /*copy=*/true);
     file.ReleasePages(key);
   }
   if (!missing.empty()) {
@@ -114,8 +115,12 @@ void ParameterRegistry::InitRandom(uint64_t seed) {
 }
 
 void ParameterRegistry::To(at::Device device, at::ScalarType dtype) {
+  To(device, [dtype](const std::string&) { return dtype; });
+}
+
+void ParameterRegistry::To(at::Device device, const DtypeForName& dtype_for) {
   for (Entry& entry : entries_) {
-    *entry.slot = entry.slot->to(device, dtype);
+    *entry.slot = entry.slot->to(device, dtype_for(entry.name));
   }
 }
 

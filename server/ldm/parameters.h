@@ -48,24 +48,27 @@ class ParameterRegistry {
   // accept (schedule buffers, say) are unexpected; with `strict` they are an
   // error.
   //
-  // Each tensor is copied straight into `options` (device and dtype) and its
+  // Each tensor is copied straight onto `device` in `dtype_for(name)` and its
   // pages of the mapping are released at once, so loading needs about the
   // parameters' bytes, not twice that.
   //
   // `key_for`, when given, maps `prefix + name` to the key actually read (an
   // EMA copy under other names, say).
+  using DtypeForName = std::function<at::ScalarType(const std::string& name)>;
   absl::Status LoadFrom(
       const Checkpoint& file, const std::string& prefix, bool strict,
       const std::function<bool(const std::string&)>& is_known_extra,
-      const at::TensorOptions& options,
+      at::Device device, const DtypeForName& dtype_for,
       const std::function<std::string(const std::string&)>& key_for = {});
 
   // Deterministic random weights (fan-in scaled normal, norms at 1/0) from
   // `seed`: every layer matters, so untrained models still exercise all code.
   void InitRandom(uint64_t seed);
 
-  // Moves every parameter to `device` and casts it to `dtype`.
+  // Moves every parameter to `device` and casts it to `dtype`
+  // (`dtype_for(name)`).
   void To(at::Device device, at::ScalarType dtype);
+  void To(at::Device device, const DtypeForName& dtype_for);
 
   // name -> tensor, for saving.
   std::map<std::string, at::Tensor> Named(const std::string& prefix) const;

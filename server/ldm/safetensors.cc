@@ -35,7 +35,7 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& dtype) {
                    " (supported: F32, F16, BF16, I64, I32, U8)"));
 }
 
-absl::StatusOr<std::string> DtypeName(at::ScalarType dtype) {
+absl::StatusOr<std::string> SafetensorsDtypeName(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat:
       return std::string("F32");
@@ -234,7 +234,8 @@ absl::Status WriteSafetensors(
   std::vector<at::Tensor> contiguous;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
-    LDM_ASSIGN_OR_RETURN(std::string dtype, DtypeName(tensor.scalar_type()));
+    LDM_ASSIGN_OR_RETURN(std::string dtype,
+                         SafetensorsDtypeName(tensor.scalar_type()));
     at::Tensor data = tensor.detach().to(at::kCPU).contiguous();
     const uint64_t bytes = data.numel() * data.element_size();
     header[name] = {{"dtype", dtype},

@@ -222,6 +222,7 @@ class AttentionBlock : public UNetLayer {
     const int64_t ch = c / heads_;
     auto parts = qkv.reshape({b * heads_, ch * 3, length}).split(ch, 1);
     const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(ch)));
+    CountFlops(2 * 2 * b * heads_ * length * length * ch);
     at::Tensor weight =
         at::bmm((parts[0] * scale).transpose(1, 2), parts[1] * scale);
     weight = at::softmax(weight.to(at::kFloat), -1).to(weight.scalar_type());

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/model_family.h"
+#include "server/ldm/precision.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
 
@@ -38,6 +39,34 @@ absl::StatusOr<std::string> ResolveConfig(const ModelEntry& entry) {
   LOG(INFO) << "model " << entry.name << ": family " << family->name
             << " (detected from " << entry.weights_path << ")";
   return family->config_path;
+}
+
+// The load options of `entry`'s copy on `device`, its dtypes resolved.
+absl::StatusOr<ldm::LoadOptions> LoadOptionsFor(
+    const ModelEntry& entry, const at::Device& device,
+    const std::string& default_dtype) {
+  ldm::LoadOptions options{.device = device, .use_ema = entry.use_ema};
+  const std::string& dtype = entry.dtype.empty() ? default_dtype : entry.dtype;
+  if (dtype == "auto") {
+    options.dtype = ldm::DefaultDtypeFor(device);
+  } else {
+    absl::StatusOr<at::ScalarType> parsed = ldm::ParseDtypeName(dtype);
+    if (!parsed.ok()) return parsed.status();
+    options.dtype = *parsed;
+  }
+  if (!entry.vae_dtype.empty()) {
+    absl::StatusOr<at::ScalarType> parsed =
+        ldm::ParseDtypeName(entry.vae_dtype);
+    if (!parsed.ok()) return parsed.status();
+    options.first_stage_dtype = *parsed;
+  }
+  if (!entry.text_dtype.empty()) {
+    absl::StatusOr<at::ScalarType> parsed =
+        ldm::ParseDtypeName(entry.text_dtype);
+    if (!parsed.ok()) return parsed.status();
+    options.text_dtype = *parsed;
+  }
+  return options;
 }
 
 template <typename T>
@@ -104,6 +133,18 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
       entry.devices = item.value("devices", std::vector<std::string>{});
       entry.required = item.value("required", true);
       entry.use_ema = item.value("ema", false);
+      entry.dtype = item.value("dtype", std::string());
+      entry.vae_dtype = item.value("vae_dtype", std::string());
+      entry.text_dtype = item.value("text_dtype", std::string());
+      for (const std::string* dtype :
+           {&entry.dtype, &entry.vae_dtype, &entry.text_dtype}) {
+        if (dtype->empty()) continue;
+        if (absl::Status valid = ldm::ParseDtypeName(*dtype).status();
+            !valid.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ": model ", entry.name, ": ", valid.message()));
+        }
+      }
     } catch (const nlohmann::json::exception& error) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": bad model entry: ", error.what()));
@@ -139,7 +180,8 @@ std::vector<const ldm::LatentDiffusion*> ModelRegistry::Model::Copies() const {
 }
 
 absl::Status ModelRegistry::LoadAll(
-    const std::vector<std::string>& server_devices) {
+    const std::vector<std::string>& server_devices,
+    const std::string& default_dtype) {
   std::vector<Model*> pending;
   {
     absl::MutexLock lock(&mu_);
@@ -167,11 +209,13 @@ absl::Status ModelRegistry::LoadAll(
     for (size_t i = 0; status.ok() && i < entry.devices.size(); ++i) {
       absl::StatusOr<at::Device> device = ldm::CallTorch(
           "device", [&] { return at::Device(entry.devices[i]); });
+      absl::StatusOr<ldm::LoadOptions> options =
+          device.ok() ? LoadOptionsFor(entry, *device, default_dtype)
+                      : absl::StatusOr<ldm::LoadOptions>(device.status());
       absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
-          device.ok() ? ldm::LatentDiffusion::Load(
-                            *config_path, entry.weights_path,
-                            {.device = *device, .use_ema = entry.use_ema})
-                      : device.status();
+          options.ok() ? ldm::LatentDiffusion::Load(
+                             *config_path, entry.weights_path, *options)
+                       : options.status();
       if (loaded.ok()) {
         copies.push_back(*std::move(loaded));
       } else {
@@ -201,7 +245,8 @@ absl::Status ModelRegistry::LoadAll(
     }
     model->state = ModelState::kReady;
     LOG(INFO) << "model " << entry.name << " ready on "
-              << absl::StrJoin(entry.devices, ", ") << " ("
+              << absl::StrJoin(entry.devices, ", ") << " (UNet "
+              << ldm::DtypeName(model->model->precision().unet) << ", "
               << model->model->NumParameters() << " parameters, "
               << absl::ToDoubleSeconds(absl::Now() - start) << " s)";
   }
@@ -259,9 +304,11 @@ std::vector<ModelRegistry::ModelStatus> ModelRegistry::Snapshot() const {
   absl::MutexLock lock(&mu_);
   std::vector<ModelStatus> result;
   for (const auto& model : models_) {
+    const bool ready = model->state == ModelState::kReady;
     result.push_back(ModelStatus{
         model->entry, model->state, model->error,
-        model->state == ModelState::kReady ? model->model.get() : nullptr});
+        ready ? model->model.get() : nullptr,
+        ready ? model->Copies() : std::vector<const ldm::LatentDiffusion*>()});
   }
   return result;
 }

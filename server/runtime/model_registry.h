@@ -7,6 +7,10 @@
 //      "tasks": ["text_to_image"],
 //      "default_for": ["text_to_image"],
 //      "devices": ["cpu"],     // optional; default: every --devices device
+//      "dtype": "f16",         // optional; default: ldmserve --dtype, whose
+//                              // auto is f16 on CUDA and f32 on the CPU
+//      "vae_dtype": "f32",     // optional: the autoencoder's (default f32)
+//      "text_dtype": "f32",    // optional: the text encoder's (default f32)
 //      "required": true}]}
 //
 // LoadAll() loads every entry, one copy per device it is served on; a
@@ -48,6 +52,11 @@ struct ModelEntry {
   std::vector<std::string> devices;
   bool required = true;
   bool use_ema = false;  // "ema": true: the checkpoint's EMA UNet weights.
+  // "f32", "f16", "bf16" (validated when read); empty = the server's
+  // default for each device.
+  std::string dtype;
+  std::string vae_dtype;
+  std::string text_dtype;
 };
 
 class ModelRegistry {
@@ -60,8 +69,10 @@ class ModelRegistry {
   void AddLoaded(ModelEntry entry, std::unique_ptr<ldm::LatentDiffusion> model);
 
   // `server_devices`: the devices the server runs workers on (--devices).
-  absl::Status LoadAll(const std::vector<std::string>& server_devices = {
-                           "cpu"});
+  // `default_dtype`: the dtype of entries that name none ("f32", "f16",
+  // "bf16", or "auto": f16 on CUDA, f32 elsewhere).
+  absl::Status LoadAll(const std::vector<std::string>& server_devices = {"cpu"},
+                       const std::string& default_dtype = "auto");
 
   struct Model {
     ModelEntry entry;
@@ -86,6 +97,8 @@ class ModelRegistry {
     ModelState state;
     std::string error;
     const ldm::LatentDiffusion* model;  // Set when ready.
+    // Every copy when ready (Model::Copies), in entry.devices order.
+    std::vector<const ldm::LatentDiffusion*> copies;
   };
   // A consistent copy of every model's state, for ListModels.
   std::vector<ModelStatus> Snapshot() const;

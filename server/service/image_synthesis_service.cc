@@ -11,6 +11,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/ldm/precision.h"
 #include "server/service/png_codec.h"
 
 namespace ldmserve {
@@ -381,6 +382,13 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
           static_cast<uint32_t>(config.unet.out_channels));
       info->set_latent_height(static_cast<uint32_t>(config.latent_height));
       info->set_latent_width(static_cast<uint32_t>(config.latent_width));
+    }
+    for (const ldm::LatentDiffusion* copy : status.copies) {
+      ldm::v1::ModelPlacement* placement = info->add_placements();
+      placement->set_device(copy->device().str());
+      placement->set_dtype(ldm::DtypeName(copy->precision().unet));
+      placement->set_vae_dtype(ldm::DtypeName(copy->precision().first_stage));
+      placement->set_text_dtype(ldm::DtypeName(copy->precision().text));
     }
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();

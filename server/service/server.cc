@@ -22,6 +22,7 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
   std::unique_ptr<LdmServer> server(new LdmServer());
   server->models_ = std::move(models);
   server->devices_ = options.devices;
+  server->dtype_ = options.dtype;
   server->metrics_ = std::make_unique<ServiceMetrics>();
   SchedulerOptions scheduler_options = options.scheduler;
   if (scheduler_options.observer == nullptr) {
@@ -85,7 +86,7 @@ void LdmServer::RefreshGauges() {
 }
 
 absl::Status LdmServer::LoadModels() {
-  absl::Status status = models_->LoadAll(devices_);
+  absl::Status status = models_->LoadAll(devices_, dtype_);
   if (status.ok() && models_->AllRequiredReady()) SetServing(true);
   return status;
 }

@@ -32,6 +32,9 @@ struct ServerOptions {
   // Where models are loaded (ParseDevices' form); the scheduler's workers
   // must cover them.
   std::vector<std::string> devices = {"cpu"};
+  // Models' dtype where the registry names none: "auto" (f16 on CUDA, f32
+  // on the CPU), "f32", "f16" or "bf16".
+  std::string dtype = "auto";
 };
 
 class LdmServer {
@@ -75,6 +78,7 @@ class LdmServer {
   int port_ = 0;
   bool shut_down_ = false;
   std::vector<std::string> devices_;
+  std::string dtype_;
 };
 
 }  // namespace ldmserve

@@ -94,6 +94,61 @@ TEST_F(ModelRegistryTest, DevicesDefaultToTheServersAndNeedAWorker) {
                         "(--devices=cpu)"));
 }
 
+TEST_F(ModelRegistryTest, DtypeFromTheEntryElseTheServersDefault) {
+  auto entries = Registry(R"({"models": [
+      {"name": "default", "weights": "known.safetensors",
+       "tasks": ["super_resolution"]},
+      {"name": "mine", "weights": "known.safetensors", "dtype": "f32",
+       "vae_dtype": "bf16", "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  EXPECT_EQ((*entries)[1].dtype, "f32");
+  EXPECT_EQ((*entries)[1].vae_dtype, "bf16");
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll({"cpu"}, "bf16").ok());
+  auto defaulted = registry.Find("default", TaskKind::kSuperResolution);
+  ASSERT_TRUE(defaulted.ok()) << defaulted.status();
+  EXPECT_EQ((*defaulted)->model->precision(),
+            ldm::StagePrecision::ForModelDtype(at::kBFloat16));
+  auto own = registry.Find("mine", TaskKind::kSuperResolution);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ((*own)->model->precision().unet, at::kFloat);
+  EXPECT_EQ((*own)->model->precision().first_stage, at::kBFloat16);
+  EXPECT_EQ((*own)->model->precision().text, at::kFloat);
+  // The snapshot (ListModels' source) carries every copy.
+  for (const ModelRegistry::ModelStatus& status : registry.Snapshot()) {
+    ASSERT_EQ(status.copies.size(), 1u);
+    EXPECT_EQ(status.copies[0], status.model);
+  }
+
+  // "auto" on the CPU is f32.
+  ModelRegistry automatic(*entries);
+  ASSERT_TRUE(automatic.LoadAll({"cpu"}, "auto").ok());
+  EXPECT_EQ((*automatic.Find("default", TaskKind::kSuperResolution))
+                ->model->precision()
+                .unet,
+            at::kFloat);
+
+  auto misspelt = Registry(R"({"models": [{"name": "mine",
+      "weights": "known.safetensors", "dtype": "fp16"}]})");
+  EXPECT_EQ(misspelt.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(misspelt.status().message()),
+              HasSubstr("model mine: dtype 'fp16': expected f32, f16 or bf16"));
+
+  // A dtype the device cannot run fails the load with one line.
+  auto half = Registry(R"({"models": [{"name": "mine",
+      "weights": "known.safetensors", "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(half.ok());
+  ModelRegistry on_cpu(*half);
+  const absl::Status loaded = on_cpu.LoadAll({"cpu"}, "f16");
+  if (!ldm::CheckDtypeSupported(at::kCPU, at::kHalf).ok()) {
+    EXPECT_EQ(loaded.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(loaded.message()),
+                HasSubstr("model mine: f16 on cpu is not supported"));
+  } else {
+    EXPECT_TRUE(loaded.ok()) << loaded;
+  }
+}
+
 TEST_F(ModelRegistryTest, FamilyByNameUsesTheConfigsFolder) {
   auto entries = Registry(R"({"models": [{"name": "mine",
       "family": "tiny-family", "weights": "known.safetensors",

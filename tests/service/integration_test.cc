@@ -463,6 +463,12 @@ TEST_F(IntegrationTest, ListModelsReportsTheLoadedModel) {
   ASSERT_EQ(info.tasks_size(), 3);
   EXPECT_EQ(info.tasks(0), ldm::v1::TASK_TEXT_TO_IMAGE);
   EXPECT_EQ(info.tasks(2), ldm::v1::TASK_INPAINT);
+  // Where each copy runs and in which precision.
+  ASSERT_EQ(info.placements_size(), 1);
+  EXPECT_EQ(info.placements(0).device(), "cpu");
+  EXPECT_EQ(info.placements(0).dtype(), "f32");
+  EXPECT_EQ(info.placements(0).vae_dtype(), "f32");
+  EXPECT_EQ(info.placements(0).text_dtype(), "f32");
 }
 
 TEST_F(IntegrationTest, PreviewsAndProgressIntervalsAsAsked) {

@@ -234,6 +234,11 @@ class Client:
                  "state": pb.ModelState.Name(m.state),
                  "native_width": m.native_width,
                  "native_height": m.native_height,
+                 "devices": list(m.devices),
+                 "placements": [{"device": p.device, "dtype": p.dtype,
+                                 "vae_dtype": p.vae_dtype,
+                                 "text_dtype": p.text_dtype}
+                                for p in m.placements],
                  "error": m.error}
                 for m in response.models]
 

@@ -77,6 +77,9 @@ class ClientTest(unittest.TestCase):
         self.assertIn("TASK_TEXT_TO_IMAGE",
                       names["shapes-txt2img"]["default_for"])
         self.assertEqual(names["shapes-txt2img"]["native_width"], 64)
+        self.assertEqual(names["shapes-txt2img"]["placements"],
+                         [{"device": "cpu", "dtype": "f32", "vae_dtype": "f32",
+                           "text_dtype": "f32"}])
 
     def test_txt2img_returns_png_bytes_and_is_seeded(self):
         first = self.client.txt2img("a red circle", steps=3, seed=5,
