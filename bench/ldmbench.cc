@@ -3,7 +3,7 @@
 //   ldmbench [--config models/configs/sd-v1.json] [--sizes 256,512]
 //            [--device cpu|cuda] [--dtype f32|f16|bf16] [--repeats 3]
 //            [--threads N] [--batches 1,4,8] [--batch-invariant 0|1]
-//            [--fused-attention 0|1] [--peak 0|1]
+//            [--fused-attention 0|1] [--peak 0|1] [--cached-mib 2048]
 //   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [--device ...]
 //       loads a checkpoint through the real loader and reports the load time
 //       and the process's peak RSS against the file's size (run it in a
@@ -242,6 +242,11 @@ int Run(const Options& options) {
           config->name.c_str(), static_cast<long long>(size),
           (*model)->NumParameters() / 1e6, param_mib, text_cfg, unet_b1,
           unet_cfg, decode, rss_model, PeakRssMiB());
+      const ldm::CachedTensorMemory cached = ldm::CachedTensorMemoryStats();
+      std::printf(
+          "  freed tensor memory kept: %.0f MiB, %lld reuses, %lld new\n",
+          cached.cached_bytes / 1048576.0, static_cast<long long>(cached.hits),
+          static_cast<long long>(cached.misses));
       // FLOPs counted per layer (matrix products and convolutions).
       for (const auto& [name, timing] :
            {std::pair<const char*, const Timing*>{"unet b1", &unet_b1_timing},
@@ -273,8 +278,8 @@ int Run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ldm::KeepFreedTensorMemory();
   Options options;
+  int64_t cached_mib = 2048;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--load") {
@@ -289,6 +294,8 @@ int main(int argc, char** argv) {
       options.batch_invariant = value == "1" || value == "true";
     } else if (flag == "--fused-attention") {
       options.fused_attention = value == "1" || value == "true";
+    } else if (flag == "--cached-mib") {
+      cached_mib = std::stoll(value);
     } else if (flag == "--peak") {
       options.peak = value == "1" || value == "true";
     } else if (flag == "--device") {
@@ -308,6 +315,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Before any tensor exists (flags are parsed first for its size).
+  ldm::KeepFreedTensorMemory(static_cast<size_t>(cached_mib) << 20);
   at::set_num_threads(options.threads > 0
                           ? options.threads
                           : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));

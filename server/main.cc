@@ -36,7 +36,8 @@ ABSL_FLAG(std::string, models, LDMSERVE_DEFAULT_REGISTRY,
           "model registry file (JSON)");
 ABSL_FLAG(int, threads, 0,
           "intra-op threads for LibTorch; 0 = one per core but one (left to "
-          "gRPC and the streams)");
+          "gRPC and the streams), or every core when a model of 100 M "
+          "parameters or more is served");
 ABSL_FLAG(int, queue_size, 64, "jobs that may wait in the queue");
 ABSL_FLAG(int, max_batch, 8, "images per denoising call");
 ABSL_FLAG(std::string, devices, "cpu",
@@ -64,6 +65,10 @@ ABSL_FLAG(bool, batch_invariant, true,
           "compute each image of a batch on its own so results are "
           "bit-identical however jobs are batched (costs throughput; see "
           "docs/benchmarks.md)");
+ABSL_FLAG(int64_t, tensor_cache_mib, 2048,
+          "freed tensor blocks of 1 MiB or more kept for reuse, at most this "
+          "many MiB (large models: their activations are not faulted in "
+          "again on every call); 0 = none");
 ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port here once listening (for tests)");
 
@@ -100,7 +105,12 @@ int main(int argc, char** argv) {
   std::vector<char*> args = NormalizeFlagDashes(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   FLAGS_logtostderr = true;
-  ldm::KeepFreedTensorMemory();
+  if (absl::GetFlag(FLAGS_tensor_cache_mib) < 0) {
+    std::fprintf(stderr, "ldmserve: --tensor-cache-mib must be >= 0\n");
+    return 2;
+  }
+  ldm::KeepFreedTensorMemory(
+      static_cast<size_t>(absl::GetFlag(FLAGS_tensor_cache_mib)) << 20);
   google::InitGoogleLogging(argv[0]);
 
   // Signals are taken by sigwait below, never by a handler: block them
@@ -111,17 +121,6 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  // LibTorch's thread pools are process-global: set once, here. By default
-  // one core is left to gRPC: OpenMP's barriers wait for the slowest
-  // thread, so one preempted by the server's own threads stalls every op
-  // (measured on 2 cores, a 25-step shapes job: 0.58 s with 2 threads,
-  // 0.18 s with 1).
-  const int threads = absl::GetFlag(FLAGS_threads);
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(threads > 0 ? threads : std::max(1, cores - 1));
-  at::set_num_interop_threads(1);
-  ldm::SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
-
   auto entries =
       ldmserve::ModelRegistry::ReadRegistryFile(absl::GetFlag(FLAGS_models));
   if (!entries.ok()) {
@@ -129,6 +128,17 @@ int main(int argc, char** argv) {
                  std::string(entries.status().message()).c_str());
     return 2;
   }
+  // LibTorch's thread pools are process-global: set once, here, by the
+  // served models' size unless asked (DefaultIntraOpThreads says why; on 2
+  // cores a 25-step shapes job took 0.58 s with 2 threads, 0.18 s with 1).
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  const int threads = absl::GetFlag(FLAGS_threads) > 0
+                          ? absl::GetFlag(FLAGS_threads)
+                          : ldmserve::DefaultIntraOpThreads(*entries, cores);
+  at::set_num_threads(threads);
+  at::set_num_interop_threads(1);
+  LOG(INFO) << "intra-op threads: " << threads << " of " << cores << " cores";
+  ldm::SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
   ldmserve::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);

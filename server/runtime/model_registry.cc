@@ -76,6 +76,23 @@ bool Has(const std::vector<T>& values, const T& value) {
 
 }  // namespace
 
+int DefaultIntraOpThreads(const std::vector<ModelEntry>& entries, int cores,
+                          int64_t large_parameters) {
+  for (const ModelEntry& entry : entries) {
+    absl::StatusOr<std::shared_ptr<const ldm::Checkpoint>> file =
+        ldm::Checkpoint::Open(entry.weights_path);
+    if (!file.ok()) continue;
+    int64_t parameters = 0;
+    for (const auto& [name, info] : (*file)->tensors()) {
+      int64_t elements = 1;
+      for (int64_t size : info.shape) elements *= size;
+      parameters += elements;
+    }
+    if (parameters >= large_parameters) return std::max(1, cores);
+  }
+  return std::max(1, cores - 1);
+}
+
 absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
     const std::string& path) {
   absl::StatusOr<std::string> text = ldm::ReadTextFile(path);

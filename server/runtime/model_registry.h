@@ -59,6 +59,21 @@ struct ModelEntry {
   std::string text_dtype;
 };
 
+// Models with at least this many parameters are "large" for the defaults
+// below (SD v1 has 1066 M, the shipped shapes models about 3 M).
+inline constexpr int64_t kLargeModelParameters = 100'000'000;
+
+// LibTorch's intra-op threads for a server of `cores` serving `entries`
+// (ldmserve --threads=0). Small models only: cores - 1, one core left to
+// gRPC (OpenMP's barriers wait for the slowest thread, and a thread
+// preempted by the server's own stalls every millisecond-long op). Any
+// model of `large_parameters` or more: every core, since its ops last tens
+// of milliseconds to seconds and the extra core is worth up to 2x on a
+// 2-core machine. Sizes come from the checkpoints' headers (nothing is
+// loaded); unreadable ones count as small (the load reports them).
+int DefaultIntraOpThreads(const std::vector<ModelEntry>& entries, int cores,
+                          int64_t large_parameters = kLargeModelParameters);
+
 class ModelRegistry {
  public:
   static absl::StatusOr<std::vector<ModelEntry>> ReadRegistryFile(

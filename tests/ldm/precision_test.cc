@@ -56,17 +56,26 @@ TEST(PrecisionTest, HalfOnCudaFloatOnTheCpuByDefault) {
   return ::testing::AssertionSuccess();
 }
 
-TEST(PrecisionTest, OnlyTheUNetIsLoweredUnlessAsked) {
+// The tiny model saved as a float32 checkpoint `name`.safetensors and its
+// config `name`.json in the test's temporary folder.
+struct SavedModel {
+  std::string config_path, weights_path;
+};
+SavedModel SaveTinyModel(const std::string& name) {
   const ModelConfig config = testing::TinyTextToImageConfig();
-  auto reference = LatentDiffusion::CreateRandom(config, 3);
-  ASSERT_TRUE(reference.ok());
-  const std::string path = ::testing::TempDir() + "/precision.safetensors";
-  ASSERT_TRUE((*reference)->Save(path).ok());
-  const std::string config_path = ::testing::TempDir() + "/precision.json";
-  { std::ofstream(config_path) << ModelConfigToJson(config); }
+  SavedModel saved{::testing::TempDir() + "/" + name + ".json",
+                   ::testing::TempDir() + "/" + name + ".safetensors"};
+  auto model = LatentDiffusion::CreateRandom(config, 3);
+  EXPECT_TRUE(model.ok() && (*model)->Save(saved.weights_path).ok());
+  std::ofstream(saved.config_path) << ModelConfigToJson(config);
+  return saved;
+}
 
+TEST(PrecisionTest, OnlyTheUNetIsLoweredUnlessAsked) {
+  const SavedModel saved = SaveTinyModel("precision");
   LoadOptions bf16{.dtype = at::kBFloat16};
-  auto loaded = LatentDiffusion::Load(config_path, path, bf16);
+  auto loaded =
+      LatentDiffusion::Load(saved.config_path, saved.weights_path, bf16);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ((*loaded)->precision(),
             StagePrecision::ForModelDtype(at::kBFloat16));
@@ -76,7 +85,8 @@ TEST(PrecisionTest, OnlyTheUNetIsLoweredUnlessAsked) {
 
   bf16.first_stage_dtype = at::kBFloat16;
   bf16.text_dtype = at::kBFloat16;
-  auto all_low = LatentDiffusion::CreateRandom(config, 3, bf16);
+  auto all_low =
+      LatentDiffusion::CreateRandom(testing::TinyTextToImageConfig(), 3, bf16);
   ASSERT_TRUE(all_low.ok());
   EXPECT_TRUE(AllOfStageAre(**all_low, "first_stage_model.", at::kBFloat16));
   EXPECT_TRUE(AllOfStageAre(**all_low, "cond_stage_model.", at::kBFloat16));
@@ -85,15 +95,10 @@ TEST(PrecisionTest, OnlyTheUNetIsLoweredUnlessAsked) {
 // A dtype this LibTorch cannot run on a device fails the load with one
 // clear line instead of the first request; one it can run serves jobs.
 TEST(PrecisionTest, AnUnsupportedDtypeFailsAtLoad) {
-  const ModelConfig config = testing::TinyTextToImageConfig();
-  auto reference = LatentDiffusion::CreateRandom(config, 3);
-  ASSERT_TRUE(reference.ok());
-  const std::string path = ::testing::TempDir() + "/half.safetensors";
-  ASSERT_TRUE((*reference)->Save(path).ok());
-  const std::string config_path = ::testing::TempDir() + "/half.json";
-  { std::ofstream(config_path) << ModelConfigToJson(config); }
+  const SavedModel saved = SaveTinyModel("half");
   const absl::Status supported = CheckDtypeSupported(at::kCPU, at::kHalf);
-  auto loaded = LatentDiffusion::Load(config_path, path, {.dtype = at::kHalf});
+  auto loaded = LatentDiffusion::Load(saved.config_path, saved.weights_path,
+                                      {.dtype = at::kHalf});
   if (supported.ok()) {
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     JobRequest request{.prompt = "a red circle"};

@@ -149,6 +149,22 @@ TEST_F(ModelRegistryTest, DtypeFromTheEntryElseTheServersDefault) {
   }
 }
 
+TEST_F(ModelRegistryTest, IntraOpThreadsFollowTheLargestModel) {
+  auto entries = Registry(R"({"models": [
+      {"name": "a", "weights": "known.safetensors"},
+      {"name": "missing", "weights": "nowhere.safetensors"}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  // The shipped SR architecture: a few million parameters, small.
+  EXPECT_EQ(DefaultIntraOpThreads(*entries, 2), 1);
+  EXPECT_EQ(DefaultIntraOpThreads(*entries, 1), 1);
+  EXPECT_EQ(DefaultIntraOpThreads(*entries, 16), 15);
+  // The same file counts as large under a lower bar: every core.
+  EXPECT_EQ(DefaultIntraOpThreads(*entries, 2, /*large_parameters=*/1000), 2);
+  // Unreadable files count as small.
+  entries->erase(entries->begin());
+  EXPECT_EQ(DefaultIntraOpThreads(*entries, 2, 1000), 1);
+}
+
 TEST_F(ModelRegistryTest, FamilyByNameUsesTheConfigsFolder) {
   auto entries = Registry(R"({"models": [{"name": "mine",
       "family": "tiny-family", "weights": "known.safetensors",
