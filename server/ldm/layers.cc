@@ -159,7 +159,7 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, double scale,
                      const at::Tensor& mask) {
   // q k^T and the weighted sum of v.
-  CountFlops(2 * 2 * q.size(0) * q.size(1) * k.size(1) * q.size(2));
+  CountFlops(int64_t{4} * q.size(0) * q.size(1) * k.size(1) * q.size(2));
 #if LDMSERVE_HAS_SDPA
   if (q.is_cuda() && fused_attention.load()) {
     // [B*heads, T, d] as one batch of B*heads heads: the layout the flash

@@ -29,6 +29,7 @@ TEST(CachingAllocatorTest, FreedLargeBlocksAreReusedWithTheirContentsReset) {
 
   // Over the limit, the largest kept blocks are given back.
   std::vector<at::Tensor> blocks;
+  blocks.reserve(6);
   for (int i = 0; i < 6; ++i) blocks.push_back(at::empty({4 << 20}));
   blocks.clear();  // 6 x 16 MiB freed, 64 MiB kept.
   after = CachedTensorMemoryStats();

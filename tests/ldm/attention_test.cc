@@ -37,7 +37,7 @@ TEST(AttentionTest, ChunksAgreeWithTheWholeScoreMatrix) {
     // 6 * 23 scores a query: bounds of 1 query, 5 (a ragged last chunk) and
     // all 37 at once.
     for (int64_t max_scores :
-         {int64_t{1}, int64_t{6 * 23 * 5}, int64_t{6 * 23 * 37}}) {
+         {int64_t{1}, int64_t{6} * 23 * 5, int64_t{6} * 23 * 37}) {
       const at::Tensor chunked =
           AttentionInChunks(q, k, v, scale, m, max_scores);
       ASSERT_EQ(chunked.sizes(), expected.sizes());

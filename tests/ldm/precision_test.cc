@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/ldm/latent_diffusion.h"
 #include "tests/ldm/test_util.h"
@@ -44,15 +45,16 @@ TEST(PrecisionTest, HalfOnCudaFloatOnTheCpuByDefault) {
   auto& mutable_model = const_cast<LatentDiffusion&>(model);
   int count = 0;
   for (const auto& [name, tensor] : mutable_model.MutableParameters()) {
-    if (name.rfind(prefix, 0) != 0) continue;
+    if (!absl::StartsWith(name, prefix)) continue;
     ++count;
     if (tensor.scalar_type() != dtype) {
       return ::testing::AssertionFailure()
              << name << " is " << c10::toString(tensor.scalar_type());
     }
   }
-  if (count == 0)
+  if (count == 0) {
     return ::testing::AssertionFailure() << "none under " << prefix;
+  }
   return ::testing::AssertionSuccess();
 }
 
