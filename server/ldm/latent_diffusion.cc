@@ -474,9 +474,10 @@ absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatents(
   }
   return CallTorch("decode", [&] {
     c10::InferenceMode inference;
+    // Unscaled in float32, then cast: a lowered first stage rounds once.
     return autoencoder_
-        ->Decode((1.0 / config_.scale_factor) *
-                 latents.to(options_.device, precision_.first_stage))
+        ->Decode(((1.0 / config_.scale_factor) * latents.to(options_.device))
+                     .to(precision_.first_stage))
         .to(at::kFloat);
   });
 }
@@ -560,8 +561,9 @@ absl::StatusOr<at::Tensor> LatentDiffusion::DecodeLatentsTiled(
     const at::Tensor& latents, const TileOptions& tiles) const {
   return CallTorch("tiled decode", [&] {
     c10::InferenceMode inference;
-    const at::Tensor z = (1.0 / config_.scale_factor) *
-                         latents.to(options_.device, precision_.first_stage);
+    const at::Tensor z =
+        ((1.0 / config_.scale_factor) * latents.to(options_.device))
+            .to(precision_.first_stage);
     return BlendTiles(z, 1, config_.ae.DownsamplingFactor(), config_.ae.out_ch,
                       tiles,
                       [&](const at::Tensor& tile) {
