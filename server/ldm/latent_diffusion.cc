@@ -192,9 +192,10 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
   // is read from the file, straight into its device and dtype.
   std::unique_ptr<LatentDiffusion> model(
       new LatentDiffusion(std::move(config), options, at::kMeta));
-  for (at::ScalarType dtype :
-       {model->precision_.unet, model->precision_.first_stage,
-        model->precision_.text}) {
+  // Each distinct dtype once (usually f32 alone, or the UNet's and f32).
+  const StagePrecision& precision = model->precision_;
+  for (at::ScalarType dtype : std::set<at::ScalarType>{
+           precision.unet, precision.first_stage, precision.text}) {
     LDM_RETURN_IF_ERROR(CheckDtypeSupported(options.device, dtype));
   }
   LDM_RETURN_IF_ERROR(CallTorchStatus("load " + weights_path, [&] {

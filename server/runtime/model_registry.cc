@@ -54,17 +54,15 @@ absl::StatusOr<ldm::LoadOptions> LoadOptionsFor(
     if (!parsed.ok()) return parsed.status();
     options.dtype = *parsed;
   }
-  if (!entry.vae_dtype.empty()) {
-    absl::StatusOr<at::ScalarType> parsed =
-        ldm::ParseDtypeName(entry.vae_dtype);
+  // The stages' own dtypes, where the entry names them (validated when the
+  // registry was read).
+  for (auto [name, slot] :
+       {std::pair{&entry.vae_dtype, &options.first_stage_dtype},
+        std::pair{&entry.text_dtype, &options.text_dtype}}) {
+    if (name->empty()) continue;
+    absl::StatusOr<at::ScalarType> parsed = ldm::ParseDtypeName(*name);
     if (!parsed.ok()) return parsed.status();
-    options.first_stage_dtype = *parsed;
-  }
-  if (!entry.text_dtype.empty()) {
-    absl::StatusOr<at::ScalarType> parsed =
-        ldm::ParseDtypeName(entry.text_dtype);
-    if (!parsed.ok()) return parsed.status();
-    options.text_dtype = *parsed;
+    *slot = *parsed;
   }
   return options;
 }
