@@ -50,7 +50,7 @@ class WaitingSink : public ldmserve::JobSink {
   void OnStarted(absl::Duration /*queue_time*/) override {}
   void OnProgress(const ldmserve::ProgressEvent& /*event*/) override {}
   void OnResult(ldmserve::JobResult result) override {
-    images_ = static_cast<int>(result.images.size(0));
+    images_ = static_cast<int>(result.images.size());
     done_.Notify();
   }
   void OnError(absl::Status status) override {
@@ -140,7 +140,7 @@ void RunMode(const ldm::LatentDiffusion& model, const BenchOptions& options,
   scheduler_options.queue_size = 1024;
   scheduler_options.max_batch_images = options.max_batch;
   scheduler_options.batching = mode;
-  scheduler_options.worker_devices = {model.device()};
+  scheduler_options.worker_devices = {model.device().str()};
   scheduler_options.observer = &counter;
   ldmserve::Scheduler scheduler(scheduler_options);
 
@@ -157,13 +157,13 @@ void RunMode(const ldm::LatentDiffusion& model, const BenchOptions& options,
       spec.request.sampler.guidance_scale =
           static_cast<float>(config.default_guidance_scale);
     }
-    spec.request.latent_height = config.latent_height;
-    spec.request.latent_width = config.latent_width;
+    spec.geometry =
+        ldm::CheckRequest(model.capabilities(), spec.request).value();
     auto sink = std::make_shared<WaitingSink>();
     auto job = std::make_shared<ldmserve::Job>(
-        absl::StrCat(index), std::move(spec), &model, sink,
-        absl::InfiniteFuture(),
-        std::vector<const ldm::LatentDiffusion*>{&model});
+        absl::StrCat(index), std::move(spec),
+        std::vector<const ldm::LatentDiffusion*>{&model}, sink,
+        absl::InfiniteFuture());
     ldmctl::Outcome outcome;
     if (absl::Status admitted = scheduler.Submit(job); !admitted.ok()) {
       outcome.code = absl::StatusCodeToString(admitted.code());

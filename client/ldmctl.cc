@@ -458,10 +458,11 @@ int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
                       ")");
     }
     std::printf(
-        "%s\t%s\t%ux%u\tlatent %ux%ux%u\t%s%s%s\n", model.name().c_str(),
-        ldm::v1::ModelState_Name(model.state()).c_str(), model.native_width(),
-        model.native_height(), model.latent_channels(), model.latent_height(),
-        model.latent_width(), tasks.c_str(), placements.c_str(),
+        "%s\t%s\t%ux%u\tlatent %ux%ux%u\tsize multiple %u\t%s%s%s\n",
+        model.name().c_str(), ldm::v1::ModelState_Name(model.state()).c_str(),
+        model.native_width(), model.native_height(), model.latent_channels(),
+        model.latent_height(), model.latent_width(), model.size_multiple(),
+        tasks.c_str(), placements.c_str(),
         model.error().empty() ? "" : ("\t" + model.error()).c_str());
   }
   return 0;

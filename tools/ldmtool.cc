@@ -39,6 +39,7 @@
 #include "server/ldm/allocator.h"
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/clip_tokenizer.h"
+#include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/model_family.h"
 #include "server/ldm/precision.h"
@@ -202,7 +203,7 @@ int TextToImage(std::map<std::string, std::string> options) {
   auto model =
       ldm::LatentDiffusion::Load(options["config"], options["weights"], load);
   if (!model.ok()) return Error(model.status());
-  ldm::JobRequest job;
+  ldm::GenerationRequest job;
   job.prompt = options["prompt"];
   if (options.count("steps")) job.sampler.steps = std::stoi(options["steps"]);
   if (options.count("seed")) job.seed = std::stoull(options["seed"]);
@@ -222,7 +223,9 @@ int TextToImage(std::map<std::string, std::string> options) {
       options.count("device") ? options["device"].c_str() : "cpu",
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count());
-  return ldmtools::WritePpm(options["out"], (*images)[0]) ? 0 : 1;
+  return ldmtools::WritePpm(options["out"], ldm::Uint8ImagesTensor(*images)[0])
+             ? 0
+             : 1;
 }
 
 }  // namespace

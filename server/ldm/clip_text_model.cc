@@ -7,11 +7,11 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/safetensors.h"
-#include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace ldm {

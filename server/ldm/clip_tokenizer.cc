@@ -11,8 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "server/common/status_macros.h"
 #include "server/ldm/model_config.h"
-#include "server/ldm/status_macros.h"
 
 namespace ldm {
 namespace {

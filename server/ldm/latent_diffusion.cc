@@ -6,14 +6,16 @@
 #include <algorithm>
 #include <functional>
 #include <set>
+#include <variant>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/common/status_macros.h"
 #include "server/ldm/checkpoint.h"
+#include "server/ldm/image_tensor.h"
 #include "server/ldm/prompt_weights.h"
 #include "server/ldm/safetensors.h"
-#include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace ldm {
@@ -84,6 +86,28 @@ at::Tensor PreviewProjection(int64_t channels) {
   return at::full({channels, 3}, 1.0f / static_cast<float>(channels));
 }
 
+ModelCapabilities CapabilitiesOf(const ModelConfig& config) {
+  ModelCapabilities model;
+  if (config.kind == "inpaint") {
+    model.tasks = {Task::kInpaint};
+  } else if (config.kind == "sr") {
+    model.tasks = {Task::kSuperResolution};
+  } else {
+    model.tasks = {Task::kTextToImage, Task::kImageToImage, Task::kInpaint};
+  }
+  model.native_width = config.native_width();
+  model.native_height = config.native_height();
+  model.downsampling_factor = config.ae.DownsamplingFactor();
+  model.size_multiple = model.downsampling_factor *
+                        (int64_t{1} << (config.unet.channel_mult.size() - 1));
+  model.latent_channels = config.unet.out_channels;
+  model.latent_height = config.latent_height;
+  model.latent_width = config.latent_width;
+  model.default_eta = config.default_eta;
+  model.default_guidance_scale = config.default_guidance_scale;
+  return model;
+}
+
 }  // namespace
 
 StagePrecision LoadOptions::Precision() const {
@@ -96,6 +120,7 @@ StagePrecision LoadOptions::Precision() const {
 LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options,
                                  at::Device declare_on)
     : config_(std::move(config)),
+      capabilities_(CapabilitiesOf(config_)),
       options_(options),
       precision_(options.Precision()),
       registry_(declare_on) {}
@@ -693,15 +718,20 @@ absl::StatusOr<at::Tensor> LatentDiffusion::DecodeToImages(
   });
 }
 
-absl::StatusOr<at::Tensor> LatentDiffusion::PreviewImage(
-    const at::Tensor& latent) const {
-  return CallTorch("preview", [&] {
-    c10::InferenceMode inference;
-    at::Tensor x = latent.to(at::kCPU, at::kFloat)[0];  // [C, h, w]
-    at::Tensor rgb =
-        at::einsum("chw,cr->rhw", {x, PreviewProjection(x.size(0))});
-    return ToUint8Images(rgb.unsqueeze(0)).squeeze(0);
-  });
+absl::StatusOr<RgbImage> LatentDiffusion::Preview(
+    const PreparedJob& job) const {
+  LDM_ASSIGN_OR_RETURN(at::Tensor image, CallTorch("preview", [&] {
+                         c10::InferenceMode inference;
+                         const at::Tensor& latent =
+                             job.images.front().sampler->predicted_x0();
+                         at::Tensor x = latent.to(at::kCPU, at::kFloat)[0];
+                         at::Tensor rgb = at::einsum(
+                             "chw,cr->rhw", {x, PreviewProjection(x.size(0))});
+                         return ToUint8Images(rgb.unsqueeze(0));
+                       }));
+  LDM_ASSIGN_OR_RETURN(std::vector<RgbImage> images,
+                       RgbImagesFromTensor(image));
+  return std::move(images.front());
 }
 
 namespace {
@@ -714,21 +744,21 @@ at::Generator EncoderGenerator(uint64_t image_seed) {
 }  // namespace
 
 absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJob(
-    const JobRequest& request) const {
+    const GenerationRequest& request) const {
   return PrepareJobWithText(request, nullptr);
 }
 
 std::vector<absl::StatusOr<PreparedJob>> LatentDiffusion::PrepareJobs(
-    absl::Span<const JobRequest* const> requests) const {
+    absl::Span<const GenerationRequest* const> requests) const {
   std::vector<absl::StatusOr<PreparedJob>> prepared;
   if (!has_text_encoder() || requests.size() < 2) {
-    for (const JobRequest* request : requests) {
+    for (const GenerationRequest* request : requests) {
       prepared.push_back(PrepareJob(*request));
     }
     return prepared;
   }
   std::vector<std::string> prompts;
-  for (const JobRequest* request : requests) {
+  for (const GenerationRequest* request : requests) {
     prompts.push_back(request->negative_prompt);
     prompts.push_back(request->prompt);
   }
@@ -751,145 +781,156 @@ std::vector<absl::StatusOr<PreparedJob>> LatentDiffusion::PrepareJobs(
 }
 
 absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJobWithText(
-    const JobRequest& request, const TextConditioning* text) const {
+    const GenerationRequest& request, const TextConditioning* text) const {
   PreparedJob job;
-  const int64_t f = config_.ae.DownsamplingFactor();
-  const at::Tensor& pixels = request.init_image.defined() ? request.init_image
-                             : request.inpaint_image.defined()
-                                 ? request.inpaint_image
-                                 : at::Tensor();
-  int64_t height =
-      request.latent_height > 0 ? request.latent_height : config_.latent_height;
-  int64_t width =
-      request.latent_width > 0 ? request.latent_width : config_.latent_width;
-  if (pixels.defined()) {
-    height = pixels.size(2) / f;
-    width = pixels.size(3) / f;
-  } else if (request.low_res.defined()) {
-    height = request.low_res.size(2);
-    width = request.low_res.size(3);
-  }
-  const bool dedicated_inpaint = config_.kind == "inpaint";
-  if (request.inpaint_image.defined() != request.inpaint_mask.defined()) {
-    return absl::InvalidArgumentError("inpainting needs an image and a mask");
-  }
-  if (dedicated_inpaint && !request.inpaint_image.defined()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model ", config_.name,
-                     " is an inpainting model: give it an image "
-                     "and a mask"));
-  }
-  if (config_.kind == "sr" && !request.low_res.defined()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", config_.name, " upscales: give it a low-resolution image"));
-  }
-
-  at::Tensor cond, uncond;
+  LDM_ASSIGN_OR_RETURN(job.geometry, CheckRequest(capabilities_, request));
+  TextConditioning encoded;
   if (has_text_encoder()) {
-    TextConditioning encoded;
     if (text == nullptr) {
       LDM_ASSIGN_OR_RETURN(
           encoded, EncodeText({request.negative_prompt, request.prompt}));
       text = &encoded;
     }
     job.warnings = text->warnings;
-    cond = text->context.slice(0, 1, 2);
-    uncond = text->context.slice(0, 0, 1);
   }
-  if (request.inpaint_image.defined()) {
-    LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint", [&] {
-      c10::InferenceMode inference;
-      // Rounded, not truncated: pixels that came in as bytes go out as the
-      // same bytes.
-      job.original_u8 = at::round((request.inpaint_image[0] + 1.0) * 127.5)
-                            .clamp(0, 255)
-                            .to(at::kByte)
-                            .permute({1, 2, 0})
-                            .contiguous()
-                            .to(at::kCPU);
-      job.keep_pixels = (request.inpaint_mask[0][0] < 0.5).to(at::kCPU);
-      return absl::OkStatus();
-    }));
+  LDM_RETURN_IF_ERROR(CallTorchStatus("prepare", [&] {
+    at::Tensor cond, uncond;
+    if (has_text_encoder()) {
+      cond = text->context.slice(0, 1, 2);
+      uncond = text->context.slice(0, 0, 1);
+    }
+    return PrepareImages(request, cond, uncond, job);
+  }));
+  return job;
+}
+
+absl::Status LatentDiffusion::PrepareImages(const GenerationRequest& request,
+                                            const at::Tensor& cond,
+                                            const at::Tensor& uncond,
+                                            PreparedJob& job) const {
+  const int64_t height = job.geometry.latent_height;
+  const int64_t width = job.geometry.latent_width;
+  const Task task = TaskOf(request.task);
+  // The task's pixels as tensors, once per job.
+  at::Tensor pixels, repaint, low_res;
+  if (const auto* image_to_image = std::get_if<ImageToImage>(&request.task)) {
+    LDM_ASSIGN_OR_RETURN(pixels, ImageTensor(image_to_image->init_image));
+  } else if (const auto* inpaint = std::get_if<Inpaint>(&request.task)) {
+    LDM_ASSIGN_OR_RETURN(pixels, ImageTensor(inpaint->image));
+    LDM_ASSIGN_OR_RETURN(repaint, MaskTensor(inpaint->mask));
+    job.paste_back = *inpaint;
+  } else if (const auto* upscale =
+                 std::get_if<SuperResolution>(&request.task)) {
+    LDM_ASSIGN_OR_RETURN(low_res, ImageTensor(upscale->low_res_image));
+    low_res = low_res.to(options_.device, at::kFloat);
   }
+  const bool dedicated_inpaint = config_.kind == "inpaint";
 
   const at::TensorOptions latent_options =
       at::TensorOptions().dtype(at::kFloat).device(options_.device);
   for (int i = 0; i < request.num_images; ++i) {
-    const uint64_t seed = request.seed + static_cast<uint64_t>(i);
+    const uint64_t seed = ImageSeed(request.seed, i);
     at::Generator encoder_generator = EncoderGenerator(seed);
-    auto encoder_noise = [&]() -> absl::StatusOr<at::Tensor> {
-      return CallTorch("noise", [&] {
-        c10::InferenceMode inference;
-        return StandardNormal({1, config_.ae.embed_dim, height, width},
-                              encoder_generator, latent_options);
-      });
+    auto encoder_noise = [&] {
+      c10::InferenceMode inference;
+      return StandardNormal({1, config_.ae.embed_dim, height, width},
+                            encoder_generator, latent_options);
     };
     at::Tensor concat, init_latent;
     std::optional<ImageTask::Blend> blend;
-    if (request.init_image.defined()) {
-      LDM_ASSIGN_OR_RETURN(at::Tensor noise, encoder_noise());
-      LDM_ASSIGN_OR_RETURN(init_latent,
-                           EncodeImages(request.init_image, noise));
-    }
-    if (request.inpaint_image.defined()) {
-      LDM_ASSIGN_OR_RETURN(at::Tensor noise, encoder_noise());
-      if (dedicated_inpaint) {
-        LDM_ASSIGN_OR_RETURN(
-            InpaintConditioning prep,
-            PrepareInpaint(request.inpaint_image, request.inpaint_mask, noise));
-        concat = prep.c_concat;
-      } else {
-        LDM_ASSIGN_OR_RETURN(at::Tensor known,
-                             EncodeImages(request.inpaint_image, noise));
-        LDM_RETURN_IF_ERROR(CallTorchStatus("inpaint", [&] {
-          c10::InferenceMode inference;
-          const at::Tensor repaint = at::upsample_nearest2d(
-              request.inpaint_mask.to(options_.device, at::kFloat),
-              {height, width});
-          blend = ImageTask::Blend{1 - (repaint >= 0.5).to(at::kFloat), known,
-                                   MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
-          return absl::OkStatus();
-        }));
+    switch (task) {
+      case Task::kTextToImage:
+        break;
+      case Task::kImageToImage: {
+        LDM_ASSIGN_OR_RETURN(init_latent,
+                             EncodeImages(pixels, encoder_noise()));
+        break;
       }
+      case Task::kInpaint: {
+        const at::Tensor noise = encoder_noise();
+        if (dedicated_inpaint) {
+          LDM_ASSIGN_OR_RETURN(InpaintConditioning prep,
+                               PrepareInpaint(pixels, repaint, noise));
+          concat = prep.c_concat;
+          break;
+        }
+        LDM_ASSIGN_OR_RETURN(at::Tensor known, EncodeImages(pixels, noise));
+        c10::InferenceMode inference;
+        const at::Tensor repaint_latent = at::upsample_nearest2d(
+            repaint.to(options_.device), {height, width});
+        blend = ImageTask::Blend{1 - repaint_latent, known,
+                                 MakeGenerator(seed ^ 0xD1B54A32D192ED03ull)};
+        break;
+      }
+      case Task::kSuperResolution:
+        concat = low_res;
+        break;
     }
-    if (request.low_res.defined()) {
-      concat = request.low_res.to(options_.device, at::kFloat);
-    }
-    LDM_ASSIGN_OR_RETURN(
-        ImageTask task, NewImageTask(seed, height, width, request.sampler, cond,
-                                     uncond, concat, init_latent));
-    task.blend = std::move(blend);
-    job.images.push_back(std::move(task));
+    LDM_ASSIGN_OR_RETURN(ImageTask image,
+                         NewImageTask(seed, height, width, request.sampler,
+                                      cond, uncond, concat, init_latent));
+    image.blend = std::move(blend);
+    job.images.push_back(std::move(image));
   }
-  return job;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> LatentDiffusion::FinishImages(
-    const PreparedJob& job, at::Tensor images) const {
-  if (!job.keep_pixels.defined()) return images;
-  return CallTorch("composite", [&] {
-    if (images.size(1) != job.keep_pixels.size(0) ||
-        images.size(2) != job.keep_pixels.size(1)) {
-      return images;
+namespace {
+
+// The kept pixels of `input` over `image` (same size; else left as it is).
+void PasteKeptPixels(const Inpaint& input, RgbImage& image) {
+  if (image.width != input.image.width || image.height != input.image.height) {
+    return;
+  }
+  const std::vector<uint8_t>& repaint = input.mask.repaint;
+  for (size_t pixel = 0; pixel < repaint.size(); ++pixel) {
+    if (repaint[pixel] != 0) continue;
+    for (size_t c = 0; c < 3; ++c) {
+      image.pixels[3 * pixel + c] = input.image.pixels[3 * pixel + c];
     }
-    // The unmasked region is the input, pixel for pixel.
-    const at::Tensor keep = job.keep_pixels.unsqueeze(0).unsqueeze(-1);
-    return at::where(keep, job.original_u8.unsqueeze(0), images);
-  });
+  }
 }
 
-absl::StatusOr<at::Tensor> RunJob(const LatentDiffusion& model,
-                                  const JobRequest& request) {
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<RgbImage>>> LatentDiffusion::FinishJobs(
+    absl::Span<const PreparedJob* const> jobs) const {
+  std::vector<at::Tensor> latents;
+  for (const PreparedJob* job : jobs) {
+    for (const ImageTask& image : job->images) {
+      latents.push_back(image.sampler->latent());
+    }
+  }
+  LDM_ASSIGN_OR_RETURN(at::Tensor decoded, DecodeToImages(latents));
+  LDM_ASSIGN_OR_RETURN(std::vector<RgbImage> images,
+                       RgbImagesFromTensor(decoded));
+  std::vector<std::vector<RgbImage>> finished;
+  auto next = images.begin();
+  for (const PreparedJob* job : jobs) {
+    const auto end = next + static_cast<int64_t>(job->images.size());
+    std::vector<RgbImage> own(std::make_move_iterator(next),
+                              std::make_move_iterator(end));
+    next = end;
+    if (job->paste_back) {
+      for (RgbImage& image : own) PasteKeptPixels(*job->paste_back, image);
+    }
+    finished.push_back(std::move(own));
+  }
+  return finished;
+}
+
+absl::StatusOr<std::vector<RgbImage>> RunJob(const LatentDiffusion& model,
+                                             const GenerationRequest& request) {
   LDM_ASSIGN_OR_RETURN(PreparedJob job, model.PrepareJob(request));
   std::vector<ImageTask*> pointers;
   for (ImageTask& task : job.images) pointers.push_back(&task);
-  while (!job.images.front().sampler->done()) {
+  while (!job.done()) {
     LDM_RETURN_IF_ERROR(model.DenoiseStep(pointers));
   }
-  std::vector<at::Tensor> latents;
-  for (ImageTask& task : job.images) latents.push_back(task.sampler->latent());
-  LDM_ASSIGN_OR_RETURN(at::Tensor images, model.DecodeToImages(latents));
-  return model.FinishImages(job, std::move(images));
+  const PreparedJob* jobs[] = {&job};
+  LDM_ASSIGN_OR_RETURN(std::vector<std::vector<RgbImage>> images,
+                       model.FinishJobs(jobs));
+  return std::move(images.front());
 }
 
 }  // namespace ldm

@@ -18,8 +18,10 @@
 //
 // Example:
 //   LDM_ASSIGN_OR_RETURN(auto model, LatentDiffusion::Load(config, weights));
-//   LDM_ASSIGN_OR_RETURN(at::Tensor images,
-//                        RunJob(*model, {.prompt = "a red circle"}));
+//   GenerationRequest request;
+//   request.prompt = "a red circle";
+//   LDM_ASSIGN_OR_RETURN(std::vector<RgbImage> images,
+//                        RunJob(*model, request));
 #ifndef LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_
 #define LDMSERVE_SERVER_LDM_LATENT_DIFFUSION_H_
 
@@ -37,6 +39,7 @@
 #include "server/ldm/autoencoder.h"
 #include "server/ldm/clip_text_model.h"
 #include "server/ldm/clip_tokenizer.h"
+#include "server/ldm/generation.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/parameters.h"
 #include "server/ldm/precision.h"
@@ -104,39 +107,17 @@ struct TextConditioning {
   std::vector<std::vector<std::string>> row_warnings;  // Per prompt (row).
 };
 
-// Everything one job asks of the model. Which pipeline runs follows from the
-// inputs given and the model's conditioning:
-//   text only                          text-to-image
-//   init_image                         image-to-image (sampler.strength)
-//   inpaint_image + inpaint_mask       inpainting: concat/hybrid-conditioned
-//                                      models get the masked image as
-//                                      conditioning; plain models blend the
-//                                      known region in latent space at every
-//                                      step; either way the unmasked pixels
-//                                      are pasted back after decoding
-//   low_res                            super-resolution (concat models)
-// Images are [1, 3, H, W] in [-1, 1]; the mask [1, 1, H, W], 1 = repaint.
-struct JobRequest {
-  std::string prompt;
-  std::string negative_prompt;
-  SamplerOptions sampler;
-  uint64_t seed = 1;  // Image i uses seed + i.
-  int num_images = 1;
-  int64_t latent_height = 0;  // 0 = from the input image or native.
-  int64_t latent_width = 0;
-  at::Tensor init_image;
-  at::Tensor inpaint_image;
-  at::Tensor inpaint_mask;
-  at::Tensor low_res;
-};
-
 // A job ready for the denoising loop, and what finishing it needs.
 struct PreparedJob {
-  std::vector<ImageTask> images;
+  std::vector<ImageTask> images;  // One per image; they step together.
   std::vector<std::string> warnings;
-  // Inpainting: uint8 [H, W, 3] original and bool [H, W] pixels to keep.
-  at::Tensor original_u8;
-  at::Tensor keep_pixels;
+  ImageGeometry geometry;
+  // Inpainting: the input, whose kept pixels are pasted back after decoding.
+  std::optional<Inpaint> paste_back;
+
+  int steps_done() const { return images.front().sampler->steps_done(); }
+  int total_steps() const { return images.front().sampler->total_steps(); }
+  bool done() const { return images.front().sampler->done(); }
 };
 
 class LatentDiffusion {
@@ -166,6 +147,8 @@ class LatentDiffusion {
                     at::ScalarType dtype = at::kFloat) const;
 
   const ModelConfig& config() const { return config_; }
+  // What the model can run, and at which sizes (CheckRequest).
+  const ModelCapabilities& capabilities() const { return capabilities_; }
   const at::Device& device() const { return options_.device; }
   // The dtype of each stage's weights and arithmetic.
   const StagePrecision& precision() const { return precision_; }
@@ -232,21 +215,31 @@ class LatentDiffusion {
   // truncated, as [B, H, W, 3] on the CPU.
   static at::Tensor ToUint8Images(const at::Tensor& images);
 
-  // Encodes a job's conditioning and creates one ImageTask per image.
-  absl::StatusOr<PreparedJob> PrepareJob(const JobRequest& request) const;
+  // Checks `request` (CheckRequest), encodes its conditioning and creates
+  // one ImageTask per image. Which pipeline runs follows from the task:
+  //   TextToImage       noise to image
+  //   ImageToImage      from the encoded image, sampler.strength of the way
+  //   Inpaint           concat/hybrid-conditioned models get the masked
+  //                     image as conditioning; plain models blend the known
+  //                     region in latent space at every step; either way the
+  //                     kept pixels are pasted back after decoding
+  //   SuperResolution   the low-resolution image as concat conditioning
+  absl::StatusOr<PreparedJob> PrepareJob(
+      const GenerationRequest& request) const;
   // PrepareJob for each request, their prompts encoded in one text-encoder
   // call (the stage that admits several jobs at once); each job's result is
   // what PrepareJob alone gives (bit for bit with SetBatchInvariant(true)).
   std::vector<absl::StatusOr<PreparedJob>> PrepareJobs(
-      absl::Span<const JobRequest* const> requests) const;
-  // Decoded uint8 images [n, H, W, 3] of `job` -> the job's final images
-  // (inpainting pastes the kept pixels back).
-  absl::StatusOr<at::Tensor> FinishImages(const PreparedJob& job,
-                                          at::Tensor images) const;
+      absl::Span<const GenerationRequest* const> requests) const;
+  // The final images of `jobs` (all done()), their latents decoded in one
+  // call: one vector per job (inpainting pastes the kept pixels back).
+  absl::StatusOr<std::vector<std::vector<RgbImage>>> FinishJobs(
+      absl::Span<const PreparedJob* const> jobs) const;
 
-  // A cheap preview of a latent [1, C, h, w]: a fixed linear projection of
-  // the latent channels to RGB, uint8 [h, w, 3], no decoder involved.
-  absl::StatusOr<at::Tensor> PreviewImage(const at::Tensor& latent) const;
+  // A cheap preview of the job's first image: a fixed linear projection of
+  // its predicted x_0's latent channels to RGB, at latent size, no decoder
+  // involved.
+  absl::StatusOr<RgbImage> Preview(const PreparedJob& job) const;
 
   // For tests and tools: the raw UNet and autoencoder.
   const UNetModel& unet() const { return *unet_; }
@@ -268,7 +261,11 @@ class LatentDiffusion {
   // PrepareJob with the job's [uncond; cond] text rows already encoded
   // (`text`, or nullptr to encode them here).
   absl::StatusOr<PreparedJob> PrepareJobWithText(
-      const JobRequest& request, const TextConditioning* text) const;
+      const GenerationRequest& request, const TextConditioning* text) const;
+  // The per-image noise, sampler and conditioning of one task's pipeline.
+  absl::Status PrepareImages(const GenerationRequest& request,
+                             const at::Tensor& cond, const at::Tensor& uncond,
+                             PreparedJob& job) const;
 
   LatentDiffusion(ModelConfig config, LoadOptions options,
                   at::Device declare_on = at::kCPU);
@@ -283,6 +280,7 @@ class LatentDiffusion {
   at::ScalarType DtypeOfParameter(const std::string& name) const;
 
   ModelConfig config_;
+  ModelCapabilities capabilities_;
   LoadOptions options_;
   StagePrecision precision_;
   ParameterRegistry registry_;
@@ -297,9 +295,9 @@ class LatentDiffusion {
 };
 
 // A whole job run alone, stage after stage: the reference result that
-// batched serving must reproduce. Returns uint8 [N, H, W, 3].
-absl::StatusOr<at::Tensor> RunJob(const LatentDiffusion& model,
-                                  const JobRequest& request);
+// batched serving must reproduce.
+absl::StatusOr<std::vector<RgbImage>> RunJob(const LatentDiffusion& model,
+                                             const GenerationRequest& request);
 
 }  // namespace ldm
 

@@ -14,7 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/ldm/status_macros.h"
+#include "server/common/status_macros.h"
 
 namespace ldm {
 namespace {

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/ldm/sampler_options.h"
 #include "server/ldm/schedule.h"
 
 namespace ldm {
@@ -38,21 +39,6 @@ at::Generator MakeGenerator(uint64_t seed);
 // N(0, 1) noise of `sizes` from `generator`, returned with `options`.
 at::Tensor StandardNormal(at::IntArrayRef sizes, at::Generator& generator,
                           const at::TensorOptions& options);
-
-enum class SamplerKind { kDdim, kPlms, kDdpm, kEulerAncestral, kDpmSolverPP2M };
-
-struct SamplerOptions {
-  SamplerKind kind = SamplerKind::kDdim;
-  int steps = 25;
-  double eta = 0.0;  // DDIM only; PLMS requires 0.
-  float guidance_scale = 7.5f;
-  // img2img: with an initial latent, run only the last int(strength * steps)
-  // steps from it, noised to that level (1 = start from pure noise).
-  double strength = 1.0;
-  // DDIM/PLMS/DDPM timesteps: the reference's "quad" discretisation instead
-  // of "uniform".
-  bool quadratic_timesteps = false;
-};
 
 class Sampler {
  public:

@@ -1,5 +1,6 @@
 #include "server/runtime/devices.h"
 
+#include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
 #include <algorithm>
@@ -8,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "server/ldm/device_memory.h"
+#include "server/ldm/torch_boundary.h"
 
 namespace ldmserve {
 
@@ -47,17 +50,26 @@ absl::StatusOr<std::vector<std::string>> ParseDevices(absl::string_view list,
   return devices;
 }
 
-std::vector<at::Device> WorkerDevices(const std::vector<std::string>& devices,
-                                      int cpu_workers) {
-  std::vector<at::Device> workers;
+std::vector<std::string> WorkerDevices(const std::vector<std::string>& devices,
+                                       int cpu_workers) {
+  std::vector<std::string> workers;
   for (const std::string& device : devices) {
-    if (device == "cpu") {
-      workers.insert(workers.end(), cpu_workers, at::kCPU);
-    } else {
-      workers.emplace_back(device);
-    }
+    workers.insert(workers.end(), device == "cpu" ? cpu_workers : 1, device);
   }
   return workers;
+}
+
+absl::StatusOr<DeviceMemoryReading> ReadDeviceMemory(
+    const std::string& device) {
+  if (device == "cpu") {
+    return absl::InvalidArgumentError("the CPU's memory is the process's");
+  }
+  absl::StatusOr<c10::Device> parsed =
+      ldm::CallTorch("device", [&] { return c10::Device(device); });
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<ldm::DeviceMemory> memory = ldm::CudaMemory(*parsed);
+  if (!memory.ok()) return memory.status();
+  return DeviceMemoryReading{memory->allocated_bytes, memory->reserved_bytes};
 }
 
 }  // namespace ldmserve

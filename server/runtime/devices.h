@@ -7,8 +7,7 @@
 #ifndef LDMSERVE_SERVER_RUNTIME_DEVICES_H_
 #define LDMSERVE_SERVER_RUNTIME_DEVICES_H_
 
-#include <ATen/ATen.h>
-
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -27,8 +26,17 @@ absl::StatusOr<std::vector<std::string>> ParseDevices(absl::string_view list,
                                                       int cuda_devices);
 
 // One worker per CUDA device, `cpu_workers` for "cpu".
-std::vector<at::Device> WorkerDevices(const std::vector<std::string>& devices,
-                                      int cpu_workers);
+std::vector<std::string> WorkerDevices(const std::vector<std::string>& devices,
+                                       int cpu_workers);
+
+struct DeviceMemoryReading {
+  int64_t allocated_bytes = 0;  // In live tensors.
+  int64_t reserved_bytes = 0;   // Held by LibTorch's caching allocator.
+};
+
+// A CUDA device's memory ("cuda:N", as ParseDevices gives it); an error for
+// the CPU or where this LibTorch cannot read it.
+absl::StatusOr<DeviceMemoryReading> ReadDeviceMemory(const std::string& device);
 
 }  // namespace ldmserve
 

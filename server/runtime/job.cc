@@ -2,40 +2,22 @@
 
 #include <utility>
 
+#include "server/ldm/latent_diffusion.h"
+
 namespace ldmserve {
 
-const char* TaskKindName(TaskKind kind) {
-  switch (kind) {
-    case TaskKind::kTextToImage:
-      return "text_to_image";
-    case TaskKind::kImageToImage:
-      return "image_to_image";
-    case TaskKind::kInpaint:
-      return "inpaint";
-    case TaskKind::kSuperResolution:
-      return "super_resolution";
-  }
-  return "unknown";
-}
-
-Job::Job(std::string id, JobSpec spec, const ldm::LatentDiffusion* model,
-         std::shared_ptr<JobSink> sink, absl::Time deadline,
-         std::vector<const ldm::LatentDiffusion*> copies)
+Job::Job(std::string id, JobSpec spec,
+         std::vector<const ldm::LatentDiffusion*> copies,
+         std::shared_ptr<JobSink> sink, absl::Time deadline)
     : id_(std::move(id)),
       spec_(std::move(spec)),
-      model_(model),
-      copies_(copies.empty() ? std::vector<const ldm::LatentDiffusion*>{model}
-                             : std::move(copies)),
+      copies_(std::move(copies)),
       sink_(std::move(sink)),
       deadline_(deadline),
       admitted_at_(absl::Now()) {}
 
-const ldm::LatentDiffusion* Job::ModelOn(const at::Device& device) const {
-  for (const ldm::LatentDiffusion* copy : copies_) {
-    if (copy->device() == device) return copy;
-  }
-  return nullptr;
-}
+// Here, where a PreparedJob is a complete type.
+Job::~Job() = default;
 
 void Job::Cancel(absl::Status reason) {
   absl::MutexLock lock(&mu_);

@@ -9,10 +9,12 @@
 //
 // Sink methods are called from worker threads and must not block: a slow
 // client must never stall a batch (the service coalesces progress).
+//
+// No LibTorch here: the service sees requests, previews and results as the
+// model library's plain types (server/ldm/generation.h); the models and a
+// running job's tensors are opaque to it.
 #ifndef LDMSERVE_SERVER_RUNTIME_JOB_H_
 #define LDMSERVE_SERVER_RUNTIME_JOB_H_
-
-#include <ATen/ATen.h>
 
 #include <atomic>
 #include <cstdint>
@@ -25,24 +27,27 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/ldm/latent_diffusion.h"
+#include "server/ldm/generation.h"
+
+namespace ldm {
+class LatentDiffusion;
+struct PreparedJob;
+}  // namespace ldm
 
 namespace ldmserve {
 
-enum class TaskKind { kTextToImage, kImageToImage, kInpaint, kSuperResolution };
-
-const char* TaskKindName(TaskKind kind);
-
-// A validated request: every field is within limits and defaults are
-// resolved.
+// A validated request: every field is within limits, defaults are resolved
+// and the model has accepted it (ldm::CheckRequest) before it is queued.
 struct JobSpec {
   std::string model_name;  // As the registry names it.
-  TaskKind task = TaskKind::kTextToImage;
-  ldm::JobRequest request;  // Latent size resolved (never 0).
-  int preview_every = 0;    // 0 = no previews.
-  int progress_every = 1;   // The last step is always reported.
+  ldm::GenerationRequest request;
+  ldm::ImageGeometry geometry;  // What CheckRequest gave for the model.
+  int preview_every = 0;        // 0 = no previews.
+  int progress_every = 1;       // The last step is always reported.
   std::string client_request_id;
   int priority = 0;  // Higher starts sooner (Scheduler: FIFO within one).
+
+  ldm::Task task() const { return ldm::TaskOf(request.task); }
 };
 
 struct ProgressEvent {
@@ -50,7 +55,7 @@ struct ProgressEvent {
   int total_steps = 0;
   absl::Duration elapsed;
   absl::Duration estimated_remaining;
-  at::Tensor preview;  // uint8 [h, w, 3] or undefined.
+  std::optional<ldm::RgbImage> preview;  // At latent size.
 };
 
 struct StageTimings {
@@ -63,8 +68,8 @@ struct StageTimings {
 
 struct JobResult {
   std::string model_name;
-  at::Tensor images;  // uint8 [N, H, W, 3], CPU.
-  std::vector<uint64_t> seeds;
+  std::vector<ldm::RgbImage> images;
+  std::vector<uint64_t> seeds;  // One per image.
   StageTimings timings;
   std::vector<std::string> warnings;
 };
@@ -84,18 +89,20 @@ class JobSink {
 // job to each other under a lock, so one touches it at a time).
 class Job {
  public:
-  // `model` names the model (and is its copy on its first device); `copies`
-  // are its copies on every device it is loaded on (empty = `model` alone).
-  Job(std::string id, JobSpec spec, const ldm::LatentDiffusion* model,
-      std::shared_ptr<JobSink> sink, absl::Time deadline,
-      std::vector<const ldm::LatentDiffusion*> copies = {});
+  // `copies`: the model's copies on every device it is loaded on (at
+  // least one); the first names the model.
+  Job(std::string id, JobSpec spec,
+      std::vector<const ldm::LatentDiffusion*> copies,
+      std::shared_ptr<JobSink> sink, absl::Time deadline);
+  ~Job();
 
   const std::string& id() const { return id_; }
   const JobSpec& spec() const { return spec_; }
   // The model's identity: jobs with the same model() may share a batch.
-  const ldm::LatentDiffusion& model() const { return *model_; }
-  // The model's copy on `device`, or nullptr when it is not loaded there.
-  const ldm::LatentDiffusion* ModelOn(const at::Device& device) const;
+  const ldm::LatentDiffusion* model() const { return copies_.front(); }
+  const std::vector<const ldm::LatentDiffusion*>& copies() const {
+    return copies_;
+  }
   JobSink& sink() { return *sink_; }
   absl::Time deadline() const { return deadline_; }
   absl::Time admitted_at() const { return admitted_at_; }
@@ -111,7 +118,7 @@ class Job {
   struct Running {
     // The copy on the worker's device: what every stage of the job runs.
     const ldm::LatentDiffusion* model = nullptr;
-    ldm::PreparedJob prepared;
+    std::unique_ptr<ldm::PreparedJob> prepared;  // Set once encoded.
     absl::Time started_at;
     StageTimings timings;
   };
@@ -120,7 +127,6 @@ class Job {
  private:
   const std::string id_;
   const JobSpec spec_;
-  const ldm::LatentDiffusion* const model_;
   const std::vector<const ldm::LatentDiffusion*> copies_;
   const std::shared_ptr<JobSink> sink_;
   const absl::Time deadline_;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/ldm/checkpoint.h"
+#include "server/ldm/latent_diffusion.h"
 #include "server/ldm/model_family.h"
 #include "server/ldm/precision.h"
 #include "server/ldm/safetensors.h"
@@ -19,12 +20,57 @@
 namespace ldmserve {
 namespace {
 
-absl::StatusOr<TaskKind> ParseTask(const std::string& name) {
-  for (TaskKind kind : {TaskKind::kTextToImage, TaskKind::kImageToImage,
-                        TaskKind::kInpaint, TaskKind::kSuperResolution}) {
-    if (name == TaskKindName(kind)) return kind;
-  }
+absl::StatusOr<ldm::Task> ParseTask(const std::string& name) {
+  if (std::optional<ldm::Task> task = ldm::TaskFromName(name)) return *task;
   return absl::InvalidArgumentError(absl::StrCat("unknown task '", name, "'"));
+}
+
+template <typename T>
+bool Has(const std::vector<T>& values, const T& value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
+}
+
+// Marks `model` ready with `copies` (entry.devices order), once the entry's
+// tasks are known to be ones the model can run.
+absl::Status MakeReady(
+    ModelRegistry::Model& model,
+    std::vector<std::unique_ptr<ldm::LatentDiffusion>> copies) {
+  const ldm::ModelCapabilities& capabilities = copies.front()->capabilities();
+  ModelEntry& entry = model.entry;
+  if (entry.tasks.empty()) entry.tasks = capabilities.tasks;
+  auto names = [](const std::vector<ldm::Task>& tasks) {
+    std::vector<std::string> names;
+    for (ldm::Task task : tasks) names.push_back(ldm::TaskName(task));
+    return absl::StrJoin(names, ", ");
+  };
+  for (ldm::Task task : entry.tasks) {
+    if (!Has(capabilities.tasks, task)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the registry lists task ", ldm::TaskName(task),
+                       " but the model runs only ", names(capabilities.tasks)));
+    }
+  }
+  for (ldm::Task task : entry.default_for) {
+    if (!Has(entry.tasks, task)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("default_for lists ", ldm::TaskName(task),
+                       " but its tasks are ", names(entry.tasks)));
+    }
+  }
+  model.capabilities = capabilities;
+  for (const auto& copy : copies) {
+    const ldm::StagePrecision& precision = copy->precision();
+    model.placements.push_back({copy->device().str(),
+                                ldm::DtypeName(precision.unet),
+                                ldm::DtypeName(precision.first_stage),
+                                ldm::DtypeName(precision.text)});
+  }
+  model.model = std::move(copies.front());
+  for (size_t i = 1; i < copies.size(); ++i) {
+    model.other_copies.push_back(std::move(copies[i]));
+  }
+  model.state = ModelState::kReady;
+  return absl::OkStatus();
 }
 
 // The entry's config file: as given, or the family its weights belong to.
@@ -65,11 +111,6 @@ absl::StatusOr<ldm::LoadOptions> LoadOptionsFor(
     *slot = *parsed;
   }
   return options;
-}
-
-template <typename T>
-bool Has(const std::vector<T>& values, const T& value) {
-  return std::find(values.begin(), values.end(), value) != values.end();
 }
 
 }  // namespace
@@ -127,9 +168,8 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
             (std::filesystem::path(configs_dir) / (family + ".json")).string();
       }
       entry.weights_path = resolve(item.at("weights").get<std::string>());
-      for (const auto& task :
-           item.value("tasks", std::vector<std::string>{"text_to_image"})) {
-        absl::StatusOr<TaskKind> kind = ParseTask(task);
+      for (const auto& task : item.value("tasks", std::vector<std::string>{})) {
+        absl::StatusOr<ldm::Task> kind = ParseTask(task);
         if (!kind.ok()) {
           return absl::InvalidArgumentError(absl::StrCat(
               path, ": model ", entry.name, ": ", kind.status().message()));
@@ -138,7 +178,7 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
       }
       for (const auto& task :
            item.value("default_for", std::vector<std::string>{})) {
-        absl::StatusOr<TaskKind> kind = ParseTask(task);
+        absl::StatusOr<ldm::Task> kind = ParseTask(task);
         if (!kind.ok()) {
           return absl::InvalidArgumentError(absl::StrCat(
               path, ": model ", entry.name, ": ", kind.status().message()));
@@ -169,6 +209,11 @@ absl::StatusOr<std::vector<ModelEntry>> ModelRegistry::ReadRegistryFile(
   return entries;
 }
 
+ModelRegistry::Model::Model() = default;
+ModelRegistry::Model::~Model() = default;
+
+ModelRegistry::~ModelRegistry() = default;
+
 ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries) {
   absl::MutexLock lock(&mu_);
   for (ModelEntry& entry : entries) {
@@ -182,8 +227,16 @@ void ModelRegistry::AddLoaded(ModelEntry entry,
                               std::unique_ptr<ldm::LatentDiffusion> model) {
   auto loaded = std::make_unique<Model>();
   loaded->entry = std::move(entry);
-  loaded->state = ModelState::kReady;
-  loaded->model = std::move(model);
+  if (loaded->entry.devices.empty()) {
+    loaded->entry.devices = {model->device().str()};
+  }
+  std::vector<std::unique_ptr<ldm::LatentDiffusion>> copies;
+  copies.push_back(std::move(model));
+  const absl::Status ready = MakeReady(*loaded, std::move(copies));
+  if (!ready.ok()) {
+    loaded->state = ModelState::kFailed;
+    loaded->error = std::string(ready.message());
+  }
   absl::MutexLock lock(&mu_);
   models_.push_back(std::move(loaded));
 }
@@ -243,6 +296,7 @@ absl::Status ModelRegistry::LoadAll(
       }
     }
     absl::MutexLock lock(&mu_);
+    if (status.ok()) status = MakeReady(*model, std::move(copies));
     if (!status.ok()) {
       model->state = ModelState::kFailed;
       model->error.assign(status.message().data(), status.message().size());
@@ -254,11 +308,6 @@ absl::Status ModelRegistry::LoadAll(
       LOG(ERROR) << "model " << entry.name << " not served: " << model->error;
       continue;
     }
-    model->model = std::move(copies.front());
-    for (size_t i = 1; i < copies.size(); ++i) {
-      model->other_copies.push_back(std::move(copies[i]));
-    }
-    model->state = ModelState::kReady;
     LOG(INFO) << "model " << entry.name << " ready on "
               << absl::StrJoin(entry.devices, ", ") << " (UNet "
               << ldm::DtypeName(model->model->precision().unet) << ", "
@@ -269,7 +318,7 @@ absl::Status ModelRegistry::LoadAll(
 }
 
 absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
-    const std::string& name, TaskKind task) const {
+    const std::string& name, ldm::Task task) const {
   absl::MutexLock lock(&mu_);
   const Model* found = nullptr;
   for (const auto& model : models_) {
@@ -280,7 +329,8 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
     }
   }
   if (found == nullptr && name.empty()) {
-    // No declared default: the first model that can run the task.
+    // No declared default: the first model that can run the task (its tasks
+    // are known once it is loaded).
     for (const auto& model : models_) {
       if (Has(model->entry.tasks, task)) {
         found = model.get();
@@ -291,19 +341,19 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
   if (found == nullptr) {
     if (name.empty()) {
       return absl::NotFoundError(absl::StrCat("no default model for task ",
-                                              TaskKindName(task),
+                                              ldm::TaskName(task),
                                               "; name one (see ListModels)"));
     }
     return absl::NotFoundError(
         absl::StrCat("model '", name, "' is not served (see ListModels)"));
   }
-  if (!Has(found->entry.tasks, task)) {
+  if (!found->entry.tasks.empty() && !Has(found->entry.tasks, task)) {
     std::vector<std::string> names;
-    for (TaskKind kind : found->entry.tasks) {
-      names.push_back(TaskKindName(kind));
+    for (ldm::Task kind : found->entry.tasks) {
+      names.push_back(ldm::TaskName(kind));
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        "model '", found->entry.name, "' cannot run ", TaskKindName(task),
+        "model '", found->entry.name, "' cannot run ", ldm::TaskName(task),
         " (its tasks: ", absl::StrJoin(names, ", "), ")"));
   }
   if (found->state != ModelState::kReady) {
@@ -320,10 +370,10 @@ std::vector<ModelRegistry::ModelStatus> ModelRegistry::Snapshot() const {
   std::vector<ModelStatus> result;
   for (const auto& model : models_) {
     const bool ready = model->state == ModelState::kReady;
-    result.push_back(ModelStatus{
-        model->entry, model->state, model->error,
-        ready ? model->model.get() : nullptr,
-        ready ? model->Copies() : std::vector<const ldm::LatentDiffusion*>()});
+    result.push_back(
+        ModelStatus{model->entry, model->state, model->error,
+                    ready ? model->capabilities : ldm::ModelCapabilities(),
+                    ready ? model->placements : std::vector<ModelPlacement>()});
   }
   return result;
 }

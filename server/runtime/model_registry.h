@@ -4,7 +4,8 @@
 //     {"name": "shapes-tiny",
 //      "config": "shapes-tiny/config.json",        // relative to this file
 //      "weights": "shapes-tiny/weights.safetensors",
-//      "tasks": ["text_to_image"],
+//      "tasks": ["text_to_image"],   // optional; default: every task the
+//                                    // model runs (LoadAll fills it in)
 //      "default_for": ["text_to_image"],
 //      "devices": ["cpu"],     // optional; default: every --devices device
 //      "dtype": "f16",         // optional; default: ldmserve --dtype, whose
@@ -18,8 +19,14 @@
 // clear line), others are kept as FAILED with their error and the server serves
 // the rest.
 //
-// Thread-safety: LoadAll() runs once before serving; afterwards the registry
-// is read-only and safe to share.
+// Thread-safety: LoadAll() runs once, and may run while the server already
+// serves (ListModels then shows LOADING, Find answers UNAVAILABLE); Find(),
+// Snapshot() and AllRequiredReady() are safe from any thread at any time. A
+// model is immutable once it is ready.
+//
+// No LibTorch in this header: the service sees a model's capabilities and
+// placements as plain values, and its copies only as opaque pointers to hand
+// to a Job.
 #ifndef LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_
 #define LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_
 
@@ -30,8 +37,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "server/ldm/latent_diffusion.h"
+#include "server/ldm/generation.h"
 #include "server/runtime/job.h"
+
+namespace ldm {
+class LatentDiffusion;
+}  // namespace ldm
 
 namespace ldmserve {
 
@@ -45,8 +56,11 @@ struct ModelEntry {
   std::string config_path;
   std::string configs_dir;
   std::string weights_path;
-  std::vector<TaskKind> tasks;
-  std::vector<TaskKind> default_for;
+  // What the entry serves; each must be one the model can run, and each of
+  // default_for one of these (the load fails otherwise). Empty = every task
+  // the model runs (known once loaded).
+  std::vector<ldm::Task> tasks;
+  std::vector<ldm::Task> default_for;
   // Where copies are loaded ("cpu", "cuda:0", ...); each must be one the
   // server runs workers on. Empty = all of them (LoadAll fills it in).
   std::vector<std::string> devices;
@@ -74,12 +88,21 @@ inline constexpr int64_t kLargeModelParameters = 100'000'000;
 int DefaultIntraOpThreads(const std::vector<ModelEntry>& entries, int cores,
                           int64_t large_parameters = kLargeModelParameters);
 
+// Where a copy of a model is loaded and in which precision.
+struct ModelPlacement {
+  std::string device;      // "cpu", "cuda:0", ...
+  std::string dtype;       // The UNet's: "f32", "f16", "bf16".
+  std::string vae_dtype;   // The autoencoder's.
+  std::string text_dtype;  // The text encoder's.
+};
+
 class ModelRegistry {
  public:
   static absl::StatusOr<std::vector<ModelEntry>> ReadRegistryFile(
       const std::string& path);
 
   explicit ModelRegistry(std::vector<ModelEntry> entries);
+  ~ModelRegistry();
   // For tests: serve an already built model.
   void AddLoaded(ModelEntry entry, std::unique_ptr<ldm::LatentDiffusion> model);
 
@@ -90,6 +113,8 @@ class ModelRegistry {
                        const std::string& default_dtype = "auto");
 
   struct Model {
+    Model();
+    ~Model();
     ModelEntry entry;
     ModelState state = ModelState::kLoading;
     std::string error;
@@ -97,6 +122,10 @@ class ModelRegistry {
     std::unique_ptr<ldm::LatentDiffusion> model;
     // The copies on entry.devices[1...].
     std::vector<std::unique_ptr<ldm::LatentDiffusion>> other_copies;
+    // Set when ready: what a request is checked against (ldm::CheckRequest),
+    // and where each copy is, in entry.devices order.
+    ldm::ModelCapabilities capabilities;
+    std::vector<ModelPlacement> placements;
     // Every copy, `model` first (what a Job may run on).
     std::vector<const ldm::LatentDiffusion*> Copies() const;
   };
@@ -106,14 +135,14 @@ class ModelRegistry {
   // UNAVAILABLE while loading or failed, FAILED_PRECONDITION when it cannot run
   // `task`.
   absl::StatusOr<const Model*> Find(const std::string& name,
-                                    TaskKind task) const;
+                                    ldm::Task task) const;
   struct ModelStatus {
     ModelEntry entry;
     ModelState state;
     std::string error;
-    const ldm::LatentDiffusion* model;  // Set when ready.
-    // Every copy when ready (Model::Copies), in entry.devices order.
-    std::vector<const ldm::LatentDiffusion*> copies;
+    // When ready (else empty).
+    ldm::ModelCapabilities capabilities;
+    std::vector<ModelPlacement> placements;
   };
   // A consistent copy of every model's state, for ListModels.
   std::vector<ModelStatus> Snapshot() const;

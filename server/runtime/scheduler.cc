@@ -8,19 +8,32 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/ldm/latent_diffusion.h"
 
 namespace ldmserve {
 namespace {
 
 bool SameBatchKey(const Job& a, const Job& b) {
-  return &a.model() == &b.model() &&
-         a.spec().request.latent_height == b.spec().request.latent_height &&
-         a.spec().request.latent_width == b.spec().request.latent_width;
+  const ldm::ImageGeometry& first = a.spec().geometry;
+  const ldm::ImageGeometry& second = b.spec().geometry;
+  return a.model() == b.model() &&
+         first.latent_height == second.latent_height &&
+         first.latent_width == second.latent_width;
 }
 
+int NumImages(const Job& job) { return job.spec().request.num_images; }
+
 int64_t LatentPixelsOf(const Job& job) {
-  const ldm::JobRequest& request = job.spec().request;
-  return request.num_images * request.latent_height * request.latent_width;
+  const ldm::ImageGeometry& geometry = job.spec().geometry;
+  return NumImages(job) * geometry.latent_height * geometry.latent_width;
+}
+
+// The job's model copy on `device`, or nullptr when it is not loaded there.
+const ldm::LatentDiffusion* CopyOn(const Job& job, const at::Device& device) {
+  for (const ldm::LatentDiffusion* copy : job.copies()) {
+    if (copy->device() == device) return copy;
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -28,7 +41,7 @@ int64_t LatentPixelsOf(const Job& job) {
 // One worker's two threads and what they hand each other. Lock order: `mu`
 // and Scheduler::mu_ are never held together.
 struct Scheduler::Worker {
-  explicit Worker(at::Device on) : device(on) {}
+  explicit Worker(const std::string& on) : device(on) {}
   const at::Device device;
   absl::Mutex mu;
   // Admitted by the denoise thread, for the stage thread to encode.
@@ -43,10 +56,11 @@ struct Scheduler::Worker {
   std::thread stages;
 };
 
-Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
-  std::vector<at::Device> devices = options_.worker_devices;
-  if (devices.empty()) devices.assign(options_.workers, at::kCPU);
-  for (const at::Device& device : devices) {
+Scheduler::Scheduler(SchedulerOptions options, SchedulerTestHooks test_hooks)
+    : options_(std::move(options)), test_hooks_(std::move(test_hooks)) {
+  std::vector<std::string> devices = options_.worker_devices;
+  if (devices.empty()) devices.assign(options_.workers, "cpu");
+  for (const std::string& device : devices) {
     workers_.push_back(std::make_unique<Worker>(device));
     Worker& worker = *workers_.back();
     worker.denoise = std::thread([this, &worker] { DenoiseLoop(worker); });
@@ -131,9 +145,9 @@ int Scheduler::running_jobs() const {
   return running_;
 }
 
-bool Scheduler::HasWorkFor(const at::Device& device) const {
+bool Scheduler::HasWorkFor(const Worker& worker) const {
   return stopping_ ||
-         (!queue_.empty() && queue_.front()->ModelOn(device) != nullptr);
+         (!queue_.empty() && CopyOn(*queue_.front(), worker.device) != nullptr);
 }
 
 bool Scheduler::Drained() const { return queue_.empty() && running_ == 0; }
@@ -178,8 +192,7 @@ void Scheduler::ReportQueuePositions() {
 
 std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
     const std::vector<std::shared_ptr<Job>>& running,
-    const std::vector<std::shared_ptr<Job>>& encoding,
-    const at::Device& device) {
+    const std::vector<std::shared_ptr<Job>>& encoding, const Worker& worker) {
   const bool idle = running.empty() && encoding.empty();
   // Request-level and unbatched modes only start work on an idle worker.
   if (options_.batching != Batching::kStep && !idle) return {};
@@ -187,7 +200,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
   int64_t pixels = 0;
   for (const auto* jobs : {&running, &encoding}) {
     for (const auto& job : *jobs) {
-      images += job->spec().request.num_images;
+      images += NumImages(*job);
       pixels += LatentPixelsOf(*job);
     }
   }
@@ -201,17 +214,16 @@ std::vector<std::shared_ptr<Job>> Scheduler::AdmitLocked(
   while (!queue_.empty()) {
     const std::shared_ptr<Job>& head = queue_.front();
     if (key != nullptr && !SameBatchKey(*key, *head)) break;
-    if (head->ModelOn(device) == nullptr) break;
+    if (CopyOn(*head, worker.device) == nullptr) break;
     const bool empty = images == 0;
-    if (!empty &&
-        images + head->spec().request.num_images > options_.max_batch_images) {
+    if (!empty && images + NumImages(*head) > options_.max_batch_images) {
       break;
     }
     if (!empty && options_.max_batch_latent_pixels > 0 &&
         pixels + LatentPixelsOf(*head) > options_.max_batch_latent_pixels) {
       break;
     }
-    images += head->spec().request.num_images;
+    images += NumImages(*head);
     pixels += LatentPixelsOf(*head);
     if (key == nullptr) key = head.get();
     admitted.push_back(head);
@@ -233,22 +245,22 @@ void Scheduler::FailJob(const std::shared_ptr<Job>& job, absl::Status status) {
       status.code() != absl::StatusCode::kDeadlineExceeded) {
     LOG(WARNING) << "job " << job->id() << " failed: " << status;
   }
-  job->running().prepared.images.clear();
+  job->running().prepared.reset();
   job->sink().OnError(std::move(status));
   JobLeft();
 }
 
 void Scheduler::FinishJob(const std::shared_ptr<Job>& job, JobResult result) {
-  job->running().prepared.images.clear();
+  job->running().prepared.reset();
   job->sink().OnResult(std::move(result));
   JobLeft();
 }
 
 std::vector<absl::Status> Scheduler::StartJobs(
-    const std::vector<std::shared_ptr<Job>>& jobs, const at::Device& device) {
+    const std::vector<std::shared_ptr<Job>>& jobs, const Worker& worker) {
   for (const std::shared_ptr<Job>& job : jobs) {
     Job::Running& running = job->running();
-    running.model = job->ModelOn(device);
+    running.model = CopyOn(*job, worker.device);
     running.started_at = absl::Now();
     running.timings.queue = running.started_at - job->admitted_at();
     job->sink().OnStarted(running.timings.queue);
@@ -262,7 +274,7 @@ std::vector<absl::Status> Scheduler::StartJobs(
   // while the batch (jobs running or encoding) is not empty, and it is not
   // while any are waiting here.
   const ldm::LatentDiffusion& model = *jobs.front()->running().model;
-  std::vector<const ldm::JobRequest*> requests;
+  std::vector<const ldm::GenerationRequest*> requests;
   for (const std::shared_ptr<Job>& job : jobs) {
     requests.push_back(&job->spec().request);
   }
@@ -279,7 +291,8 @@ std::vector<absl::Status> Scheduler::StartJobs(
       continue;
     }
     Job::Running& running = jobs[i]->running();
-    running.prepared = *std::move(prepared[i]);
+    running.prepared =
+        std::make_unique<ldm::PreparedJob>(*std::move(prepared[i]));
     running.timings.encode = end - running.started_at;
   }
   return outcomes;
@@ -299,7 +312,7 @@ void Scheduler::DenoiseLoop(Worker& worker) {
       absl::MutexLock lock(&mu_);
       if (running.empty() && encoding.empty()) {
         auto has_work = [this, &worker]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return HasWorkFor(worker.device);
+          return HasWorkFor(worker);
         };
         mu_.Await(absl::Condition(&has_work));
         if (stopping_ && queue_.empty()) break;
@@ -310,7 +323,7 @@ void Scheduler::DenoiseLoop(Worker& worker) {
         running_ += static_cast<int>(queue_.size());
         queue_.clear();
       } else {
-        admitted = AdmitLocked(running, encoding, worker.device);
+        admitted = AdmitLocked(running, encoding, worker);
       }
     }
     if (aborting) {
@@ -420,7 +433,7 @@ void Scheduler::StageLoop(Worker& worker) {
         encoded.push_back({std::move(job), std::move(status)});
       }
     }
-    std::vector<absl::Status> outcomes = StartJobs(starting, worker.device);
+    std::vector<absl::Status> outcomes = StartJobs(starting, worker);
     for (size_t i = 0; i < starting.size(); ++i) {
       encoded.push_back({std::move(starting[i]), std::move(outcomes[i])});
     }
@@ -435,8 +448,8 @@ std::vector<absl::Status> Scheduler::StepWithRetry(
     const ldm::LatentDiffusion& model,
     const std::vector<ldm::ImageTask*>& tasks) {
   absl::Status status;
-  if (options_.step_fault_for_testing) {
-    status = options_.step_fault_for_testing(tasks.size());
+  if (test_hooks_.step_fault) {
+    status = test_hooks_.step_fault(tasks.size());
   }
   if (status.ok()) status = model.DenoiseStep(tasks);
   if (status.code() == absl::StatusCode::kResourceExhausted &&
@@ -458,7 +471,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
     std::vector<std::shared_ptr<Job>>& running) {
   std::vector<ldm::ImageTask*> tasks;
   for (const auto& job : running) {
-    for (ldm::ImageTask& image : job->running().prepared.images) {
+    for (ldm::ImageTask& image : job->running().prepared->images) {
       tasks.push_back(&image);
     }
   }
@@ -476,7 +489,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
   std::vector<std::shared_ptr<Job>> stepped;
   for (const auto& job : running) {
     absl::Status status;
-    for (size_t i = 0; i < job->running().prepared.images.size(); ++i) {
+    for (size_t i = 0; i < job->running().prepared->images.size(); ++i) {
       if (status.ok()) status = outcomes[task_index];
       ++task_index;
     }
@@ -493,21 +506,20 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
     Job::Running& state = job->running();
     const JobSpec& spec = job->spec();
     state.timings.denoise += step_end - step_start;
-    const ldm::Sampler& sampler = *state.prepared.images.front().sampler;
+    const ldm::PreparedJob& prepared = *state.prepared;
     ProgressEvent event;
-    event.step = sampler.steps_done();
-    event.total_steps = sampler.total_steps();
+    event.step = prepared.steps_done();
+    event.total_steps = prepared.total_steps();
     event.elapsed = step_end - state.started_at;
     event.estimated_remaining =
         state.timings.denoise / event.step * (event.total_steps - event.step);
-    const bool last = sampler.done();
+    const bool last = prepared.done();
     if (spec.preview_every > 0 && event.step % spec.preview_every == 0) {
-      absl::StatusOr<at::Tensor> preview =
-          model.PreviewImage(sampler.predicted_x0());
-      if (preview.ok()) event.preview = *preview;
+      absl::StatusOr<ldm::RgbImage> preview = model.Preview(prepared);
+      if (preview.ok()) event.preview = *std::move(preview);
     }
     if (last || event.step % std::max(1, spec.progress_every) == 0 ||
-        event.preview.defined()) {
+        event.preview.has_value()) {
       job->sink().OnProgress(event);
     }
     (last ? finished : continuing).push_back(job);
@@ -519,21 +531,20 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
 void Scheduler::DecodeAndFinish(
     const std::vector<std::shared_ptr<Job>>& finished) {
   const ldm::LatentDiffusion& model = *finished.front()->running().model;
-  std::vector<at::Tensor> latents;
+  std::vector<const ldm::PreparedJob*> prepared;
   for (const auto& job : finished) {
-    for (const ldm::ImageTask& image : job->running().prepared.images) {
-      latents.push_back(image.sampler->latent());
-    }
+    prepared.push_back(job->running().prepared.get());
   }
-  if (options_.before_decode_for_testing) options_.before_decode_for_testing();
+  if (test_hooks_.before_decode) test_hooks_.before_decode();
   const absl::Time decode_start = absl::Now();
-  absl::StatusOr<at::Tensor> images = model.DecodeToImages(latents);
+  absl::StatusOr<std::vector<std::vector<ldm::RgbImage>>> images =
+      model.FinishJobs(prepared);
   const absl::Time decode_end = absl::Now();
   if (options_.observer != nullptr) {
     options_.observer->OnStage("decode", decode_end - decode_start);
   }
-  int64_t row = 0;
-  for (const auto& job : finished) {
+  for (size_t i = 0; i < finished.size(); ++i) {
+    const std::shared_ptr<Job>& job = finished[i];
     if (!images.ok()) {
       FailJob(job, images.status());
       continue;
@@ -541,23 +552,14 @@ void Scheduler::DecodeAndFinish(
     const JobSpec& spec = job->spec();
     JobResult result;
     result.model_name = spec.model_name;
-    const ldm::JobRequest& request = spec.request;
-    absl::StatusOr<at::Tensor> job_images =
-        model.FinishImages(job->running().prepared,
-                           images->slice(0, row, row + request.num_images));
-    row += request.num_images;
-    if (!job_images.ok()) {
-      FailJob(job, job_images.status());
-      continue;
-    }
-    result.images = *std::move(job_images);
-    for (int i = 0; i < request.num_images; ++i) {
-      result.seeds.push_back(request.seed + i);
+    result.images = std::move((*images)[i]);
+    for (int image = 0; image < spec.request.num_images; ++image) {
+      result.seeds.push_back(ldm::ImageSeed(spec.request.seed, image));
     }
     result.timings = job->running().timings;
     result.timings.decode = decode_end - decode_start;
     result.timings.total = decode_end - job->admitted_at();
-    result.warnings = job->running().prepared.warnings;
+    result.warnings = job->running().prepared->warnings;
     FinishJob(job, std::move(result));
   }
 }

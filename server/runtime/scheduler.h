@@ -1,5 +1,6 @@
-// The scheduler: a bounded FIFO queue of jobs and a pool of workers that run
-// them one denoising step at a time.
+// The scheduler: a bounded queue of jobs, ordered by priority (FIFO among
+// equal priorities; waiting raises a job's priority, so none starves), and a
+// pool of workers that run them one denoising step at a time.
 //
 // Each worker is two threads. Its denoise thread keeps a set of running jobs
 // that share a model and a latent shape; every iteration it admits queued
@@ -27,6 +28,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -35,6 +37,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/runtime/job.h"
+
+namespace ldm {
+struct ImageTask;
+}  // namespace ldm
 
 namespace ldmserve {
 
@@ -73,18 +79,24 @@ struct SchedulerOptions {
   // One worker per entry, on that device (a device may repeat); empty =
   // `workers` workers on the CPU. A worker takes only jobs whose model has
   // a copy on its device.
-  std::vector<at::Device> worker_devices;
+  // Devices as ParseDevices (devices.h) checked them: "cpu", "cuda:N".
+  std::vector<std::string> worker_devices;
   SchedulerObserver* observer = nullptr;  // Must outlive the scheduler.
-  // Test hook: consulted before each UNet call with its number of image
-  // tasks; an error is taken as that call's outcome (fault injection).
-  std::function<absl::Status(size_t tasks)> step_fault_for_testing;
-  // Test hook: called on the stage thread before each decode call.
-  std::function<void()> before_decode_for_testing;
+};
+
+// Hooks for tests only (fault injection, ordering); production passes none.
+struct SchedulerTestHooks {
+  // Consulted before each UNet call with its number of image tasks; an error
+  // is taken as that call's outcome.
+  std::function<absl::Status(size_t tasks)> step_fault;
+  // Called on the stage thread before each decode call.
+  std::function<void()> before_decode;
 };
 
 class Scheduler {
  public:
-  explicit Scheduler(SchedulerOptions options);
+  explicit Scheduler(SchedulerOptions options,
+                     SchedulerTestHooks test_hooks = {});
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -116,18 +128,18 @@ class Scheduler {
 
   void DenoiseLoop(Worker& worker);
   void StageLoop(Worker& worker);
-  // A queued job can start on `device` (or the scheduler is stopping).
-  bool HasWorkFor(const at::Device& device) const
+  // A queued job can start on `worker` (or the scheduler is stopping).
+  bool HasWorkFor(const Worker& worker) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Drained() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Aborting() const;
   void ReportQueuePositions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes the queued jobs that may join the batch of a worker on `device`
-  // now (its jobs `running` and those still `encoding`).
+  // Takes the queued jobs that may join the batch of `worker` now (its jobs
+  // `running` and those still `encoding`).
   std::vector<std::shared_ptr<Job>> AdmitLocked(
       const std::vector<std::shared_ptr<Job>>& running,
-      const std::vector<std::shared_ptr<Job>>& encoding,
-      const at::Device& device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      const std::vector<std::shared_ptr<Job>>& encoding, const Worker& worker)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's priority plus what its waiting has earned it by `now`.
   double EffectivePriority(const Job& job, absl::Time now) const;
   // Orders the queue by effective priority, FIFO among equals; reports the
@@ -138,11 +150,11 @@ class Scheduler {
   void FinishJob(const std::shared_ptr<Job>& job, JobResult result);
   void JobLeft();
 
-  // Starts `jobs` (of one batch key) on their model's copy on `device`:
-  // encodes their conditioning in one call (their prompts in one
+  // Starts `jobs` (of one batch key) on their model's copy on `worker`'s
+  // device: encodes their conditioning in one call (their prompts in one
   // text-encoder call) and creates their image tasks. Each job's outcome.
   std::vector<absl::Status> StartJobs(
-      const std::vector<std::shared_ptr<Job>>& jobs, const at::Device& device);
+      const std::vector<std::shared_ptr<Job>>& jobs, const Worker& worker);
   // One step for all of `running`, then progress; returns the jobs whose
   // last step this was (they leave `running`).
   std::vector<std::shared_ptr<Job>> StepBatch(
@@ -156,6 +168,7 @@ class Scheduler {
   void DecodeAndFinish(const std::vector<std::shared_ptr<Job>>& finished);
 
   const SchedulerOptions options_;
+  const SchedulerTestHooks test_hooks_;
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);
   int running_ ABSL_GUARDED_BY(mu_) = 0;  // Admitted jobs not yet ended.

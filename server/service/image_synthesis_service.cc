@@ -11,7 +11,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/ldm/precision.h"
 #include "server/service/png_codec.h"
 
 namespace ldmserve {
@@ -67,11 +66,8 @@ class GenerateStream : public JobSink {
   }
   void OnProgress(const ProgressEvent& event) override {
     std::string preview;
-    if (event.preview.defined()) {
-      absl::StatusOr<std::string> png =
-          EncodePng(event.preview.data_ptr<uint8_t>(),
-                    static_cast<uint32_t>(event.preview.size(1)),
-                    static_cast<uint32_t>(event.preview.size(0)));
+    if (event.preview.has_value()) {
+      absl::StatusOr<std::string> png = EncodePng(*event.preview);
       if (png.ok()) preview = std::move(png).value();
     }
     absl::MutexLock lock(&mu_);
@@ -199,21 +195,17 @@ void GenerateStream::OnResult(JobResult result) {
   last.set_job_id(job_id_);
   ldm::v1::Result* out = last.mutable_result();
   out->set_model(result.model_name);
-  const at::Tensor& images = result.images;
-  const uint32_t height = static_cast<uint32_t>(images.size(1));
-  const uint32_t width = static_cast<uint32_t>(images.size(2));
-  for (int64_t i = 0; i < images.size(0); ++i) {
-    at::Tensor image = images[i].contiguous();
-    absl::StatusOr<std::string> png =
-        EncodePng(image.data_ptr<uint8_t>(), width, height);
+  for (size_t i = 0; i < result.images.size(); ++i) {
+    const RgbImage& image = result.images[i];
+    absl::StatusOr<std::string> png = EncodePng(image);
     if (!png.ok()) {
       OnError(png.status());
       return;
     }
     ldm::v1::Image* entry = out->add_images();
     entry->set_data(std::move(png).value());
-    entry->set_width(width);
-    entry->set_height(height);
+    entry->set_width(static_cast<uint32_t>(image.width));
+    entry->set_height(static_cast<uint32_t>(image.height));
     entry->set_seed(result.seeds[i]);
   }
   ldm::v1::StageTimings* timings = out->mutable_timings();
@@ -225,7 +217,7 @@ void GenerateStream::OnResult(JobResult result) {
   for (std::string& warning : result.warnings) {
     out->add_warnings(std::move(warning));
   }
-  metrics_->ImagesGenerated(static_cast<int>(images.size(0)));
+  metrics_->ImagesGenerated(static_cast<int>(result.images.size()));
   absl::MutexLock lock(&mu_);
   EndLocked(grpc::Status::OK, std::move(last));
 }
@@ -302,29 +294,29 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   // A copy: a rejected call may be done (and the reactor deleted) before
   // Reject returns.
   std::shared_ptr<GenerateStream> stream = reactor->stream();
-  absl::StatusOr<TaskKind> task = RequestedTask(*request);
+  absl::StatusOr<ldm::Task> task = RequestedTask(*request);
   if (!task.ok()) {
     stream->Reject(task.status());
     return reactor;
   }
-  stream->SetLabels(request->model(), TaskKindName(*task));
+  stream->SetLabels(request->model(), ldm::TaskName(*task));
   absl::StatusOr<const ModelRegistry::Model*> model =
       models_->Find(request->model(), *task);
   if (!model.ok()) {
     stream->Reject(model.status());
     return reactor;
   }
-  absl::StatusOr<JobSpec> spec = ValidateRequest(
-      *request, (*model)->model->config(), limits_, RandomSeed());
+  absl::StatusOr<JobSpec> spec =
+      ValidateRequest(*request, (*model)->capabilities, limits_, RandomSeed());
   if (!spec.ok()) {
     stream->Reject(spec.status());
     return reactor;
   }
   spec->model_name = (*model)->entry.name;
-  stream->SetLabels(spec->model_name, TaskKindName(*task));
-  auto job = std::make_shared<Job>(
-      job_id, *std::move(spec), (*model)->model.get(), stream,
-      absl::FromChrono(context->deadline()), (*model)->Copies());
+  stream->SetLabels(spec->model_name, ldm::TaskName(*task));
+  auto job =
+      std::make_shared<Job>(job_id, *std::move(spec), (*model)->Copies(),
+                            stream, absl::FromChrono(context->deadline()));
   reactor->AttachJob(job);
   absl::Status admitted = scheduler_->Submit(job);
   if (!admitted.ok()) {
@@ -339,15 +331,15 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
 grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
     grpc::CallbackServerContext* context, const ldm::v1::ListModelsRequest*,
     ldm::v1::ListModelsResponse* response) {
-  auto to_proto = [](TaskKind kind) {
+  auto to_proto = [](ldm::Task kind) {
     switch (kind) {
-      case TaskKind::kTextToImage:
+      case ldm::Task::kTextToImage:
         return ldm::v1::TASK_TEXT_TO_IMAGE;
-      case TaskKind::kImageToImage:
+      case ldm::Task::kImageToImage:
         return ldm::v1::TASK_IMAGE_TO_IMAGE;
-      case TaskKind::kInpaint:
+      case ldm::Task::kInpaint:
         return ldm::v1::TASK_INPAINT;
-      case TaskKind::kSuperResolution:
+      case ldm::Task::kSuperResolution:
         return ldm::v1::TASK_SUPER_RESOLUTION;
     }
     return ldm::v1::TASK_UNSPECIFIED;
@@ -355,8 +347,8 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
   for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
     ldm::v1::ModelInfo* info = response->add_models();
     info->set_name(status.entry.name);
-    for (TaskKind kind : status.entry.tasks) info->add_tasks(to_proto(kind));
-    for (TaskKind kind : status.entry.default_for) {
+    for (ldm::Task kind : status.entry.tasks) info->add_tasks(to_proto(kind));
+    for (ldm::Task kind : status.entry.default_for) {
       info->add_default_for(to_proto(kind));
     }
     for (const std::string& device : status.entry.devices) {
@@ -374,21 +366,21 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
         info->set_error(status.error);
         break;
     }
-    if (status.model != nullptr) {
-      const ldm::ModelConfig& config = status.model->config();
-      info->set_native_width(static_cast<uint32_t>(config.native_width()));
-      info->set_native_height(static_cast<uint32_t>(config.native_height()));
-      info->set_latent_channels(
-          static_cast<uint32_t>(config.unet.out_channels));
-      info->set_latent_height(static_cast<uint32_t>(config.latent_height));
-      info->set_latent_width(static_cast<uint32_t>(config.latent_width));
+    if (status.state == ModelState::kReady) {
+      const ldm::ModelCapabilities& model = status.capabilities;
+      info->set_native_width(static_cast<uint32_t>(model.native_width));
+      info->set_native_height(static_cast<uint32_t>(model.native_height));
+      info->set_latent_channels(static_cast<uint32_t>(model.latent_channels));
+      info->set_latent_height(static_cast<uint32_t>(model.latent_height));
+      info->set_latent_width(static_cast<uint32_t>(model.latent_width));
+      info->set_size_multiple(static_cast<uint32_t>(model.size_multiple));
     }
-    for (const ldm::LatentDiffusion* copy : status.copies) {
+    for (const ModelPlacement& copy : status.placements) {
       ldm::v1::ModelPlacement* placement = info->add_placements();
-      placement->set_device(copy->device().str());
-      placement->set_dtype(ldm::DtypeName(copy->precision().unet));
-      placement->set_vae_dtype(ldm::DtypeName(copy->precision().first_stage));
-      placement->set_text_dtype(ldm::DtypeName(copy->precision().text));
+      placement->set_device(copy.device);
+      placement->set_dtype(copy.dtype);
+      placement->set_vae_dtype(copy.vae_dtype);
+      placement->set_text_dtype(copy.text_dtype);
     }
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();

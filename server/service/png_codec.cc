@@ -48,6 +48,11 @@ absl::StatusOr<std::string> EncodePng(const uint8_t* rgb, uint32_t width,
   return png;
 }
 
+absl::StatusOr<std::string> EncodePng(const RgbImage& image) {
+  return EncodePng(image.pixels.data(), static_cast<uint32_t>(image.width),
+                   static_cast<uint32_t>(image.height));
+}
+
 absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes,
                                    absl::string_view field,
                                    const PngLimits& limits) {

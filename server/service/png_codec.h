@@ -10,18 +10,16 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "server/ldm/generation.h"
 
 namespace ldmserve {
 
-struct RgbImage {
-  uint32_t width = 0;
-  uint32_t height = 0;
-  std::vector<uint8_t> pixels;  // Row-major RGB, 3 bytes per pixel.
-};
+using ldm::RgbImage;
 
 // Encodes 8-bit RGB pixels (`width * height * 3` bytes).
 absl::StatusOr<std::string> EncodePng(const uint8_t* rgb, uint32_t width,
                                       uint32_t height);
+absl::StatusOr<std::string> EncodePng(const RgbImage& image);
 
 struct PngLimits {
   uint32_t max_width = 4096;

@@ -1,9 +1,10 @@
 #include "server/service/request_validation.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
-#include "server/ldm/image_tensor.h"
+#include "server/common/status_macros.h"
 #include "server/service/png_codec.h"
 
 namespace ldmserve {
@@ -18,28 +19,10 @@ absl::Status Invalid(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
 }
 
-// Latent sides must survive every UNet downsampling exactly, so pixel sides
-// are multiples of f * 2^(levels - 1).
-int64_t SizeMultiple(const ldm::ModelConfig& model) {
-  return model.ae.DownsamplingFactor() *
-         (int64_t{1} << (model.unet.channel_mult.size() - 1));
-}
-
-absl::StatusOr<int64_t> ValidateSide(const char* field, bool has_value,
-                                     uint32_t value, int64_t native,
-                                     int64_t multiple) {
-  if (!has_value) return native;
-  if (value == 0 || value % multiple != 0) {
-    return Invalid(field, absl::StrCat("must be a positive multiple of ",
-                                       multiple, " (got ", value, ")"));
-  }
-  return static_cast<int64_t>(value);
-}
-
 absl::Status ValidatePrompts(const char* task, const std::string& prompt,
                              const std::string& negative,
                              const ServiceLimits& limits,
-                             ldm::JobRequest* job) {
+                             ldm::GenerationRequest& job) {
   for (const auto& [name, value] :
        {std::pair<const char*, const std::string*>{"prompt", &prompt},
         {"negative_prompt", &negative}}) {
@@ -49,8 +32,8 @@ absl::Status ValidatePrompts(const char* task, const std::string& prompt,
                                   " bytes (got ", value->size(), ")"));
     }
   }
-  job->prompt = prompt;
-  job->negative_prompt = negative;
+  job.prompt = prompt;
+  job.negative_prompt = negative;
   return absl::OkStatus();
 }
 
@@ -65,145 +48,118 @@ absl::Status CheckPixels(const std::string& field, int64_t width,
   return absl::OkStatus();
 }
 
-// A PNG field decoded to RGB, within the byte and pixel limits; its sides a
-// multiple of `multiple` (the output size) unless `multiple` is 0.
+// A PNG field decoded to RGB, within the byte and pixel limits.
 absl::StatusOr<RgbImage> DecodeImageField(const std::string& field,
                                           const std::string& bytes,
-                                          int64_t multiple,
                                           const ServiceLimits& limits) {
   if (bytes.empty()) return Invalid(field, "required (a PNG image)");
   if (bytes.size() > limits.max_image_bytes) {
     return Invalid(field, absl::StrCat("at most ", limits.max_image_bytes,
                                        " bytes (got ", bytes.size(), ")"));
   }
-  auto image = DecodePng(bytes, field);
-  if (!image.ok()) return image.status();
-  if (multiple > 0 &&
-      (image->width % multiple != 0 || image->height % multiple != 0)) {
-    return Invalid(
-        field, absl::StrCat("sides must be multiples of ", multiple, " (got ",
-                            image->width, "x", image->height, ")"));
-  }
-  absl::Status pixels = CheckPixels(field, image->width, image->height, limits);
-  if (!pixels.ok()) return pixels;
+  LDM_ASSIGN_OR_RETURN(RgbImage image, DecodePng(bytes, field));
+  LDM_RETURN_IF_ERROR(CheckPixels(field, image.width, image.height, limits));
   return image;
 }
 
-absl::StatusOr<at::Tensor> ImageTensor(const RgbImage& image) {
-  return ldm::ImageTensorFromRgb(image.pixels.data(), image.height,
-                                 image.width);
+// Which field's pixels the output size is checked as.
+const char* OutputSizeField(ldm::Task task) {
+  switch (task) {
+    case ldm::Task::kTextToImage:
+      return "text_to_image.width";
+    case ldm::Task::kImageToImage:
+      return "image_to_image.init_image";
+    case ldm::Task::kInpaint:
+      return "inpaint.image";
+    case ldm::Task::kSuperResolution:
+      return "super_resolution.low_res_image";
+  }
+  return "task";
 }
 
+// The task's own fields -> the request's prompts and typed task input.
 absl::Status ValidateTask(const GenerateRequest& request,
-                          const ldm::ModelConfig& model,
-                          const ServiceLimits& limits, JobSpec* spec) {
-  ldm::JobRequest& job = spec->request;
-  const int64_t f = model.ae.DownsamplingFactor();
-  const int64_t multiple = SizeMultiple(model);
-  switch (spec->task) {
-    case TaskKind::kTextToImage: {
+                          const ldm::ModelCapabilities& model,
+                          const ServiceLimits& limits,
+                          ldm::GenerationRequest& job) {
+  switch (request.task_case()) {
+    case GenerateRequest::kTextToImage: {
       const ldm::v1::TextToImage& text = request.text_to_image();
-      absl::Status status = ValidatePrompts(
-          "text_to_image", text.prompt(), text.negative_prompt(), limits, &job);
-      if (!status.ok()) return status;
-      auto width = ValidateSide("text_to_image.width", text.has_width(),
-                                text.width(), model.native_width(), multiple);
-      if (!width.ok()) return width.status();
-      auto height =
-          ValidateSide("text_to_image.height", text.has_height(), text.height(),
-                       model.native_height(), multiple);
-      if (!height.ok()) return height.status();
-      status = CheckPixels("text_to_image.width", *width, *height, limits);
-      if (!status.ok()) return status;
-      job.latent_width = *width / f;
-      job.latent_height = *height / f;
+      LDM_RETURN_IF_ERROR(ValidatePrompts("text_to_image", text.prompt(),
+                                          text.negative_prompt(), limits, job));
+      // An unset side is the model's native one; a side set to 0 is an error
+      // (CheckRequest reads 0 as unset).
+      for (const auto& [field, set, value] :
+           {std::tuple{"text_to_image.width", text.has_width(), text.width()},
+            std::tuple{"text_to_image.height", text.has_height(),
+                       text.height()}}) {
+        if (set && value == 0) {
+          return Invalid(field, absl::StrCat("must be a positive multiple of ",
+                                             model.size_multiple, " (got 0)"));
+        }
+      }
+      job.task = ldm::TextToImage{text.has_width() ? text.width() : 0,
+                                  text.has_height() ? text.height() : 0};
       return absl::OkStatus();
     }
-    case TaskKind::kImageToImage: {
+    case GenerateRequest::kImageToImage: {
       const ldm::v1::ImageToImage& task = request.image_to_image();
-      absl::Status status =
-          ValidatePrompts("image_to_image", task.prompt(),
-                          task.negative_prompt(), limits, &job);
-      if (!status.ok()) return status;
+      LDM_RETURN_IF_ERROR(ValidatePrompts("image_to_image", task.prompt(),
+                                          task.negative_prompt(), limits, job));
       if (!(task.strength() >= 0.0f && task.strength() <= 1.0f)) {
         return Invalid("image_to_image.strength", "must be in (0, 1]");
       }
       job.sampler.strength = task.strength() == 0.0f ? 0.75 : task.strength();
-      auto image = DecodeImageField("image_to_image.init_image",
-                                    task.init_image(), multiple, limits);
-      if (!image.ok()) return image.status();
-      auto tensor = ImageTensor(*image);
-      if (!tensor.ok()) return tensor.status();
-      job.init_image = *std::move(tensor);
-      job.latent_width = image->width / f;
-      job.latent_height = image->height / f;
+      LDM_ASSIGN_OR_RETURN(RgbImage image,
+                           DecodeImageField("image_to_image.init_image",
+                                            task.init_image(), limits));
+      job.task = ldm::ImageToImage{std::move(image)};
       return absl::OkStatus();
     }
-    case TaskKind::kInpaint: {
+    case GenerateRequest::kInpaint: {
       const ldm::v1::Inpaint& task = request.inpaint();
-      absl::Status status = ValidatePrompts(
-          "inpaint", task.prompt(), task.negative_prompt(), limits, &job);
-      if (!status.ok()) return status;
-      auto image =
-          DecodeImageField("inpaint.image", task.image(), multiple, limits);
-      if (!image.ok()) return image.status();
-      auto mask = DecodeImageField("inpaint.mask", task.mask(), 0, limits);
-      if (!mask.ok()) return mask.status();
-      if (mask->width != image->width || mask->height != image->height) {
-        return Invalid("inpaint.mask",
-                       absl::StrCat("must be the image's size ", image->width,
-                                    "x", image->height, " (got ", mask->width,
-                                    "x", mask->height, ")"));
-      }
-      auto image_tensor = ImageTensor(*image);
-      if (!image_tensor.ok()) return image_tensor.status();
-      auto mask_tensor = ldm::MaskTensorFromRgb(mask->pixels.data(),
-                                                mask->height, mask->width);
-      if (!mask_tensor.ok()) return mask_tensor.status();
-      job.inpaint_image = *std::move(image_tensor);
-      job.inpaint_mask = *std::move(mask_tensor);
-      job.latent_width = image->width / f;
-      job.latent_height = image->height / f;
+      LDM_RETURN_IF_ERROR(ValidatePrompts("inpaint", task.prompt(),
+                                          task.negative_prompt(), limits, job));
+      LDM_ASSIGN_OR_RETURN(
+          RgbImage image,
+          DecodeImageField("inpaint.image", task.image(), limits));
+      LDM_ASSIGN_OR_RETURN(
+          RgbImage mask, DecodeImageField("inpaint.mask", task.mask(), limits));
+      job.task = ldm::Inpaint{std::move(image), ldm::MaskFromRgb(mask)};
       return absl::OkStatus();
     }
-    case TaskKind::kSuperResolution: {
+    case GenerateRequest::kSuperResolution: {
       const ldm::v1::SuperResolution& task = request.super_resolution();
-      if (task.scale() != 0 && task.scale() != static_cast<uint32_t>(f)) {
+      const int64_t factor = model.downsampling_factor;
+      if (task.scale() != 0 && task.scale() != static_cast<uint32_t>(factor)) {
         return Invalid("super_resolution.scale",
-                       absl::StrCat("this model upscales by ", f, " (got ",
+                       absl::StrCat("this model upscales by ", factor, " (got ",
                                     task.scale(), ")"));
       }
-      // The low-res image is the latent: its sides obey the UNet's multiple.
-      auto image = DecodeImageField("super_resolution.low_res_image",
-                                    task.low_res_image(), multiple / f, limits);
-      if (!image.ok()) return image.status();
-      absl::Status status =
-          CheckPixels("super_resolution.low_res_image", image->width * f,
-                      image->height * f, limits);
-      if (!status.ok()) return status;
-      auto tensor = ImageTensor(*image);
-      if (!tensor.ok()) return tensor.status();
-      job.low_res = *std::move(tensor);
-      job.latent_width = image->width;
-      job.latent_height = image->height;
+      LDM_ASSIGN_OR_RETURN(RgbImage image,
+                           DecodeImageField("super_resolution.low_res_image",
+                                            task.low_res_image(), limits));
+      job.task = ldm::SuperResolution{std::move(image)};
       return absl::OkStatus();
     }
+    case GenerateRequest::TASK_NOT_SET:
+      break;
   }
   return Invalid("task", "unknown");
 }
 
 }  // namespace
 
-absl::StatusOr<TaskKind> RequestedTask(const GenerateRequest& request) {
+absl::StatusOr<ldm::Task> RequestedTask(const GenerateRequest& request) {
   switch (request.task_case()) {
     case GenerateRequest::kTextToImage:
-      return TaskKind::kTextToImage;
+      return ldm::Task::kTextToImage;
     case GenerateRequest::kImageToImage:
-      return TaskKind::kImageToImage;
+      return ldm::Task::kImageToImage;
     case GenerateRequest::kInpaint:
-      return TaskKind::kInpaint;
+      return ldm::Task::kInpaint;
     case GenerateRequest::kSuperResolution:
-      return TaskKind::kSuperResolution;
+      return ldm::Task::kSuperResolution;
     case GenerateRequest::TASK_NOT_SET:
       break;
   }
@@ -213,13 +169,11 @@ absl::StatusOr<TaskKind> RequestedTask(const GenerateRequest& request) {
 }
 
 absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
-                                        const ldm::ModelConfig& model,
+                                        const ldm::ModelCapabilities& model,
                                         const ServiceLimits& limits,
                                         uint64_t random_seed) {
   JobSpec spec;
-  auto task = RequestedTask(request);
-  if (!task.ok()) return task.status();
-  spec.task = *task;
+  LDM_ASSIGN_OR_RETURN(const ldm::Task task, RequestedTask(request));
   if (request.client_request_id().size() > limits.max_client_request_id_bytes) {
     return Invalid(
         "client_request_id",
@@ -232,7 +186,7 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
                                             request.priority(), ")"));
   }
   spec.priority = request.priority();
-  ldm::JobRequest& job = spec.request;
+  ldm::GenerationRequest& job = spec.request;
 
   const ldm::v1::SamplerSettings& sampler = request.sampler();
   switch (sampler.kind()) {
@@ -301,8 +255,10 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
       request.output_format() != ldm::v1::IMAGE_FORMAT_PNG) {
     return Invalid("output_format", "only IMAGE_FORMAT_PNG is served");
   }
-  absl::Status status = ValidateTask(request, model, limits, &spec);
-  if (!status.ok()) return status;
+  LDM_RETURN_IF_ERROR(ValidateTask(request, model, limits, job));
+  LDM_ASSIGN_OR_RETURN(spec.geometry, ldm::CheckRequest(model, job));
+  LDM_RETURN_IF_ERROR(CheckPixels(OutputSizeField(task), spec.geometry.width,
+                                  spec.geometry.height, limits));
   return spec;
 }
 

@@ -1,7 +1,9 @@
 // Turns a GenerateRequest into a runtime JobSpec: every field is checked
 // against the server's limits (INVALID_ARGUMENT naming the field and the
-// limit) and defaults are resolved. Untrusted input never reaches the model
-// unchecked.
+// limit), defaults are resolved, images are decoded once into the model
+// library's plain types, and the model's own check (ldm::CheckRequest: task,
+// size multiple, mask size) runs here, before the job is queued. Untrusted
+// input never reaches the model unchecked.
 #ifndef LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_
 #define LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_
 
@@ -9,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "ldm/v1/image_synthesis.pb.h"
-#include "server/ldm/model_config.h"
+#include "server/ldm/generation.h"
 #include "server/runtime/job.h"
 
 namespace ldmserve {
@@ -27,12 +29,13 @@ struct ServiceLimits {
 };
 
 // The task a request asks for; INVALID_ARGUMENT when none is set.
-absl::StatusOr<TaskKind> RequestedTask(const ldm::v1::GenerateRequest& request);
+absl::StatusOr<ldm::Task> RequestedTask(
+    const ldm::v1::GenerateRequest& request);
 
 // Validates `request` for `model`. `random_seed` is used when the request
 // leaves the seed at 0.
 absl::StatusOr<JobSpec> ValidateRequest(const ldm::v1::GenerateRequest& request,
-                                        const ldm::ModelConfig& model,
+                                        const ldm::ModelCapabilities& model,
                                         const ServiceLimits& limits,
                                         uint64_t random_seed);
 

@@ -8,7 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "server/ldm/device_memory.h"
+#include "server/runtime/devices.h"
 
 namespace ldmserve {
 namespace {
@@ -76,8 +76,7 @@ void LdmServer::RefreshGauges() {
   for (const std::string& device : devices_) {
     if (device == "cpu") continue;
     // Only a LibTorch with CUDA can run these workers, and it reads them.
-    const absl::StatusOr<ldm::DeviceMemory> memory =
-        ldm::CudaMemory(c10::Device(device));
+    const absl::StatusOr<DeviceMemoryReading> memory = ReadDeviceMemory(device);
     if (!memory.ok()) continue;
     metrics_->SetDeviceMemory(device,
                               static_cast<double>(memory->allocated_bytes),

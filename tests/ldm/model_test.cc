@@ -83,13 +83,13 @@ TEST(LatentDiffusionTest, SameSeedSameWeightsAndImages) {
   auto a = TinyModel(3);
   auto b = TinyModel(3);
   auto c = TinyModel(4);
-  JobRequest job;
+  GenerationRequest job;
   job.prompt = "a red circle";
   job.sampler.steps = 4;
   job.seed = 11;
-  auto image_a = RunJob(*a, job);
-  auto image_b = RunJob(*b, job);
-  auto image_c = RunJob(*c, job);
+  auto image_a = testing::RunToTensor(*a, job);
+  auto image_b = testing::RunToTensor(*b, job);
+  auto image_c = testing::RunToTensor(*c, job);
   ASSERT_TRUE(image_a.ok()) << image_a.status();
   ASSERT_TRUE(image_b.ok() && image_c.ok());
   EXPECT_EQ(image_a->sizes(), (at::IntArrayRef{1, 16, 16, 3}));
@@ -97,22 +97,22 @@ TEST(LatentDiffusionTest, SameSeedSameWeightsAndImages) {
   EXPECT_TRUE(at::equal(*image_a, *image_b));
   EXPECT_FALSE(at::equal(*image_a, *image_c));
   job.seed = 12;
-  auto other_seed = RunJob(*a, job);
+  auto other_seed = testing::RunToTensor(*a, job);
   EXPECT_FALSE(at::equal(*image_a, *other_seed));
 }
 
 TEST(LatentDiffusionTest, ImageIOfAJobEqualsThatSeedAlone) {
   auto model = TinyModel();
-  JobRequest job;
+  GenerationRequest job;
   job.prompt = "a blue square";
   job.sampler.steps = 3;
   job.seed = 20;
   job.num_images = 3;
-  auto three = RunJob(*model, job);
+  auto three = testing::RunToTensor(*model, job);
   ASSERT_TRUE(three.ok());
   job.seed = 22;
   job.num_images = 1;
-  auto third = RunJob(*model, job);
+  auto third = testing::RunToTensor(*model, job);
   ASSERT_TRUE(third.ok());
   EXPECT_TRUE(at::allclose(three->slice(0, 2, 3).to(at::kFloat),
                            third->to(at::kFloat), 0, 1.0));
@@ -163,9 +163,10 @@ TEST(LatentDiffusionTest, LoadReportsMissingAndMisshapedTensors) {
   ASSERT_TRUE(model->Save(good).ok());
   auto loaded = LatentDiffusion::Load(config_path, good);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  JobRequest job;
+  GenerationRequest job;
   job.sampler.steps = 2;
-  EXPECT_TRUE(at::equal(*RunJob(*model, job), *RunJob(**loaded, job)));
+  EXPECT_TRUE(at::equal(*testing::RunToTensor(*model, job),
+                        *testing::RunToTensor(**loaded, job)));
 
   auto file = SafetensorsFile::Open(good);
   std::map<std::string, at::Tensor> tensors;
@@ -331,21 +332,21 @@ at::Tensor TestPicture(int64_t h, int64_t w) {
 // mechanics can be checked: the steps that run, sizes, seeds.
 TEST(PipelineTest, ImageToImageRunsTheStrengthsShareOfSteps) {
   auto model = TinyModel(2);
-  JobRequest request;
+  GenerationRequest request;
   request.prompt = "a red circle";
   request.sampler.steps = 20;
   request.sampler.strength = 0.3;
-  request.init_image = TestPicture(16, 24);
+  request.task = ImageToImage{RgbImageFromTensor(TestPicture(16, 24))};
   auto prepared = model->PrepareJob(request);
   ASSERT_TRUE(prepared.ok()) << prepared.status();
   EXPECT_EQ(prepared->images[0].sampler->total_steps(), 6);
-  auto first = RunJob(*model, request);
-  auto again = RunJob(*model, request);
+  auto first = testing::RunToTensor(*model, request);
+  auto again = testing::RunToTensor(*model, request);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->sizes(), (at::IntArrayRef{1, 16, 24, 3}));
   EXPECT_TRUE(at::equal(*first, *again));
   request.seed = 2;
-  EXPECT_FALSE(at::equal(*first, *RunJob(*model, request)));
+  EXPECT_FALSE(at::equal(*first, *testing::RunToTensor(*model, request)));
 }
 
 TEST(PipelineTest, InpaintingWithAPlainModelKeepsTheUnmaskedPixels) {
@@ -353,20 +354,23 @@ TEST(PipelineTest, InpaintingWithAPlainModelKeepsTheUnmaskedPixels) {
   // An input that arrived as bytes.
   const at::Tensor bytes =
       at::randint(0, 256, {16, 16, 3}, at::TensorOptions().dtype(at::kByte));
-  JobRequest request;
+  GenerationRequest request;
   request.prompt = "a blue square";
   request.sampler.steps = 5;
   request.num_images = 2;
-  request.inpaint_image =
-      *ImageTensorFromRgb(bytes.data_ptr<uint8_t>(), 16, 16);
-  request.inpaint_mask = at::zeros({1, 1, 16, 16});
-  request.inpaint_mask.slice(2, 4, 12).slice(3, 4, 12).fill_(1);
+  at::Tensor mask = at::zeros({1, 1, 16, 16});
+  mask.slice(2, 4, 12).slice(3, 4, 12).fill_(1);
+  request.task = Inpaint{RgbImage{16,
+                                  16,
+                                  {bytes.data_ptr<uint8_t>(),
+                                   bytes.data_ptr<uint8_t>() + bytes.numel()}},
+                         MaskFromTensor(mask)};
   auto prepared = model->PrepareJob(request);
   ASSERT_TRUE(prepared.ok()) << prepared.status();
   EXPECT_TRUE(prepared->images[0].blend.has_value());
-  auto images = RunJob(*model, request);
+  auto images = testing::RunToTensor(*model, request);
   ASSERT_TRUE(images.ok()) << images.status();
-  const at::Tensor keep = (request.inpaint_mask[0][0] < 0.5).unsqueeze(-1);
+  const at::Tensor keep = (mask[0][0] < 0.5).unsqueeze(-1);
   for (int i = 0; i < 2; ++i) {
     const at::Tensor image = (*images)[i];
     EXPECT_TRUE(
@@ -383,21 +387,23 @@ TEST(PipelineTest, DedicatedInpaintingAndSuperResolutionModels) {
   inpainting.unet.in_channels = 4 + 1 + 4;
   auto inpaint_model = LatentDiffusion::CreateRandom(inpainting, 4);
   ASSERT_TRUE(inpaint_model.ok()) << inpaint_model.status();
-  JobRequest request;
+  GenerationRequest request;
   request.sampler.steps = 3;
+  // It cannot draw from text alone.
   EXPECT_EQ((*inpaint_model)->PrepareJob(request).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  request.inpaint_image = TestPicture(16, 16);
-  request.inpaint_mask = at::ones({1, 1, 16, 16});
-  request.inpaint_mask.slice(2, 0, 8).fill_(0);
+            absl::StatusCode::kFailedPrecondition);
+  at::Tensor mask = at::ones({1, 1, 16, 16});
+  mask.slice(2, 0, 8).fill_(0);
+  const RgbImage input = RgbImageFromTensor(TestPicture(16, 16));
+  request.task = Inpaint{input, MaskFromTensor(mask)};
   auto prepared = (*inpaint_model)->PrepareJob(request);
   ASSERT_TRUE(prepared.ok()) << prepared.status();
   EXPECT_EQ(prepared->images[0].concat.size(1), 5);
   EXPECT_FALSE(prepared->images[0].blend.has_value());
-  auto inpainted = RunJob(**inpaint_model, request);
+  auto inpainted = testing::RunToTensor(**inpaint_model, request);
   ASSERT_TRUE(inpainted.ok()) << inpainted.status();
   EXPECT_TRUE(at::equal(inpainted->slice(1, 0, 8),
-                        prepared->original_u8.unsqueeze(0).slice(1, 0, 8)));
+                        Uint8ImagesTensor({input}).slice(1, 0, 8)));
 
   ModelConfig upscaler = testing::TinyTextToImageConfig();
   upscaler.kind = "sr";
@@ -410,11 +416,11 @@ TEST(PipelineTest, DedicatedInpaintingAndSuperResolutionModels) {
   upscaler.unet.in_channels = 4 + 3;
   auto sr_model = LatentDiffusion::CreateRandom(upscaler, 5);
   ASSERT_TRUE(sr_model.ok()) << sr_model.status();
-  JobRequest upscale;
+  GenerationRequest upscale;
   upscale.sampler.steps = 3;
   upscale.sampler.guidance_scale = 1.0f;
-  upscale.low_res = TestPicture(8, 12);
-  auto upscaled = RunJob(**sr_model, upscale);
+  upscale.task = SuperResolution{RgbImageFromTensor(TestPicture(8, 12))};
+  auto upscaled = testing::RunToTensor(**sr_model, upscale);
   ASSERT_TRUE(upscaled.ok()) << upscaled.status();
   EXPECT_EQ(upscaled->sizes(), (at::IntArrayRef{1, 16, 24, 3}));
 }
@@ -480,13 +486,13 @@ TEST(LatentDiffusionTest, Bfloat16OnTheCpuStaysWithinItsRounding) {
   // float32, so only the UNet's rounding enters, damped by each step's
   // (1 - a) share of the prediction. A bound a correct run keeps on any CPU:
   // the images agree far better than two seeds do (73 levels apart here).
-  JobRequest request;
+  GenerationRequest request;
   request.prompt = "a red circle";
   request.sampler.steps = 5;
-  auto a = RunJob(*f32, request);
-  auto b = RunJob(**low, request);
+  auto a = testing::RunToTensor(*f32, request);
+  auto b = testing::RunToTensor(**low, request);
   request.seed = 2;
-  auto other_seed = RunJob(*f32, request);
+  auto other_seed = testing::RunToTensor(*f32, request);
   ASSERT_TRUE(a.ok() && b.ok() && other_seed.ok()) << b.status();
   const double bf16_levels =
       (a->to(at::kFloat) - b->to(at::kFloat)).abs().mean().item<double>();
@@ -570,7 +576,7 @@ TEST(BatchInvarianceTest, JobsPreparedTogetherEqualJobsPreparedAlone) {
   // warnings included (only the job with an unknown word is warned).
   SetBatchInvariant(true);
   auto model = TinyModel();
-  std::vector<JobRequest> requests(3);
+  std::vector<GenerationRequest> requests(3);
   requests[0].prompt = "a red circle";
   requests[0].seed = 1;
   requests[1].prompt = "a (blue:1.4) square";
@@ -578,8 +584,9 @@ TEST(BatchInvarianceTest, JobsPreparedTogetherEqualJobsPreparedAlone) {
   requests[1].seed = 2;
   requests[2].prompt = "a green circle";  // "green": not in the vocabulary.
   requests[2].seed = 3;
-  std::vector<const JobRequest*> pointers;
-  for (const JobRequest& request : requests) pointers.push_back(&request);
+  std::vector<const GenerationRequest*> pointers;
+  for (const GenerationRequest& request : requests)
+    pointers.push_back(&request);
   std::vector<absl::StatusOr<PreparedJob>> together =
       model->PrepareJobs(pointers);
   ASSERT_EQ(together.size(), requests.size());
@@ -598,7 +605,7 @@ TEST(BatchInvarianceTest, JobsPreparedTogetherEqualJobsPreparedAlone) {
   // The weighted prompt's conditioning differs from the plain one's.
   EXPECT_FALSE(
       at::equal(together[1]->images[0].cond,
-                model->PrepareJob(JobRequest{.prompt = "a blue square"})
+                model->PrepareJob(GenerationRequest{.prompt = "a blue square"})
                     ->images[0]
                     .cond));
   SetBatchInvariant(false);
@@ -627,10 +634,10 @@ TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
   EXPECT_EQ(text->context.sizes(), (at::IntArrayRef{2, 77, 16}));
   ASSERT_EQ(text->warnings.size(), 1u);  // The long prompt.
   // A whole job runs, and saving/loading keeps the text encoder.
-  JobRequest request;
+  GenerationRequest request;
   request.prompt = "an astronaut riding a horse on mars";
   request.sampler.steps = 2;
-  auto images = RunJob(**model, request);
+  auto images = testing::RunToTensor(**model, request);
   ASSERT_TRUE(images.ok()) << images.status();
   const std::string dir = ::testing::TempDir();
   ASSERT_TRUE((*model)->Save(dir + "/clip.safetensors").ok());
@@ -638,7 +645,7 @@ TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
   auto loaded =
       LatentDiffusion::Load(dir + "/clip.json", dir + "/clip.safetensors");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_TRUE(at::equal(*images, *RunJob(**loaded, request)));
+  EXPECT_TRUE(at::equal(*images, *testing::RunToTensor(**loaded, request)));
 }
 
 TEST(LatentDiffusionTest, TheConfigsBetaScheduleIsUsed) {

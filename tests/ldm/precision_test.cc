@@ -103,9 +103,9 @@ TEST(PrecisionTest, AnUnsupportedDtypeFailsAtLoad) {
                                       {.dtype = at::kHalf});
   if (supported.ok()) {
     ASSERT_TRUE(loaded.ok()) << loaded.status();
-    JobRequest request{.prompt = "a red circle"};
+    GenerationRequest request{.prompt = "a red circle"};
     request.sampler.steps = 2;
-    EXPECT_TRUE(RunJob(**loaded, request).ok());
+    EXPECT_TRUE(testing::RunToTensor(**loaded, request).ok());
   } else {
     EXPECT_EQ(supported.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(supported.message(), HasSubstr("f16 on cpu"));

@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "server/ldm/image_tensor.h"
+#include "server/ldm/latent_diffusion.h"
 #include "server/ldm/model_config.h"
 
 namespace ldm::testing {
@@ -38,6 +41,14 @@ inline ModelConfig TinyTextToImageConfig() {
   config.text_encoder = text;
   config.ctx_len = text.max_length;
   return config;
+}
+
+// RunJob's images as uint8 [N, H, W, 3], for tensor comparisons.
+inline absl::StatusOr<at::Tensor> RunToTensor(
+    const LatentDiffusion& model, const GenerationRequest& request) {
+  absl::StatusOr<std::vector<RgbImage>> images = RunJob(model, request);
+  if (!images.ok()) return images.status();
+  return Uint8ImagesTensor(*images);
 }
 
 // $LDM_GOLDEN_DIR, else ../shared/golden relative to the source tree.

@@ -39,12 +39,10 @@ TEST(DevicesTest, RefusesWhatThisMachineLacksWithOneClearLine) {
 }
 
 TEST(DevicesTest, OneWorkerPerCudaDeviceAndTheAskedNumberOnTheCpu) {
-  EXPECT_THAT(WorkerDevices({"cpu"}, 3),
-              ElementsAre(at::Device(at::kCPU), at::Device(at::kCPU),
-                          at::Device(at::kCPU)));
+  EXPECT_THAT(WorkerDevices({"cpu"}, 3), ElementsAre("cpu", "cpu", "cpu"));
   EXPECT_THAT(WorkerDevices({"cuda:0", "cpu", "cuda:1"}, 1),
-              ElementsAre(at::Device("cuda:0"), at::Device(at::kCPU),
-                          at::Device("cuda:1")));
+              ElementsAre("cuda:0", "cpu", "cuda:1"));
+  EXPECT_THAT(WorkerDevices({"cpu", "cuda:0"}, 0), ElementsAre("cuda:0"));
 }
 
 }  // namespace

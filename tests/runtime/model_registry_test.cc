@@ -12,8 +12,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/safetensors.h"
+#include "tests/ldm/test_util.h"
 
 namespace ldmserve {
 namespace {
@@ -63,7 +65,7 @@ TEST_F(ModelRegistryTest, DetectsTheFamilyOfACheckpointWithoutConfig) {
   ASSERT_TRUE(entries.ok()) << entries.status();
   ModelRegistry registry(*entries);
   ASSERT_TRUE(registry.LoadAll().ok());
-  auto found = registry.Find("mine", TaskKind::kSuperResolution);
+  auto found = registry.Find("mine", ldm::Task::kSuperResolution);
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ((*found)->model->config().name, "tiny-family");
 }
@@ -75,7 +77,7 @@ TEST_F(ModelRegistryTest, DevicesDefaultToTheServersAndNeedAWorker) {
   EXPECT_TRUE((*entries)[0].devices.empty());
   ModelRegistry registry(*entries);
   ASSERT_TRUE(registry.LoadAll({"cpu"}).ok());
-  auto found = registry.Find("mine", TaskKind::kSuperResolution);
+  auto found = registry.Find("mine", ldm::Task::kSuperResolution);
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ((*found)->entry.devices, std::vector<std::string>{"cpu"});
   const std::vector<const ldm::LatentDiffusion*> copies = (*found)->Copies();
@@ -105,25 +107,33 @@ TEST_F(ModelRegistryTest, DtypeFromTheEntryElseTheServersDefault) {
   EXPECT_EQ((*entries)[1].vae_dtype, "bf16");
   ModelRegistry registry(*entries);
   ASSERT_TRUE(registry.LoadAll({"cpu"}, "bf16").ok());
-  auto defaulted = registry.Find("default", TaskKind::kSuperResolution);
+  auto defaulted = registry.Find("default", ldm::Task::kSuperResolution);
   ASSERT_TRUE(defaulted.ok()) << defaulted.status();
   EXPECT_EQ((*defaulted)->model->precision(),
             ldm::StagePrecision::ForModelDtype(at::kBFloat16));
-  auto own = registry.Find("mine", TaskKind::kSuperResolution);
+  auto own = registry.Find("mine", ldm::Task::kSuperResolution);
   ASSERT_TRUE(own.ok()) << own.status();
   EXPECT_EQ((*own)->model->precision().unet, at::kFloat);
   EXPECT_EQ((*own)->model->precision().first_stage, at::kBFloat16);
   EXPECT_EQ((*own)->model->precision().text, at::kFloat);
-  // The snapshot (ListModels' source) carries every copy.
-  for (const ModelRegistry::ModelStatus& status : registry.Snapshot()) {
-    ASSERT_EQ(status.copies.size(), 1u);
-    EXPECT_EQ(status.copies[0], status.model);
+  // The snapshot (ListModels' source) carries every copy's placement.
+  const std::vector<ModelRegistry::ModelStatus> snapshot = registry.Snapshot();
+  ASSERT_EQ(snapshot.size(), 2u);
+  for (const ModelRegistry::ModelStatus& status : snapshot) {
+    ASSERT_EQ(status.placements.size(), 1u);
+    EXPECT_EQ(status.placements[0].device, "cpu");
+    EXPECT_EQ(status.capabilities.tasks,
+              std::vector<ldm::Task>{ldm::Task::kSuperResolution});
   }
+  EXPECT_EQ(snapshot[0].placements[0].dtype, "bf16");
+  EXPECT_EQ(snapshot[1].placements[0].dtype, "f32");
+  EXPECT_EQ(snapshot[1].placements[0].vae_dtype, "bf16");
+  EXPECT_EQ(snapshot[1].placements[0].text_dtype, "f32");
 
   // "auto" on the CPU is f32.
   ModelRegistry automatic(*entries);
   ASSERT_TRUE(automatic.LoadAll({"cpu"}, "auto").ok());
-  EXPECT_EQ((*automatic.Find("default", TaskKind::kSuperResolution))
+  EXPECT_EQ((*automatic.Find("default", ldm::Task::kSuperResolution))
                 ->model->precision()
                 .unet,
             at::kFloat);
@@ -243,13 +253,13 @@ TEST_F(ModelRegistryTest, StableDiffusionFamilyCheckpointRunsEndToEnd) {
   ASSERT_TRUE(entries.ok()) << entries.status();
   ModelRegistry registry(*entries);
   ASSERT_TRUE(registry.LoadAll().ok());
-  auto found = registry.Find("", TaskKind::kTextToImage);
+  auto found = registry.Find("", ldm::Task::kTextToImage);
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ((*found)->model->config().name, "sd-v1-small");
-  ldm::JobRequest request;
+  ldm::GenerationRequest request;
   request.prompt = "an astronaut riding a (horse:1.2) on mars";
   request.sampler.steps = 2;
-  auto images = ldm::RunJob(*(*found)->model, request);
+  auto images = ldm::testing::RunToTensor(*(*found)->model, request);
   ASSERT_TRUE(images.ok()) << images.status();
   EXPECT_EQ(images->sizes(), (at::IntArrayRef{1, 16, 16, 3}));
 }
@@ -323,29 +333,35 @@ TEST_P(FamilyTest, DetectedAndRunThroughItsPipeline) {
       (dir_ / "configs" / (GetParam() + ".json")).string());
   ASSERT_TRUE(config.ok()) << config.status();
   WriteCheckpoint(*config, dir_ / "family.safetensors");
+  // No "tasks": every task the model runs.
   auto entries = Registry(R"({"models": [{"name": "m",
-      "weights": "family.safetensors",
-      "tasks": ["text_to_image", "inpaint", "super_resolution"]}]})");
+      "weights": "family.safetensors"}]})");
   ASSERT_TRUE(entries.ok()) << entries.status();
   ModelRegistry registry(*entries);
   ASSERT_TRUE(registry.LoadAll().ok());
-  auto found = registry.Find("m", TaskKind::kTextToImage);
+  const ldm::Task task = config->kind == "inpaint" ? ldm::Task::kInpaint
+                         : config->kind == "sr"    ? ldm::Task::kSuperResolution
+                                                   : ldm::Task::kTextToImage;
+  auto found = registry.Find("m", task);
   ASSERT_TRUE(found.ok()) << found.status();
   const ldm::LatentDiffusion& model = *(*found)->model;
   EXPECT_EQ(model.config().name, GetParam() + "-small");
 
-  ldm::JobRequest request;
+  ldm::GenerationRequest request;
   request.prompt = "a (red:1.2) circles on mars";
   request.sampler.steps = 2;
   const int64_t side = 8 * model.config().ae.DownsamplingFactor();
-  if (model.config().kind == "inpaint") {
-    request.inpaint_image = at::rand({1, 3, side, side}) * 2 - 1;
-    request.inpaint_mask = at::zeros({1, 1, side, side});
-    request.inpaint_mask.slice(2, 0, side / 2).fill_(1);
-  } else if (model.config().kind == "sr") {
-    request.low_res = at::rand({1, 3, 8, 8}) * 2 - 1;
+  if (task == ldm::Task::kInpaint) {
+    at::Tensor mask = at::zeros({1, 1, side, side});
+    mask.slice(2, 0, side / 2).fill_(1);
+    request.task = ldm::Inpaint{
+        ldm::RgbImageFromTensor(at::rand({1, 3, side, side}) * 2 - 1),
+        ldm::MaskFromTensor(mask)};
+  } else if (task == ldm::Task::kSuperResolution) {
+    request.task = ldm::SuperResolution{
+        ldm::RgbImageFromTensor(at::rand({1, 3, 8, 8}) * 2 - 1)};
   }
-  auto images = ldm::RunJob(model, request);
+  auto images = ldm::testing::RunToTensor(model, request);
   ASSERT_TRUE(images.ok()) << images.status();
   EXPECT_EQ(images->sizes(), (at::IntArrayRef{1, side, side, 3}));
 }
@@ -537,14 +553,14 @@ TEST_F(ModelRegistryTest, DiffusersFolderIsDetectedAndMatchesTheSingleFile) {
   ASSERT_TRUE(registry.LoadAll().ok());
   std::vector<at::Tensor> images;
   for (const char* name : {"file", "folder"}) {
-    auto found = registry.Find(name, TaskKind::kTextToImage);
+    auto found = registry.Find(name, ldm::Task::kTextToImage);
     ASSERT_TRUE(found.ok()) << found.status();
     EXPECT_EQ((*found)->model->config().name, "sd-v1-small");
-    ldm::JobRequest request;
+    ldm::GenerationRequest request;
     request.prompt = "a red circle";
     request.seed = 11;
     request.sampler.steps = 3;
-    auto generated = ldm::RunJob(*(*found)->model, request);
+    auto generated = ldm::testing::RunToTensor(*(*found)->model, request);
     ASSERT_TRUE(generated.ok()) << generated.status();
     images.push_back(*generated);
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/layers.h"
 #include "server/runtime/devices.h"
@@ -107,10 +108,13 @@ class SchedulerTest : public ::testing::Test {
     spec.request.prompt = "a red circle";
     spec.request.sampler.steps = steps;
     spec.request.seed = seed;
-    spec.request.latent_height = 8;
-    spec.request.latent_width = 8;
-    return std::make_shared<Job>("job", spec, model_.get(), std::move(sink),
+    spec.geometry = {16, 16, 8, 8};
+    return std::make_shared<Job>("job", spec, Copies(), std::move(sink),
                                  absl::InfiniteFuture());
+  }
+
+  std::vector<const ldm::LatentDiffusion*> Copies() const {
+    return {model_.get()};
   }
 
   std::unique_ptr<ldm::LatentDiffusion> model_;
@@ -123,7 +127,8 @@ TEST_F(SchedulerTest, RunsAJobStepByStep) {
   sink->done().WaitForNotification();
   EXPECT_THAT(sink->events(), ElementsAre("queued 0", "started", "step 1/3",
                                           "step 2/3", "step 3/3", "result"));
-  EXPECT_EQ(sink->result().images.sizes(), (at::IntArrayRef{1, 16, 16, 3}));
+  EXPECT_EQ(ldm::Uint8ImagesTensor(sink->result().images).sizes(),
+            (at::IntArrayRef{1, 16, 16, 3}));
 }
 
 TEST_F(SchedulerTest, ResultEqualsTheJobRunAlone) {
@@ -131,13 +136,14 @@ TEST_F(SchedulerTest, ResultEqualsTheJobRunAlone) {
   auto sink = std::make_shared<RecordingSink>();
   ASSERT_TRUE(scheduler.Submit(MakeJob(sink, 4, 99)).ok());
   sink->done().WaitForNotification();
-  ldm::JobRequest alone;
+  ldm::GenerationRequest alone;
   alone.prompt = "a red circle";
   alone.sampler.steps = 4;
   alone.seed = 99;
-  auto expected = ldm::RunJob(*model_, alone);
+  auto expected = ldm::testing::RunToTensor(*model_, alone);
   ASSERT_TRUE(expected.ok());
-  EXPECT_TRUE(at::equal(sink->result().images, *expected));
+  EXPECT_TRUE(
+      at::equal(ldm::Uint8ImagesTensor(sink->result().images), *expected));
 }
 
 TEST_F(SchedulerTest, SeveralWorkersServeTheQueueWithTheSameResults) {
@@ -152,14 +158,15 @@ TEST_F(SchedulerTest, SeveralWorkersServeTheQueueWithTheSameResults) {
   for (int i = 0; i < 6; ++i) {
     sinks[i]->done().WaitForNotification();
     EXPECT_EQ(sinks[i]->terminal(), 1);
-    ldm::JobRequest alone;
+    ldm::GenerationRequest alone;
     alone.prompt = "a red circle";
     alone.sampler.steps = 2 + i % 3;
     alone.seed = 10 + i;
-    alone.latent_height = alone.latent_width = 8;
-    auto expected = ldm::RunJob(*model_, alone);
+    auto expected = ldm::testing::RunToTensor(*model_, alone);
     ASSERT_TRUE(expected.ok());
-    EXPECT_TRUE(at::equal(sinks[i]->result().images, *expected)) << i;
+    EXPECT_TRUE(
+        at::equal(ldm::Uint8ImagesTensor(sinks[i]->result().images), *expected))
+        << i;
   }
   ldm::SetBatchInvariant(false);
 }
@@ -168,14 +175,14 @@ TEST_F(SchedulerTest, AWorkerTakesOnlyJobsWhoseModelIsOnItsDevice) {
   // The model is on the CPU only; the first worker serves cuda:0 (no CUDA
   // here: a job it took would fail or crash). All jobs run, on the CPU.
   SchedulerOptions options;
-  options.worker_devices = {at::Device("cuda:0"), at::Device(at::kCPU)};
+  options.worker_devices = {"cuda:0", "cpu"};
   Scheduler scheduler(options);
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   for (int i = 0; i < 4; ++i) {
     sinks.push_back(std::make_shared<RecordingSink>());
     auto job = MakeJob(sinks.back(), 3, 40 + i);
-    EXPECT_EQ(job->ModelOn(at::Device("cuda:0")), nullptr);
-    EXPECT_EQ(job->ModelOn(at::kCPU), model_.get());
+    ASSERT_EQ(job->copies().size(), 1u);
+    EXPECT_EQ(job->copies()[0]->device(), at::kCPU);
     ASSERT_TRUE(scheduler.Submit(job).ok());
   }
   for (auto& sink : sinks) {
@@ -203,26 +210,26 @@ TEST_F(SchedulerTest, ACudaWorkerGivesTheJobsOwnResults) {
   ldm::SetBatchInvariant(true);
   SchedulerOptions options;
   options.max_batch_images = 4;
-  options.worker_devices = {gpu};
+  options.worker_devices = {"cuda:0"};
   Scheduler scheduler(options);
   std::vector<std::shared_ptr<RecordingSink>> sinks;
-  std::vector<ldm::JobRequest> requests;
+  std::vector<ldm::GenerationRequest> requests;
   for (int i = 0; i < 6; ++i) {
     sinks.push_back(std::make_shared<RecordingSink>());
     std::shared_ptr<Job> job = MakeJob(sinks.back(), 2 + i % 3, 60 + i);
     requests.push_back(job->spec().request);
     job = std::make_shared<Job>(
-        "gpu", job->spec(), gpu_model->get(), sinks.back(),
-        absl::InfiniteFuture(),
-        std::vector<const ldm::LatentDiffusion*>{gpu_model->get()});
+        "gpu", job->spec(),
+        std::vector<const ldm::LatentDiffusion*>{gpu_model->get()},
+        sinks.back(), absl::InfiniteFuture());
     ASSERT_TRUE(scheduler.Submit(job).ok());
   }
   for (int i = 0; i < 6; ++i) {
     sinks[i]->done().WaitForNotification();
     ASSERT_EQ(sinks[i]->events().back(), "result") << i;
-    const at::Tensor served = sinks[i]->result().images;
-    auto alone_on_gpu = ldm::RunJob(**gpu_model, requests[i]);
-    auto on_cpu = ldm::RunJob(*model_, requests[i]);
+    const at::Tensor served = ldm::Uint8ImagesTensor(sinks[i]->result().images);
+    auto alone_on_gpu = ldm::testing::RunToTensor(**gpu_model, requests[i]);
+    auto on_cpu = ldm::testing::RunToTensor(*model_, requests[i]);
     ASSERT_TRUE(alone_on_gpu.ok() && on_cpu.ok());
     auto levels = [&](const at::Tensor& other) {
       return (served.to(at::kInt) - other.to(at::kInt)).abs().max().item<int>();
@@ -280,9 +287,8 @@ TEST_F(SchedulerTest, ExpiredDeadlineStopsTheJob) {
   auto sink = std::make_shared<RecordingSink>();
   JobSpec spec;
   spec.request.sampler.steps = 200;
-  spec.request.latent_height = 8;
-  spec.request.latent_width = 8;
-  auto job = std::make_shared<Job>("late", spec, model_.get(), sink,
+  spec.geometry = {16, 16, 8, 8};
+  auto job = std::make_shared<Job>("late", spec, Copies(), sink,
                                    absl::Now() - absl::Seconds(1));
   ASSERT_TRUE(scheduler.Submit(job).ok());
   sink->done().WaitForNotification();
@@ -337,11 +343,10 @@ class BatchingModeTest : public SchedulerTest,
 TEST_P(BatchingModeTest, JobsShareCallsAsTheModeSays) {
   CallRecorder recorder;
   SchedulerOptions options;
+  SchedulerTestHooks hooks;
   options.batching = GetParam();
-  options.step_fault_for_testing = [&](size_t tasks) {
-    return recorder.OnCall(tasks);
-  };
-  Scheduler scheduler(options);
+  hooks.step_fault = [&](size_t tasks) { return recorder.OnCall(tasks); };
+  Scheduler scheduler(options, hooks);
   // A runs 25 steps, so that B and C (3 each), encoded on the stage thread
   // while A steps, can join it in step mode.
   const auto sinks = RunThreeBehindOne(
@@ -379,7 +384,8 @@ TEST_F(SchedulerTest, ADecodeDoesNotStallTheOthersDenoising) {
   absl::Notification long_job_denoised;
   absl::Notification first_decode;
   SchedulerOptions options;
-  options.before_decode_for_testing = [&] {
+  SchedulerTestHooks hooks;
+  hooks.before_decode = [&] {
     if (first_decode.HasBeenNotified()) return;
     first_decode.Notify();
     // A bound for a failing run, not synchronisation: passing runs are
@@ -387,7 +393,7 @@ TEST_F(SchedulerTest, ADecodeDoesNotStallTheOthersDenoising) {
     EXPECT_TRUE(
         long_job_denoised.WaitForNotificationWithTimeout(absl::Seconds(60)));
   };
-  Scheduler scheduler(options);
+  Scheduler scheduler(options, hooks);
   auto short_sink = std::make_shared<RecordingSink>();
   auto long_sink = std::make_shared<RecordingSink>();
   // The long job starts first: the stage thread that is held in the
@@ -427,12 +433,11 @@ TEST_F(SchedulerTest, JobsAdmittedTogetherAreEncodedInOneCall) {
   CallRecorder recorder;
   StageCounter stages;
   SchedulerOptions options;
+  SchedulerTestHooks hooks;
   options.batching = Batching::kRequest;
   options.observer = &stages;
-  options.step_fault_for_testing = [&](size_t tasks) {
-    return recorder.OnCall(tasks);
-  };
-  Scheduler scheduler(options);
+  hooks.step_fault = [&](size_t tasks) { return recorder.OnCall(tasks); };
+  Scheduler scheduler(options, hooks);
   const auto sinks = RunThreeBehindOne(
       scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
         return MakeJob(std::move(sink), 3, 30 + i);
@@ -450,10 +455,9 @@ TEST_F(SchedulerTest, OutOfMemoryRetriesInHalves) {
                      : absl::OkStatus();
   };
   SchedulerOptions options;
-  options.step_fault_for_testing = [&](size_t tasks) {
-    return recorder.OnCall(tasks);
-  };
-  Scheduler scheduler(options);
+  SchedulerTestHooks hooks;
+  hooks.step_fault = [&](size_t tasks) { return recorder.OnCall(tasks); };
+  Scheduler scheduler(options, hooks);
   const auto sinks = RunThreeBehindOne(
       scheduler, recorder, [&](std::shared_ptr<RecordingSink> sink, int i) {
         return MakeJob(std::move(sink), i == 0 ? 25 : 2, 20 + i);
@@ -477,10 +481,9 @@ TEST_F(SchedulerTest, AFailedCallFailsOnlyItsJobs) {
     return call == 1 ? absl::InternalError("injected fault") : absl::OkStatus();
   };
   SchedulerOptions options;
-  options.step_fault_for_testing = [&](size_t tasks) {
-    return recorder.OnCall(tasks);
-  };
-  Scheduler scheduler(options);
+  SchedulerTestHooks hooks;
+  hooks.step_fault = [&](size_t tasks) { return recorder.OnCall(tasks); };
+  Scheduler scheduler(options, hooks);
   auto first = std::make_shared<RecordingSink>();
   ASSERT_TRUE(scheduler.Submit(MakeJob(first, 3, 1)).ok());
   recorder.AllQueued();

@@ -59,9 +59,9 @@ class IntegrationTest : public ::testing::Test {
     auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
     ModelEntry entry;
     entry.name = kModelName;
-    entry.tasks = {TaskKind::kTextToImage, TaskKind::kImageToImage,
-                   TaskKind::kInpaint};
-    entry.default_for = {TaskKind::kTextToImage};
+    entry.tasks = {ldm::Task::kTextToImage, ldm::Task::kImageToImage,
+                   ldm::Task::kInpaint};
+    entry.default_for = {ldm::Task::kTextToImage};
     entry.devices = {"cpu"};
     registry->AddLoaded(entry, std::move(model).value());
     ServerOptions options;
@@ -162,12 +162,12 @@ TEST_F(IntegrationTest, GenerateStreamsQueuedProgressAndResult) {
     EXPECT_EQ(result.images(i).width(), 16u);
   }
   // The served pixels are the engine's, run alone with the same seeds.
-  ldm::JobRequest alone;
+  ldm::GenerationRequest alone;
   alone.prompt = "a red circle";
   alone.sampler.steps = 5;
   alone.seed = 42;
   alone.num_images = 2;
-  at::Tensor expected = ldm::RunJob(*reference_, alone).value();
+  at::Tensor expected = ldm::testing::RunToTensor(*reference_, alone).value();
   for (int i = 0; i < 2; ++i) {
     auto png = DecodePng(result.images(i).data(), "result").value();
     at::Tensor served =
@@ -208,12 +208,13 @@ TEST_F(IntegrationTest, ConcurrentClientsGetExactlyTheirAloneResults) {
   for (size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(i);
     ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
-    ldm::JobRequest alone;
+    ldm::GenerationRequest alone;
     alone.prompt = "a red circle";
     alone.sampler.steps = cases[i].steps;
     alone.sampler.kind = cases[i].engine_kind;
     alone.seed = cases[i].seed;
-    const at::Tensor expected = ldm::RunJob(*reference_, alone).value();
+    const at::Tensor expected =
+        ldm::testing::RunToTensor(*reference_, alone).value();
     auto png =
         DecodePng(results[i].events.back().result().images(0).data(), "result")
             .value();
@@ -458,6 +459,8 @@ TEST_F(IntegrationTest, ListModelsReportsTheLoadedModel) {
   EXPECT_EQ(info.name(), kModelName);
   EXPECT_EQ(info.state(), ldm::v1::MODEL_STATE_READY);
   EXPECT_EQ(info.native_width(), 16u);
+  // f = 2, one halving in the UNet.
+  EXPECT_EQ(info.size_multiple(), 4u);
   EXPECT_EQ(info.latent_channels(), 4u);
   EXPECT_EQ(info.latent_height(), 8u);
   ASSERT_EQ(info.tasks_size(), 3);
@@ -545,8 +548,8 @@ TEST(QueueFullTest, RefusedAtOnceWithARetryHint) {
   auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
   ModelEntry entry;
   entry.name = kModelName;
-  entry.tasks = {TaskKind::kTextToImage};
-  entry.default_for = {TaskKind::kTextToImage};
+  entry.tasks = {ldm::Task::kTextToImage};
+  entry.default_for = {ldm::Task::kTextToImage};
   registry->AddLoaded(entry, ldm::LatentDiffusion::CreateRandom(
                                  ldm::testing::TinyTextToImageConfig(), 5)
                                  .value());

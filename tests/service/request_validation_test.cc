@@ -2,10 +2,36 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <string>
+#include <variant>
+#include <vector>
+
 #include "ldm/v1/image_synthesis.pb.h"
+#include "server/service/png_codec.h"
 
 namespace ldmserve {
 namespace {
+
+// An SD-like text-to-image model: f = 8, four UNet levels.
+ldm::ModelCapabilities TextModel() {
+  ldm::ModelCapabilities model;
+  model.tasks = {ldm::Task::kTextToImage, ldm::Task::kImageToImage,
+                 ldm::Task::kInpaint};
+  model.downsampling_factor = 8;
+  model.size_multiple = 64;
+  model.latent_height = model.latent_width = 16;
+  model.native_height = model.native_width = 128;
+  return model;
+}
+
+std::string Png(int width, int height, std::array<uint8_t, 3> colour) {
+  std::vector<uint8_t> pixels;
+  for (int i = 0; i < width * height; ++i) {
+    pixels.insert(pixels.end(), colour.begin(), colour.end());
+  }
+  return EncodePng(pixels.data(), width, height).value();
+}
 
 ldm::v1::GenerateRequest Text(float guidance) {
   ldm::v1::GenerateRequest request;
@@ -15,8 +41,7 @@ ldm::v1::GenerateRequest Text(float guidance) {
 }
 
 TEST(RequestValidationTest, GuidanceDefaultsToTheModelsThenTheServers) {
-  ldm::ModelConfig model;
-  model.latent_height = model.latent_width = 16;
+  ldm::ModelCapabilities model = TextModel();
   ServiceLimits limits;
   auto server_default = ValidateRequest(Text(0), model, limits, 1);
   ASSERT_TRUE(server_default.ok()) << server_default.status();
@@ -32,8 +57,7 @@ TEST(RequestValidationTest, GuidanceDefaultsToTheModelsThenTheServers) {
 }
 
 TEST(RequestValidationTest, UnsetEtaTakesTheModelsDefaultAndZeroStaysZero) {
-  ldm::ModelConfig model;
-  model.latent_height = model.latent_width = 16;
+  ldm::ModelCapabilities model = TextModel();
   model.default_eta = 1;
   const ServiceLimits limits;
   auto unset = ValidateRequest(Text(0), model, limits, 1);
@@ -55,6 +79,66 @@ TEST(RequestValidationTest, UnsetEtaTakesTheModelsDefaultAndZeroStaysZero) {
   EXPECT_EQ(out_of_range.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(out_of_range.status().message().find("sampler.eta"),
             std::string::npos);
+}
+
+TEST(RequestValidationTest, TheModelDecidesTaskAndSizeBeforeTheJobIsQueued) {
+  const ldm::ModelCapabilities model = TextModel();
+  const ServiceLimits limits;
+  ldm::v1::GenerateRequest request = Text(0);
+  request.mutable_text_to_image()->set_width(96);
+  auto not_multiple = ValidateRequest(request, model, limits, 1);
+  EXPECT_EQ(not_multiple.status().message(),
+            "text_to_image.width: must be a positive multiple of 64 (got 96)");
+  request.mutable_text_to_image()->set_width(0);
+  EXPECT_EQ(ValidateRequest(request, model, limits, 1).status().message(),
+            "text_to_image.width: must be a positive multiple of 64 (got 0)");
+  request.mutable_text_to_image()->set_width(256);
+  auto wide = ValidateRequest(request, model, limits, 1);
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  EXPECT_EQ(wide->task(), ldm::Task::kTextToImage);
+  EXPECT_EQ(wide->geometry.width, 256);
+  EXPECT_EQ(wide->geometry.height, 128);  // Native.
+  EXPECT_EQ(wide->geometry.latent_width, 32);
+  EXPECT_EQ(wide->geometry.latent_height, 16);
+
+  ldm::ModelCapabilities upscaler;
+  upscaler.tasks = {ldm::Task::kSuperResolution};
+  upscaler.downsampling_factor = 4;
+  upscaler.size_multiple = 16;
+  EXPECT_EQ(ValidateRequest(Text(0), upscaler, limits, 1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ldm::v1::GenerateRequest upscale;
+  upscale.mutable_super_resolution()->set_low_res_image(Png(8, 12, {1, 2, 3}));
+  auto upscaled = ValidateRequest(upscale, upscaler, limits, 1);
+  ASSERT_TRUE(upscaled.ok()) << upscaled.status();
+  EXPECT_EQ(upscaled->geometry.width, 32);
+  EXPECT_EQ(upscaled->geometry.height, 48);
+  EXPECT_EQ(upscaled->geometry.latent_width, 8);
+  upscale.mutable_super_resolution()->set_low_res_image(Png(6, 8, {1, 2, 3}));
+  EXPECT_EQ(
+      ValidateRequest(upscale, upscaler, limits, 1).status().message(),
+      "super_resolution.low_res_image: sides must be multiples of 4 (got 6x8)");
+}
+
+TEST(RequestValidationTest, OnlyTheMasksRedChannelDecidesWhatIsRepainted) {
+  const ldm::ModelCapabilities model = TextModel();
+  ldm::v1::GenerateRequest request;
+  ldm::v1::Inpaint* inpaint = request.mutable_inpaint();
+  inpaint->set_image(Png(64, 64, {10, 20, 30}));
+  inpaint->set_mask(Png(64, 64, {200, 0, 0}));
+  auto red = ValidateRequest(request, model, ServiceLimits(), 1);
+  ASSERT_TRUE(red.ok()) << red.status();
+  const ldm::Mask& repaint = std::get<ldm::Inpaint>(red->request.task).mask;
+  EXPECT_EQ(repaint.repaint, std::vector<uint8_t>(64 * 64, 1));
+  inpaint->set_mask(Png(64, 64, {127, 255, 255}));
+  auto cyan = ValidateRequest(request, model, ServiceLimits(), 1);
+  ASSERT_TRUE(cyan.ok()) << cyan.status();
+  EXPECT_EQ(std::get<ldm::Inpaint>(cyan->request.task).mask.repaint,
+            std::vector<uint8_t>(64 * 64, 0));
+  inpaint->set_mask(Png(64, 32, {255, 255, 255}));
+  EXPECT_EQ(
+      ValidateRequest(request, model, ServiceLimits(), 1).status().message(),
+      "inpaint.mask: must be the image's size 64x64 (got 64x32)");
 }
 
 }  // namespace

@@ -8,8 +8,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
 #include "server/ldm/latent_diffusion.h"
-#include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace ldm::reference {

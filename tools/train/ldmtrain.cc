@@ -30,9 +30,10 @@
 #include <string>
 #include <vector>
 
+#include "server/common/status_macros.h"
 #include "server/ldm/allocator.h"
+#include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
-#include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
 #include "tools/cli_util.h"
 #include "tools/shapes/shapes_world.h"
@@ -103,7 +104,7 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
                                       int steps, float cfg,
                                       bool autoencoder_only) {
   std::vector<std::vector<at::Tensor>> rows;
-  ldm::JobRequest request;
+  ldm::GenerationRequest request;
   request.sampler.steps = steps;
   request.sampler.guidance_scale = cfg;
   request.sampler.eta = model.config().default_eta;  // What serving uses.
@@ -130,8 +131,9 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
     for (size_t i = 0; i < GridPrompts().size(); ++i) {
       request.prompt = GridPrompts()[i];
       request.seed = i;
-      LDM_ASSIGN_OR_RETURN(at::Tensor images, ldm::RunJob(model, request));
-      row.push_back(images[0]);
+      LDM_ASSIGN_OR_RETURN(std::vector<ldm::RgbImage> images,
+                           ldm::RunJob(model, request));
+      row.push_back(ldm::Uint8ImagesTensor(images)[0]);
       if (row.size() == 4) rows.push_back(std::move(row)), row.clear();
     }
   } else if (kind == "inpaint") {
@@ -139,27 +141,31 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
       const ldmtrain::InpaintCase probe = ldmtrain::MakeInpaintCase(i);
       request.prompt = probe.prompt;
       request.seed = i;
-      request.inpaint_image = ldmtrain::ImagesToTensor({probe.image});
-      request.inpaint_mask = ldmtrain::MasksToTensor({probe.mask});
-      LDM_ASSIGN_OR_RETURN(at::Tensor images, ldm::RunJob(model, request));
+      request.task = ldm::Inpaint{{64, 64, probe.image}, {64, 64, probe.mask}};
+      LDM_ASSIGN_OR_RETURN(std::vector<ldm::RgbImage> images,
+                           ldm::RunJob(model, request));
+      const at::Tensor image = ldmtrain::ImagesToTensor({probe.image});
       const at::Tensor shown = ldmtrain::TensorToBytes(
-          request.inpaint_image * (1 - request.inpaint_mask));
-      rows.push_back({ldmtrain::TensorToBytes(request.inpaint_image)[0],
-                      shown[0], images[0]});
+          image * (1 - ldmtrain::MasksToTensor({probe.mask})));
+      rows.push_back({ldmtrain::TensorToBytes(image)[0], shown[0],
+                      ldm::Uint8ImagesTensor(images)[0]});
       std::printf("inpaint row %d: %s\n", i, probe.prompt.c_str());
     }
   } else if (kind == "sr") {
     for (int i = 0; i < 4; ++i) {
       const at::Tensor truth = ldmtrain::ImagesToTensor(
           {shapes::RenderScene(shapes::HeldOutScene(i))});
-      request.low_res = ldmtrain::DownsampleBicubic(truth);
+      const at::Tensor low_res = ldmtrain::DownsampleBicubic(truth);
+      request.task = ldm::SuperResolution{ldm::RgbImageFromTensor(low_res)};
       request.seed = i;
-      LDM_ASSIGN_OR_RETURN(at::Tensor images, ldm::RunJob(model, request));
-      rows.push_back({ldmtrain::TensorToBytes(
-                          at::upsample_nearest2d(request.low_res, {64, 64}))[0],
-                      ldmtrain::TensorToBytes(
-                          ldmtrain::UpsampleBicubic(request.low_res))[0],
-                      images[0], ldmtrain::TensorToBytes(truth)[0]});
+      LDM_ASSIGN_OR_RETURN(std::vector<ldm::RgbImage> images,
+                           ldm::RunJob(model, request));
+      rows.push_back(
+          {ldmtrain::TensorToBytes(
+               at::upsample_nearest2d(low_res, {64, 64}))[0],
+           ldmtrain::TensorToBytes(ldmtrain::UpsampleBicubic(low_res))[0],
+           ldm::Uint8ImagesTensor(images)[0],
+           ldmtrain::TensorToBytes(truth)[0]});
     }
   } else {
     return absl::InvalidArgumentError("no grid for kind " + kind);

@@ -15,12 +15,12 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
 #include "server/ldm/autoencoder.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/parameters.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/sampler.h"
-#include "server/ldm/status_macros.h"
 #include "server/ldm/torch_boundary.h"
 #include "tools/shapes/shapes_world.h"
 #include "tools/train/shapes_batch.h"

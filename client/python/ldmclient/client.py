@@ -234,6 +234,7 @@ class Client:
                  "state": pb.ModelState.Name(m.state),
                  "native_width": m.native_width,
                  "native_height": m.native_height,
+                 "size_multiple": m.size_multiple,
                  "devices": list(m.devices),
                  "placements": [{"device": p.device, "dtype": p.dtype,
                                  "vae_dtype": p.vae_dtype,

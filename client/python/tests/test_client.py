@@ -77,6 +77,8 @@ class ClientTest(unittest.TestCase):
         self.assertIn("TASK_TEXT_TO_IMAGE",
                       names["shapes-txt2img"]["default_for"])
         self.assertEqual(names["shapes-txt2img"]["native_width"], 64)
+        # 4 pixels a latent pixel, halved twice in the UNet.
+        self.assertEqual(names["shapes-txt2img"]["size_multiple"], 16)
         self.assertEqual(names["shapes-txt2img"]["placements"],
                          [{"device": "cpu", "dtype": "f32", "vae_dtype": "f32",
                            "text_dtype": "f32"}])

@@ -1,4 +1,4 @@
-// Small status-propagation macros (Debian's Abseil 20220623 has no
+// Status-propagation macros for every layer (Debian's Abseil 20220623 has no
 // status_macros.h).
 //
 // Example:
@@ -7,8 +7,8 @@
 //     LDM_RETURN_IF_ERROR(file.CheckKeys(expected));
 //     ...
 //   }
-#ifndef LDMSERVE_SERVER_LDM_STATUS_MACROS_H_
-#define LDMSERVE_SERVER_LDM_STATUS_MACROS_H_
+#ifndef LDMSERVE_SERVER_COMMON_STATUS_MACROS_H_
+#define LDMSERVE_SERVER_COMMON_STATUS_MACROS_H_
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,4 +34,4 @@
   lhs = std::move(statusor).value()
 // NOLINTEND(bugprone-macro-parentheses)
 
-#endif  // LDMSERVE_SERVER_LDM_STATUS_MACROS_H_
+#endif  // LDMSERVE_SERVER_COMMON_STATUS_MACROS_H_
