@@ -119,6 +119,12 @@ std::optional<Task> TaskFromName(absl::string_view name) {
   return std::nullopt;
 }
 
+std::string TaskNames(const std::vector<Task>& tasks) {
+  return absl::StrJoin(tasks, ", ", [](std::string* out, Task task) {
+    out->append(TaskName(task));
+  });
+}
+
 Task TaskOf(const TaskInput& input) {
   static_assert(
       std::is_same_v<std::variant_alternative_t<
@@ -147,11 +153,9 @@ absl::StatusOr<ImageGeometry> CheckRequest(const ModelCapabilities& model,
   const Task task = TaskOf(request.task);
   if (std::find(model.tasks.begin(), model.tasks.end(), task) ==
       model.tasks.end()) {
-    std::vector<std::string> names;
-    for (Task can : model.tasks) names.push_back(TaskName(can));
     return absl::FailedPreconditionError(
         absl::StrCat("this model cannot run ", TaskName(task), " (it runs ",
-                     absl::StrJoin(names, ", "), ")"));
+                     TaskNames(model.tasks), ")"));
   }
   if (request.num_images < 1) {
     return Invalid("num_images", "at least 1");

@@ -38,6 +38,8 @@ inline constexpr Task kAllTasks[] = {Task::kTextToImage, Task::kImageToImage,
 // names of the registry file, metrics labels and the wire's oneof.
 const char* TaskName(Task task);
 std::optional<Task> TaskFromName(absl::string_view name);
+// "text_to_image, inpaint": for messages.
+std::string TaskNames(const std::vector<Task>& tasks);
 
 struct RgbImage {
   int64_t width = 0;

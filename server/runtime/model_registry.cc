@@ -38,23 +38,18 @@ absl::Status MakeReady(
   const ldm::ModelCapabilities& capabilities = copies.front()->capabilities();
   ModelEntry& entry = model.entry;
   if (entry.tasks.empty()) entry.tasks = capabilities.tasks;
-  auto names = [](const std::vector<ldm::Task>& tasks) {
-    std::vector<std::string> names;
-    for (ldm::Task task : tasks) names.push_back(ldm::TaskName(task));
-    return absl::StrJoin(names, ", ");
-  };
   for (ldm::Task task : entry.tasks) {
     if (!Has(capabilities.tasks, task)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the registry lists task ", ldm::TaskName(task),
-                       " but the model runs only ", names(capabilities.tasks)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the registry lists task ", ldm::TaskName(task),
+          " but the model runs only ", ldm::TaskNames(capabilities.tasks)));
     }
   }
   for (ldm::Task task : entry.default_for) {
     if (!Has(entry.tasks, task)) {
       return absl::InvalidArgumentError(
           absl::StrCat("default_for lists ", ldm::TaskName(task),
-                       " but its tasks are ", names(entry.tasks)));
+                       " but its tasks are ", ldm::TaskNames(entry.tasks)));
     }
   }
   model.capabilities = capabilities;
@@ -235,7 +230,7 @@ void ModelRegistry::AddLoaded(ModelEntry entry,
   const absl::Status ready = MakeReady(*loaded, std::move(copies));
   if (!ready.ok()) {
     loaded->state = ModelState::kFailed;
-    loaded->error = std::string(ready.message());
+    loaded->error.assign(ready.message().data(), ready.message().size());
   }
   absl::MutexLock lock(&mu_);
   models_.push_back(std::move(loaded));
@@ -348,13 +343,9 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
         absl::StrCat("model '", name, "' is not served (see ListModels)"));
   }
   if (!found->entry.tasks.empty() && !Has(found->entry.tasks, task)) {
-    std::vector<std::string> names;
-    for (ldm::Task kind : found->entry.tasks) {
-      names.push_back(ldm::TaskName(kind));
-    }
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", found->entry.name, "' cannot run ", ldm::TaskName(task),
-        " (its tasks: ", absl::StrJoin(names, ", "), ")"));
+        " (its tasks: ", ldm::TaskNames(found->entry.tasks), ")"));
   }
   if (found->state != ModelState::kReady) {
     return absl::UnavailableError(absl::StrCat(
