@@ -20,11 +20,6 @@ at::Tensor RgbAsTensor(const uint8_t* rgb, int64_t count, int64_t height,
 
 }  // namespace
 
-absl::StatusOr<at::Tensor> ImageTensorFromRgb(const uint8_t* rgb,
-                                              int64_t height, int64_t width) {
-  return ImagesTensorFromRgb(rgb, 1, height, width);
-}
-
 absl::StatusOr<at::Tensor> ImagesTensorFromRgb(const uint8_t* rgb,
                                                int64_t count, int64_t height,
                                                int64_t width) {
@@ -34,7 +29,7 @@ absl::StatusOr<at::Tensor> ImagesTensorFromRgb(const uint8_t* rgb,
 }
 
 absl::StatusOr<at::Tensor> ImageTensor(const RgbImage& image) {
-  return ImageTensorFromRgb(image.pixels.data(), image.height, image.width);
+  return ImagesTensorFromRgb(image.pixels.data(), 1, image.height, image.width);
 }
 
 absl::StatusOr<at::Tensor> MaskTensor(const Mask& mask) {
@@ -79,13 +74,16 @@ at::Tensor Uint8ImagesTensor(const std::vector<RgbImage>& images) {
   return out;
 }
 
+at::Tensor RoundToUint8Images(const at::Tensor& images) {
+  return at::round((images.detach().to(at::kCPU, at::kFloat) + 1.0) * 127.5)
+      .clamp(0, 255)
+      .to(at::kByte)
+      .permute({0, 2, 3, 1})
+      .contiguous();
+}
+
 RgbImage RgbImageFromTensor(const at::Tensor& image) {
-  const at::Tensor bytes =
-      at::round((image[0].to(at::kCPU, at::kFloat) + 1.0) * 127.5)
-          .clamp(0, 255)
-          .to(at::kByte)
-          .permute({1, 2, 0})
-          .contiguous();
+  const at::Tensor bytes = RoundToUint8Images(image)[0];
   RgbImage out{bytes.size(1), bytes.size(0), {}};
   out.pixels.assign(bytes.data_ptr<uint8_t>(),
                     bytes.data_ptr<uint8_t>() + bytes.numel());

@@ -12,12 +12,8 @@
 
 namespace ldm {
 
-// Row-major RGB bytes -> [1, 3, height, width] float32 in [-1, 1].
-absl::StatusOr<at::Tensor> ImageTensorFromRgb(const uint8_t* rgb,
-                                              int64_t height, int64_t width);
-
-// `count` such images back to back -> [count, 3, height, width], each
-// converted exactly as ImageTensorFromRgb does, in one pass.
+// `count` RGB images of `height` x `width` back to back (row-major bytes)
+// -> [count, 3, height, width] float32 in [-1, 1], in one pass.
 absl::StatusOr<at::Tensor> ImagesTensorFromRgb(const uint8_t* rgb,
                                                int64_t count, int64_t height,
                                                int64_t width);
@@ -31,6 +27,9 @@ absl::StatusOr<at::Tensor> MaskTensor(const Mask& mask);
 // For tests and tools (these throw as at:: calls do):
 // images of one size -> uint8 [N, H, W, 3] on the CPU, a copy;
 at::Tensor Uint8ImagesTensor(const std::vector<RgbImage>& images);
+// [B, 3, H, W] in about [-1, 1] -> the nearest bytes, uint8 [B, H, W, 3] on
+// the CPU (rounded, clamped; not the reference's truncation);
+at::Tensor RoundToUint8Images(const at::Tensor& images);
 // [1, 3, H, W] in [-1, 1] -> the nearest 8-bit image;
 RgbImage RgbImageFromTensor(const at::Tensor& image);
 // [1, 1, H, W], >= 0.5 = repaint -> a Mask.

@@ -380,7 +380,7 @@ TEST(ModelQualityTest, SuperResolutionPsnr) {
   const at::Tensor truth = ldmtrain::ImagesToTensor(truths);
   // As a client sends it: in bytes (the bicubic baseline gets the same).
   const at::Tensor low_res_bytes =
-      ldmtrain::TensorToBytes(ldmtrain::DownsampleBicubic(truth));
+      ldm::RoundToUint8Images(ldmtrain::DownsampleBicubic(truth));
   const std::vector<ldm::RgbImage> low_res_images =
       ldm::RgbImagesFromTensor(low_res_bytes).value();
   const at::Tensor low_res =
@@ -399,10 +399,10 @@ TEST(ModelQualityTest, SuperResolutionPsnr) {
   }
   const std::vector<at::Tensor> upscaled = RunBatched(*model, requests);
   ASSERT_EQ(upscaled.size(), static_cast<size_t>(kImages));
-  const at::Tensor truth_bytes = ldmtrain::TensorToBytes(truth);
+  const at::Tensor truth_bytes = ldm::RoundToUint8Images(truth);
   const double model_psnr = ldmtrain::Psnr(at::stack(upscaled), truth_bytes);
   const double bicubic_psnr = ldmtrain::Psnr(
-      ldmtrain::TensorToBytes(ldmtrain::UpsampleBicubic(low_res)), truth_bytes);
+      ldm::RoundToUint8Images(ldmtrain::UpsampleBicubic(low_res)), truth_bytes);
   std::printf(
       "super-resolution %d held-out images: model %.2f dB, bicubic %.2f dB "
       "(%+.2f dB)\n",

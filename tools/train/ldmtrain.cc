@@ -121,8 +121,8 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
             model.EncodeImages(
                 truth, at::zeros({1, model.config().ae.embed_dim, 16, 16})));
         LDM_ASSIGN_OR_RETURN(at::Tensor decoded, model.DecodeLatents(latent));
-        row.push_back(ldmtrain::TensorToBytes(truth)[0]);
-        row.push_back(ldmtrain::TensorToBytes(decoded)[0]);
+        row.push_back(ldm::RoundToUint8Images(truth)[0]);
+        row.push_back(ldm::RoundToUint8Images(decoded)[0]);
       }
       rows.push_back(std::move(row));
     }
@@ -145,9 +145,9 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
       LDM_ASSIGN_OR_RETURN(std::vector<ldm::RgbImage> images,
                            ldm::RunJob(model, request));
       const at::Tensor image = ldmtrain::ImagesToTensor({probe.image});
-      const at::Tensor shown = ldmtrain::TensorToBytes(
+      const at::Tensor shown = ldm::RoundToUint8Images(
           image * (1 - ldmtrain::MasksToTensor({probe.mask})));
-      rows.push_back({ldmtrain::TensorToBytes(image)[0], shown[0],
+      rows.push_back({ldm::RoundToUint8Images(image)[0], shown[0],
                       ldm::Uint8ImagesTensor(images)[0]});
       std::printf("inpaint row %d: %s\n", i, probe.prompt.c_str());
     }
@@ -161,11 +161,11 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
       LDM_ASSIGN_OR_RETURN(std::vector<ldm::RgbImage> images,
                            ldm::RunJob(model, request));
       rows.push_back(
-          {ldmtrain::TensorToBytes(
+          {ldm::RoundToUint8Images(
                at::upsample_nearest2d(low_res, {64, 64}))[0],
-           ldmtrain::TensorToBytes(ldmtrain::UpsampleBicubic(low_res))[0],
+           ldm::RoundToUint8Images(ldmtrain::UpsampleBicubic(low_res))[0],
            ldm::Uint8ImagesTensor(images)[0],
-           ldmtrain::TensorToBytes(truth)[0]});
+           ldm::RoundToUint8Images(truth)[0]});
     }
   } else {
     return absl::InvalidArgumentError("no grid for kind " + kind);

@@ -92,14 +92,6 @@ std::vector<uint8_t> OutlineBandMask(const shapes::Scene& scene) {
   return mask;
 }
 
-at::Tensor TensorToBytes(const at::Tensor& images) {
-  return at::round((images.detach().to(at::kCPU, at::kFloat) + 1.0) * 127.5)
-      .clamp(0, 255)
-      .to(at::kByte)
-      .permute({0, 2, 3, 1})
-      .contiguous();
-}
-
 std::vector<uint8_t> ObjectBoxMask(const shapes::SceneObject& object,
                                    float margin) {
   std::vector<uint8_t> mask(kSize * kSize, 0);

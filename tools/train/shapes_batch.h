@@ -21,8 +21,6 @@ inline constexpr int64_t kLowResSize = 16;
 at::Tensor ImagesToTensor(const std::vector<std::vector<uint8_t>>& images);
 // [B, 1, 64, 64] float32 from 64 x 64 masks (1 = repaint).
 at::Tensor MasksToTensor(const std::vector<std::vector<uint8_t>>& masks);
-// [B, 3, H, W] in about [-1, 1] -> uint8 [B, H, W, 3] (rounded, clamped).
-at::Tensor TensorToBytes(const at::Tensor& images);
 
 // A repaint mask for `scene`: half the time a box around one of its objects
 // (the case the inpainting model must learn: put the captioned object

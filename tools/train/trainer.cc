@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
 #include "server/ldm/autoencoder.h"
+#include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/parameters.h"
 #include "server/ldm/safetensors.h"
@@ -284,7 +285,8 @@ double HeldOutPsnr(const ldm::Autoencoder& autoencoder, at::Device device) {
   const at::Tensor images = ImagesToTensor(pixels).to(device);
   const at::Tensor reconstruction = autoencoder.Decode(
       ldm::Autoencoder::Posterior(autoencoder.EncodeMoments(images)).mean);
-  return Psnr(TensorToBytes(images), TensorToBytes(reconstruction));
+  return Psnr(ldm::RoundToUint8Images(images),
+              ldm::RoundToUint8Images(reconstruction));
 }
 
 class TrainingRun {
