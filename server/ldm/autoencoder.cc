@@ -133,9 +133,10 @@ class Autoencoder::Encoder {
     for (int level = 0; level < levels; ++level) {
       const ParamScope level_scope = scope.Sub("down").Sub(level);
       Level& current = levels_.emplace_back();
-      current.AddBlocks(
-          level_scope, c.num_res_blocks, &block_in, c.ch * c.ch_mult[level],
-          c.attn_type != "none" && Contains(c.attn_resolutions, resolution));
+      current.AddBlocks(level_scope, c.num_res_blocks, &block_in,
+                        c.ch * c.ch_mult[level],
+                        c.attn_type != AutoencoderAttention::kNone &&
+                            Contains(c.attn_resolutions, resolution));
       if (level != levels - 1) {
         current.resample =
             std::make_unique<Conv2d>(level_scope.Sub("downsample").Sub("conv"),
@@ -144,7 +145,7 @@ class Autoencoder::Encoder {
       }
     }
     mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in,
-                                    c.attn_type != "none");
+                                    c.attn_type != AutoencoderAttention::kNone);
     norm_out_ = std::make_unique<GroupNorm>(scope.Sub("norm_out"), 32, block_in,
                                             kNormEps);
     conv_out_ = std::make_unique<Conv2d>(
@@ -183,16 +184,17 @@ class Autoencoder::Decoder {
     conv_in_ = std::make_unique<Conv2d>(scope.Sub("conv_in"), c.z_channels,
                                         block_in, 3, 1, 1);
     mid_ = std::make_unique<Middle>(scope.Sub("mid"), block_in,
-                                    c.attn_type != "none");
+                                    c.attn_type != AutoencoderAttention::kNone);
     levels_.resize(levels);
     // Declared from the lowest resolution up, as the reference builds them;
     // stored by level index (up.0 is the highest resolution).
     for (int level = levels - 1; level >= 0; --level) {
       const ParamScope level_scope = scope.Sub("up").Sub(level);
       Level& current = levels_[level];
-      current.AddBlocks(
-          level_scope, c.num_res_blocks + 1, &block_in, c.ch * c.ch_mult[level],
-          c.attn_type != "none" && Contains(c.attn_resolutions, resolution));
+      current.AddBlocks(level_scope, c.num_res_blocks + 1, &block_in,
+                        c.ch * c.ch_mult[level],
+                        c.attn_type != AutoencoderAttention::kNone &&
+                            Contains(c.attn_resolutions, resolution));
       if (level != 0) {
         current.resample =
             std::make_unique<Conv2d>(level_scope.Sub("upsample").Sub("conv"),
@@ -237,13 +239,13 @@ Autoencoder::Autoencoder(const AutoencoderConfig& config,
     : config_(config),
       encoder_(std::make_unique<Encoder>(config, scope.Sub("encoder"))),
       decoder_(std::make_unique<Decoder>(config, scope.Sub("decoder"))) {
-  const int64_t moments = config.kind == "vq" ? 1 : 2;
+  const int64_t moments = config.kind == AutoencoderKind::kVq ? 1 : 2;
   quant_conv_ = std::make_unique<Conv2d>(scope.Sub("quant_conv"),
                                          moments * config.z_channels,
                                          moments * config.embed_dim, 1);
   post_quant_conv_ = std::make_unique<Conv2d>(
       scope.Sub("post_quant_conv"), config.embed_dim, config.z_channels, 1);
-  if (config.kind == "vq") {
+  if (config.kind == AutoencoderKind::kVq) {
     scope.Sub("quantize")
         .Sub("embedding")
         .Declare("weight", {config.n_embed, config.embed_dim}, &codebook_);

@@ -46,7 +46,7 @@ class Autoencoder {
   at::Tensor Decode(const at::Tensor& z) const;
   // The nearest codebook vector for each latent position ("vq" only).
   at::Tensor Quantize(const at::Tensor& z) const;
-  bool is_vq() const { return config_.kind == "vq"; }
+  bool is_vq() const { return config_.kind == AutoencoderKind::kVq; }
 
   const AutoencoderConfig& config() const { return config_; }
 

@@ -2,11 +2,14 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/enum_names.h"
 #include "server/common/status_macros.h"
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/layers.h"
@@ -16,6 +19,16 @@
 
 namespace ldm {
 
+namespace {
+constexpr std::array<EnumName<ClipActivation>, 2> kClipActivationNames = {
+    {{ClipActivation::kQuickGelu, "quick_gelu"},
+     {ClipActivation::kGelu, "gelu"}}};
+}  // namespace
+
+absl::string_view ClipActivationName(ClipActivation activation) {
+  return NameOf(kClipActivationNames, activation);
+}
+
 absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
   const nlohmann::json root =
       nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
@@ -23,6 +36,7 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
     return absl::InvalidArgumentError("clip config: not a JSON object");
   }
   ClipTextConfig config;
+  std::string hidden_act(ClipActivationName(config.hidden_act));
   try {
     config.vocab_size = root.value("vocab_size", config.vocab_size);
     config.hidden_size = root.value("hidden_size", config.hidden_size);
@@ -35,7 +49,7 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
     config.max_position_embeddings =
         root.value("max_position_embeddings", config.max_position_embeddings);
     config.layer_norm_eps = root.value("layer_norm_eps", config.layer_norm_eps);
-    config.hidden_act = root.value("hidden_act", config.hidden_act);
+    hidden_act = root.value("hidden_act", hidden_act);
     config.checkpoint_prefix =
         root.value("checkpoint_prefix", config.checkpoint_prefix);
   } catch (const nlohmann::json::exception& error) {
@@ -46,10 +60,14 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
     return absl::InvalidArgumentError(
         "clip config: hidden_size must divide by num_attention_heads");
   }
-  if (config.hidden_act != "quick_gelu" && config.hidden_act != "gelu") {
+  std::optional<ClipActivation> activation =
+      ValueOf(kClipActivationNames, hidden_act);
+  if (!activation) {
     return absl::InvalidArgumentError(
-        "clip config: hidden_act must be quick_gelu or gelu");
+        absl::StrCat("clip config: hidden_act '", hidden_act,
+                     "' is not one of ", JoinedNames(kClipActivationNames)));
   }
+  config.hidden_act = *activation;
   return config;
 }
 
@@ -57,7 +75,7 @@ class ClipTextModel::Layer {
  public:
   Layer(const ParamScope& scope, const ClipTextConfig& config)
       : heads_(config.num_attention_heads),
-        quick_gelu_(config.hidden_act == "quick_gelu"),
+        quick_gelu_(config.hidden_act == ClipActivation::kQuickGelu),
         layer_norm1_(scope.Sub("layer_norm1"), config.hidden_size,
                      config.layer_norm_eps),
         q_proj_(scope.Sub("self_attn").Sub("q_proj"), config.hidden_size,

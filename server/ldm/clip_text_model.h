@@ -18,12 +18,18 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "server/ldm/parameters.h"
 
 namespace ldm {
 
 class Embedding;
 class LayerNorm;
+
+// The MLP's activation ("hidden_act"): OpenAI CLIP's x * sigmoid(1.702 x),
+// or the exact GELU.
+enum class ClipActivation { kQuickGelu, kGelu };
+absl::string_view ClipActivationName(ClipActivation activation);
 
 struct ClipTextConfig {
   int64_t vocab_size = 49408;
@@ -33,7 +39,7 @@ struct ClipTextConfig {
   int64_t num_hidden_layers = 12;
   int64_t max_position_embeddings = 77;
   double layer_norm_eps = 1e-5;
-  std::string hidden_act = "quick_gelu";  // quick_gelu | gelu
+  ClipActivation hidden_act = ClipActivation::kQuickGelu;
   std::string checkpoint_prefix = "cond_stage_model.transformer.text_model.";
 };
 

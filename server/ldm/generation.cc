@@ -1,10 +1,12 @@
 #include "server/ldm/generation.h"
 
 #include <algorithm>
+#include <array>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/common/enum_names.h"
 #include "server/common/status_macros.h"
 
 namespace ldm {
@@ -98,30 +100,24 @@ struct GeometryOf {
 
 }  // namespace
 
-const char* TaskName(Task task) {
-  switch (task) {
-    case Task::kTextToImage:
-      return "text_to_image";
-    case Task::kImageToImage:
-      return "image_to_image";
-    case Task::kInpaint:
-      return "inpaint";
-    case Task::kSuperResolution:
-      return "super_resolution";
-  }
-  return "unknown";
-}
+namespace {
+constexpr std::array<EnumName<Task>, 4> kTaskNames = {{
+    {Task::kTextToImage, "text_to_image"},
+    {Task::kImageToImage, "image_to_image"},
+    {Task::kInpaint, "inpaint"},
+    {Task::kSuperResolution, "super_resolution"},
+}};
+}  // namespace
+
+absl::string_view TaskName(Task task) { return NameOf(kTaskNames, task); }
 
 std::optional<Task> TaskFromName(absl::string_view name) {
-  for (Task task : kAllTasks) {
-    if (name == TaskName(task)) return task;
-  }
-  return std::nullopt;
+  return ValueOf(kTaskNames, name);
 }
 
 std::string TaskNames(const std::vector<Task>& tasks) {
   return absl::StrJoin(tasks, ", ", [](std::string* out, Task task) {
-    out->append(TaskName(task));
+    absl::StrAppend(out, TaskName(task));
   });
 }
 

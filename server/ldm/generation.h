@@ -36,7 +36,7 @@ inline constexpr Task kAllTasks[] = {Task::kTextToImage, Task::kImageToImage,
 
 // "text_to_image", "image_to_image", "inpaint", "super_resolution": the
 // names of the registry file, metrics labels and the wire's oneof.
-const char* TaskName(Task task);
+absl::string_view TaskName(Task task);
 std::optional<Task> TaskFromName(absl::string_view name);
 // "text_to_image, inpaint": for messages.
 std::string TaskNames(const std::vector<Task>& tasks);

@@ -88,12 +88,16 @@ at::Tensor PreviewProjection(int64_t channels) {
 
 ModelCapabilities CapabilitiesOf(const ModelConfig& config) {
   ModelCapabilities model;
-  if (config.kind == "inpaint") {
-    model.tasks = {Task::kInpaint};
-  } else if (config.kind == "sr") {
-    model.tasks = {Task::kSuperResolution};
-  } else {
-    model.tasks = {Task::kTextToImage, Task::kImageToImage, Task::kInpaint};
+  switch (config.kind) {
+    case ModelKind::kInpaint:
+      model.tasks = {Task::kInpaint};
+      break;
+    case ModelKind::kSuperResolution:
+      model.tasks = {Task::kSuperResolution};
+      break;
+    case ModelKind::kTextToImage:
+      model.tasks = {Task::kTextToImage, Task::kImageToImage, Task::kInpaint};
+      break;
   }
   model.native_width = config.native_width();
   model.native_height = config.native_height();
@@ -483,7 +487,7 @@ LatentDiffusion::PrepareInpaint(const at::Tensor& image, const at::Tensor& mask,
     // runwayml's SD inpainting (hybrid) puts the mask first; the paper's
     // concat-conditioned LDM inpainting model the masked image's latent.
     result.c_concat =
-        config_.conditioning_key == "hybrid"
+        config_.conditioning_key == ConditioningKey::kHybrid
             ? at::cat({result.mask_latent, result.masked_image_latent}, 1)
             : at::cat({result.masked_image_latent, result.mask_latent}, 1);
     return absl::OkStatus();
@@ -689,7 +693,7 @@ absl::Status LatentDiffusion::DenoiseStep(absl::Span<ImageTask* const> tasks,
         prediction = out.slice(0, row, row + rows);
         row += rows;
       }
-      if (config_.parameterization == "v") {
+      if (config_.parameterization == Parameterization::kV) {
         // eps = sqrt(a) v + sqrt(1 - a) x_t (the reference's
         // predict_eps_from_z_and_v); linear, so guidance may come first.
         const double a = schedule_->AlphaCumprodAt(task->sampler->timestep());
@@ -824,7 +828,7 @@ absl::Status LatentDiffusion::PrepareImages(const GenerationRequest& request,
     LDM_ASSIGN_OR_RETURN(low_res, ImageTensor(upscale->low_res_image));
     low_res = low_res.to(options_.device, at::kFloat);
   }
-  const bool dedicated_inpaint = config_.kind == "inpaint";
+  const bool dedicated_inpaint = config_.kind == ModelKind::kInpaint;
 
   const at::TensorOptions latent_options =
       at::TensorOptions().dtype(at::kFloat).device(options_.device);

@@ -1,10 +1,13 @@
 #include "server/ldm/model_config.h"
 
+#include <array>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/enum_names.h"
 
 namespace ldm {
 namespace {
@@ -30,6 +33,57 @@ absl::Status Read(const json& object, const char* key, const char* where,
   do {                                                         \
     absl::Status read_status_ = Read(object, key, where, out); \
     if (!read_status_.ok()) return read_status_;               \
+  } while (false)
+
+// The names the config files use for each enum, parsed here and nowhere
+// else.
+constexpr std::array<EnumName<ModelKind>, 3> kModelKindNames = {{
+    {ModelKind::kTextToImage, "txt2img"},
+    {ModelKind::kInpaint, "inpaint"},
+    {ModelKind::kSuperResolution, "sr"},
+}};
+constexpr std::array<EnumName<ConditioningKey>, 4> kConditioningKeyNames = {{
+    {ConditioningKey::kCrossAttention, "crossattn"},
+    {ConditioningKey::kConcat, "concat"},
+    {ConditioningKey::kHybrid, "hybrid"},
+    {ConditioningKey::kAdm, "adm"},
+}};
+constexpr std::array<EnumName<Parameterization>, 2> kParameterizationNames = {
+    {{Parameterization::kEps, "eps"}, {Parameterization::kV, "v"}}};
+constexpr std::array<EnumName<BetaSchedule>, 4> kBetaScheduleNames = {{
+    {BetaSchedule::kLinear, "linear"},
+    {BetaSchedule::kSqrtLinear, "sqrt_linear"},
+    {BetaSchedule::kSqrt, "sqrt"},
+    {BetaSchedule::kCosine, "cosine"},
+}};
+constexpr std::array<EnumName<AutoencoderKind>, 2> kAutoencoderKindNames = {
+    {{AutoencoderKind::kKl, "kl"}, {AutoencoderKind::kVq, "vq"}}};
+constexpr std::array<EnumName<AutoencoderAttention>, 2>
+    kAutoencoderAttentionNames = {{{AutoencoderAttention::kVanilla, "vanilla"},
+                                   {AutoencoderAttention::kNone, "none"}}};
+
+// Reads the enum named by `key` into `out` when present; a name the table
+// lacks is an error listing the ones it has.
+template <typename Enum, size_t N>
+absl::Status ReadEnum(const json& object, const char* key, const char* where,
+                      const std::array<EnumName<Enum>, N>& names, Enum* out) {
+  std::string name;
+  absl::Status status = Read(object, key, where, &name);
+  if (!status.ok() || !object.contains(key)) return status;
+  std::optional<Enum> value = ValueOf(names, name);
+  if (!value) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", where, where[0] == '\0' ? "" : ".", key, ": '",
+                     name, "' is not one of ", JoinedNames(names)));
+  }
+  *out = *value;
+  return absl::OkStatus();
+}
+
+#define LDM_READ_ENUM(object, key, where, names, out)                     \
+  do {                                                                    \
+    absl::Status read_status_ = ReadEnum(object, key, where, names, out); \
+    if (!read_status_.ok()) return read_status_;                          \
   } while (false)
 
 absl::Status ParseUNet(const json& object, UNetConfig* unet) {
@@ -68,7 +122,7 @@ absl::Status ParseUNet(const json& object, UNetConfig* unet) {
 }
 
 absl::Status ParseAutoencoder(const json& object, AutoencoderConfig* ae) {
-  LDM_READ(object, "kind", "ae", &ae->kind);
+  LDM_READ_ENUM(object, "kind", "ae", kAutoencoderKindNames, &ae->kind);
   LDM_READ(object, "n_embed", "ae", &ae->n_embed);
   LDM_READ(object, "embed_dim", "ae", &ae->embed_dim);
   if (!object.contains("ddconfig")) {
@@ -84,16 +138,10 @@ absl::Status ParseAutoencoder(const json& object, AutoencoderConfig* ae) {
   LDM_READ(dd, "resolution", "ae.ddconfig", &ae->resolution);
   LDM_READ(dd, "z_channels", "ae.ddconfig", &ae->z_channels);
   LDM_READ(dd, "double_z", "ae.ddconfig", &ae->double_z);
-  LDM_READ(dd, "attn_type", "ae.ddconfig", &ae->attn_type);
-  if (ae->kind != "kl" && ae->kind != "vq") {
-    return absl::InvalidArgumentError("config ae.kind: kl or vq");
-  }
-  if (ae->kind == "vq" && ae->n_embed <= 0) {
+  LDM_READ_ENUM(dd, "attn_type", "ae.ddconfig", kAutoencoderAttentionNames,
+                &ae->attn_type);
+  if (ae->kind == AutoencoderKind::kVq && ae->n_embed <= 0) {
     return absl::InvalidArgumentError("config ae: vq needs n_embed > 0");
-  }
-  if (ae->attn_type != "vanilla" && ae->attn_type != "none") {
-    return absl::InvalidArgumentError(
-        "config ae.ddconfig.attn_type: vanilla or none");
   }
   if (ae->ch_mult.empty() || ae->ch <= 0) {
     return absl::InvalidArgumentError("config ae.ddconfig: bad ch/ch_mult");
@@ -110,10 +158,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   }
   ModelConfig config;
   LDM_READ(root, "name", "", &config.name);
-  LDM_READ(root, "kind", "", &config.kind);
-  LDM_READ(root, "conditioning_key", "", &config.conditioning_key);
-  LDM_READ(root, "parameterization", "", &config.parameterization);
-  LDM_READ(root, "beta_schedule", "", &config.beta_schedule);
+  LDM_READ_ENUM(root, "kind", "", kModelKindNames, &config.kind);
+  LDM_READ_ENUM(root, "conditioning_key", "", kConditioningKeyNames,
+                &config.conditioning_key);
+  LDM_READ_ENUM(root, "parameterization", "", kParameterizationNames,
+                &config.parameterization);
+  LDM_READ_ENUM(root, "beta_schedule", "", kBetaScheduleNames,
+                &config.beta_schedule);
   LDM_READ(root, "linear_start", "", &config.linear_start);
   LDM_READ(root, "linear_end", "", &config.linear_end);
   LDM_READ(root, "timesteps", "", &config.timesteps);
@@ -161,9 +212,6 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
           "config text_encoder: dim must divide into heads (or set dim_head)");
     }
     config.text_encoder = std::move(text);
-  }
-  if (config.parameterization != "eps" && config.parameterization != "v") {
-    return absl::InvalidArgumentError("config parameterization: eps or v");
   }
   if (root.contains("cond_stage")) {
     const json& object = root.at("cond_stage");
@@ -224,50 +272,55 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
 std::string ModelConfigToJson(const ModelConfig& config) {
   const UNetConfig& u = config.unet;
   const AutoencoderConfig& a = config.ae;
-  json root = {{"name", config.name},
-               {"kind", config.kind},
-               {"conditioning_key", config.conditioning_key},
-               {"parameterization", config.parameterization},
-               {"beta_schedule", config.beta_schedule},
-               {"linear_start", config.linear_start},
-               {"linear_end", config.linear_end},
-               {"timesteps", config.timesteps},
-               {"scale_factor", config.scale_factor},
-               {"default_guidance_scale", config.default_guidance_scale},
-               {"default_eta", config.default_eta},
-               {"latent_hw", {config.latent_height, config.latent_width}},
-               {"ctx_len", config.ctx_len},
-               {"unet",
-                {{"in_channels", u.in_channels},
-                 {"out_channels", u.out_channels},
-                 {"model_channels", u.model_channels},
-                 {"channel_mult", u.channel_mult},
-                 {"num_res_blocks", u.num_res_blocks},
-                 {"attention_resolutions", u.attention_resolutions},
-                 {"num_heads", u.num_heads},
-                 {"num_head_channels", u.num_head_channels},
-                 {"context_dim", u.context_dim},
-                 {"transformer_depth", u.transformer_depth},
-                 {"use_spatial_transformer", u.use_spatial_transformer},
-                 {"legacy", u.legacy},
-                 {"use_scale_shift_norm", u.use_scale_shift_norm},
-                 {"resblock_updown", u.resblock_updown},
-                 {"num_classes", u.num_classes}}},
-               {"ae",
-                {{"kind", a.kind},
-                 {"n_embed", a.n_embed},
-                 {"embed_dim", a.embed_dim},
-                 {"ddconfig",
-                  {{"ch", a.ch},
-                   {"out_ch", a.out_ch},
-                   {"in_channels", a.in_channels},
-                   {"ch_mult", a.ch_mult},
-                   {"num_res_blocks", a.num_res_blocks},
-                   {"attn_resolutions", a.attn_resolutions},
-                   {"resolution", a.resolution},
-                   {"z_channels", a.z_channels},
-                   {"double_z", a.double_z},
-                   {"attn_type", a.attn_type}}}}}};
+  json root = {
+      {"name", config.name},
+      {"kind", std::string(NameOf(kModelKindNames, config.kind))},
+      {"conditioning_key",
+       std::string(NameOf(kConditioningKeyNames, config.conditioning_key))},
+      {"parameterization",
+       std::string(NameOf(kParameterizationNames, config.parameterization))},
+      {"beta_schedule",
+       std::string(NameOf(kBetaScheduleNames, config.beta_schedule))},
+      {"linear_start", config.linear_start},
+      {"linear_end", config.linear_end},
+      {"timesteps", config.timesteps},
+      {"scale_factor", config.scale_factor},
+      {"default_guidance_scale", config.default_guidance_scale},
+      {"default_eta", config.default_eta},
+      {"latent_hw", {config.latent_height, config.latent_width}},
+      {"ctx_len", config.ctx_len},
+      {"unet",
+       {{"in_channels", u.in_channels},
+        {"out_channels", u.out_channels},
+        {"model_channels", u.model_channels},
+        {"channel_mult", u.channel_mult},
+        {"num_res_blocks", u.num_res_blocks},
+        {"attention_resolutions", u.attention_resolutions},
+        {"num_heads", u.num_heads},
+        {"num_head_channels", u.num_head_channels},
+        {"context_dim", u.context_dim},
+        {"transformer_depth", u.transformer_depth},
+        {"use_spatial_transformer", u.use_spatial_transformer},
+        {"legacy", u.legacy},
+        {"use_scale_shift_norm", u.use_scale_shift_norm},
+        {"resblock_updown", u.resblock_updown},
+        {"num_classes", u.num_classes}}},
+      {"ae",
+       {{"kind", std::string(NameOf(kAutoencoderKindNames, a.kind))},
+        {"n_embed", a.n_embed},
+        {"embed_dim", a.embed_dim},
+        {"ddconfig",
+         {{"ch", a.ch},
+          {"out_ch", a.out_ch},
+          {"in_channels", a.in_channels},
+          {"ch_mult", a.ch_mult},
+          {"num_res_blocks", a.num_res_blocks},
+          {"attn_resolutions", a.attn_resolutions},
+          {"resolution", a.resolution},
+          {"z_channels", a.z_channels},
+          {"double_z", a.double_z},
+          {"attn_type",
+           std::string(NameOf(kAutoencoderAttentionNames, a.attn_type))}}}}}};
   if (config.clip) {
     const ClipTextConfig& c = config.clip->text;
     root["cond_stage"] = {
@@ -281,7 +334,7 @@ std::string ModelConfigToJson(const ModelConfig& config) {
         {"num_hidden_layers", c.num_hidden_layers},
         {"max_position_embeddings", c.max_position_embeddings},
         {"layer_norm_eps", c.layer_norm_eps},
-        {"hidden_act", c.hidden_act}};
+        {"hidden_act", std::string(ClipActivationName(c.hidden_act))}};
   }
   if (config.text_encoder) {
     const TextEncoderConfig& t = *config.text_encoder;

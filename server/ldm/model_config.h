@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/ldm/clip_text_model.h"
+#include "server/ldm/schedule.h"
 
 namespace ldm {
 
@@ -39,12 +40,16 @@ struct UNetConfig {
   int64_t num_classes = 0;  // > 0 enables `label_emb`.
 };
 
+// "kl": AutoencoderKL (diagonal Gaussian posterior); "vq": VQModelInterface
+// (vector quantiser with `n_embed` codes, applied when decoding).
+enum class AutoencoderKind { kKl, kVq };
+// ddconfig.attn_type: "vanilla" attention blocks, or "none" (identities).
+enum class AutoencoderAttention { kVanilla, kNone };
+
 struct AutoencoderConfig {
-  // "kl": AutoencoderKL (diagonal Gaussian posterior); "vq": VQModelInterface
-  // (vector quantiser with `n_embed` codes, applied when decoding).
-  std::string kind = "kl";
+  AutoencoderKind kind = AutoencoderKind::kKl;
   int64_t n_embed = 0;
-  std::string attn_type = "vanilla";  // vanilla | none (no attention blocks)
+  AutoencoderAttention attn_type = AutoencoderAttention::kVanilla;
   int64_t ch = 32;
   int64_t out_ch = 3;
   int64_t in_channels = 3;
@@ -96,12 +101,24 @@ struct ClipCondition {
   int clip_skip = 1;          // 2 = the penultimate layer.
 };
 
+// What the model was trained for ("kind": txt2img | inpaint | sr). A
+// text-to-image model also runs image-to-image and inpaints by blending in
+// latent space; the others run their own task only.
+enum class ModelKind { kTextToImage, kInpaint, kSuperResolution };
+// How the UNet takes its conditioning (the reference's conditioning_key):
+// "crossattn" (the text through cross-attention), "concat" (channels
+// concatenated to its input), "hybrid" (both) or "adm" (class labels through
+// the UNet's label embedding, unet.num_classes).
+enum class ConditioningKey { kCrossAttention, kConcat, kHybrid, kAdm };
+// What the UNet predicts ("parameterization": eps | v).
+enum class Parameterization { kEps, kV };
+
 struct ModelConfig {
   std::string name;
-  std::string kind = "txt2img";                // txt2img | inpaint | sr
-  std::string conditioning_key = "crossattn";  // crossattn | concat | hybrid
-  std::string parameterization = "eps";        // eps | v
-  std::string beta_schedule = "linear";  // linear | sqrt_linear | sqrt | cosine
+  ModelKind kind = ModelKind::kTextToImage;
+  ConditioningKey conditioning_key = ConditioningKey::kCrossAttention;
+  Parameterization parameterization = Parameterization::kEps;
+  BetaSchedule beta_schedule = BetaSchedule::kLinear;
   double linear_start = 0.00085;
   double linear_end = 0.012;
   int64_t timesteps = 1000;

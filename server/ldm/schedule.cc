@@ -35,37 +35,40 @@ DiffusionSchedule::DiffusionSchedule(std::vector<double> alphas_cumprod)
   }
 }
 
-absl::StatusOr<DiffusionSchedule> DiffusionSchedule::Make(
-    const std::string& kind, double linear_start, double linear_end,
-    int64_t timesteps) {
+absl::StatusOr<DiffusionSchedule> DiffusionSchedule::Make(BetaSchedule kind,
+                                                          double linear_start,
+                                                          double linear_end,
+                                                          int64_t timesteps) {
   if (timesteps <= 0) {
     return absl::InvalidArgumentError("schedule: timesteps must be > 0");
   }
   std::vector<double> betas(timesteps);
-  if (kind == "linear") {
-    return Linear(linear_start, linear_end, timesteps);
-  } else if (kind == "sqrt_linear" || kind == "sqrt") {
-    for (int64_t t = 0; t < timesteps; ++t) {
-      betas[t] = Linspace(linear_start, linear_end, timesteps, t);
-      if (kind == "sqrt") betas[t] = std::sqrt(betas[t]);
+  switch (kind) {
+    case BetaSchedule::kLinear:
+      return Linear(linear_start, linear_end, timesteps);
+    case BetaSchedule::kSqrtLinear:
+    case BetaSchedule::kSqrt:
+      for (int64_t t = 0; t < timesteps; ++t) {
+        betas[t] = Linspace(linear_start, linear_end, timesteps, t);
+        if (kind == BetaSchedule::kSqrt) betas[t] = std::sqrt(betas[t]);
+      }
+      break;
+    case BetaSchedule::kCosine: {
+      constexpr double kOffset = 8e-3;
+      auto f = [&](int64_t t) {
+        const double x =
+            (static_cast<double>(t) / static_cast<double>(timesteps) +
+             kOffset) /
+            (1.0 + kOffset) * M_PI / 2.0;
+        return std::cos(x) * std::cos(x);
+      };
+      const double f0 = f(0);
+      for (int64_t t = 0; t < timesteps; ++t) {
+        const double a = f(t) / f0, a_next = f(t + 1) / f0;
+        betas[t] = std::clamp(1.0 - a_next / a, 0.0, 0.999);
+      }
+      break;
     }
-  } else if (kind == "cosine") {
-    constexpr double kOffset = 8e-3;
-    auto f = [&](int64_t t) {
-      const double x =
-          (static_cast<double>(t) / static_cast<double>(timesteps) + kOffset) /
-          (1.0 + kOffset) * M_PI / 2.0;
-      return std::cos(x) * std::cos(x);
-    };
-    const double f0 = f(0);
-    for (int64_t t = 0; t < timesteps; ++t) {
-      const double a = f(t) / f0, a_next = f(t + 1) / f0;
-      betas[t] = std::clamp(1.0 - a_next / a, 0.0, 0.999);
-    }
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("schedule: unknown beta_schedule '", kind,
-                     "' (linear, sqrt_linear, sqrt, cosine)"));
   }
   return DiffusionSchedule(CumulativeAlphas(betas));
 }

@@ -13,13 +13,15 @@
 
 namespace ldm {
 
+// The reference's beta_schedule: "linear" (betas =
+// linspace(sqrt(start), sqrt(end), T)^2, the LDM/SD default), "sqrt_linear"
+// (linspace(start, end, T)), "sqrt" (its square root) or "cosine" (Nichol &
+// Dhariwal, s = 8e-3).
+enum class BetaSchedule { kLinear, kSqrtLinear, kSqrt, kCosine };
+
 class DiffusionSchedule {
  public:
-  // `kind` is the reference's beta_schedule: "linear" (betas =
-  // linspace(sqrt(start), sqrt(end), T)^2, the LDM/SD default),
-  // "sqrt_linear" (linspace(start, end, T)), "sqrt" (its square root) or
-  // "cosine" (Nichol & Dhariwal, s = 8e-3).
-  static absl::StatusOr<DiffusionSchedule> Make(const std::string& kind,
+  static absl::StatusOr<DiffusionSchedule> Make(BetaSchedule kind,
                                                 double linear_start,
                                                 double linear_end,
                                                 int64_t timesteps);

@@ -299,7 +299,7 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     stream->Reject(task.status());
     return reactor;
   }
-  stream->SetLabels(request->model(), ldm::TaskName(*task));
+  stream->SetLabels(request->model(), std::string(ldm::TaskName(*task)));
   absl::StatusOr<const ModelRegistry::Model*> model =
       models_->Find(request->model(), *task);
   if (!model.ok()) {
@@ -313,7 +313,7 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     return reactor;
   }
   spec->model_name = (*model)->entry.name;
-  stream->SetLabels(spec->model_name, ldm::TaskName(*task));
+  stream->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
   auto job =
       std::make_shared<Job>(job_id, *std::move(spec), (*model)->Copies(),
                             stream, absl::FromChrono(context->deadline()));

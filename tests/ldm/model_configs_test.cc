@@ -186,6 +186,45 @@ TEST(ModelConfigsTest, EveryConfigSurvivesARoundTripThroughJson) {
   }
 }
 
+// A misspelt kind is refused where the file is read, naming the field and
+// the names it takes, instead of silently serving as some default.
+TEST(ModelConfigsTest, UnknownEnumNamesAreRefusedWithTheChoices) {
+  auto config = ReadModelConfig(ConfigPath("sd-v1.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  const std::string valid = ModelConfigToJson(*config);
+  struct Case {
+    std::string from, to, message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"\"kind\": \"txt2img\"", "\"kind\": \"inpainting\"",
+            "config kind: 'inpainting' is not one of txt2img, inpaint, sr"},
+           {"\"conditioning_key\": \"crossattn\"",
+            "\"conditioning_key\": \"cross\"",
+            "is not one of crossattn, concat, hybrid, adm"},
+           {"\"parameterization\": \"eps\"", "\"parameterization\": \"x0\"",
+            "config parameterization: 'x0' is not one of eps, v"},
+           {"\"beta_schedule\": \"linear\"", "\"beta_schedule\": \"zigzag\"",
+            "is not one of linear, sqrt_linear, sqrt, cosine"},
+           {"\"kind\": \"kl\"", "\"kind\": \"vqgan\"",
+            "config ae.kind: 'vqgan' is not one of kl, vq"},
+           {"\"attn_type\": \"vanilla\"", "\"attn_type\": \"linear\"",
+            "config ae.ddconfig.attn_type: 'linear'"},
+           {"\"hidden_act\": \"quick_gelu\"", "\"hidden_act\": \"relu\"",
+            "hidden_act 'relu' is not one of quick_gelu, gelu"},
+       }) {
+    SCOPED_TRACE(c.to);
+    std::string text = valid;
+    const size_t at = text.find(c.from);
+    ASSERT_NE(at, std::string::npos) << text;
+    text.replace(at, c.from.size(), c.to);
+    auto parsed = ParseModelConfig(text);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(parsed.status().message()),
+                ::testing::HasSubstr(c.message));
+  }
+}
+
 TEST(ModelConfigsTest, ClipVitL14BuildsEverySdV1TextEncoderKey) {
   const std::string key_file = testing::GoldenDir() + "/clip/keys-vit-l14.txt";
   if (!std::filesystem::exists(key_file)) GTEST_SKIP() << "no " << key_file;

@@ -252,7 +252,7 @@ TEST(LatentDiffusionTest, EmaWeightsAreSkippedOrUsedWhenAsked) {
 
 TEST(AutoencoderTest, VqQuantisesToTheNearestCodeBeforeDecoding) {
   ModelConfig config = testing::TinyTextToImageConfig();
-  config.ae.kind = "vq";
+  config.ae.kind = AutoencoderKind::kVq;
   config.ae.n_embed = 16;
   config.ae.embed_dim = 3;
   config.ae.z_channels = 3;
@@ -382,8 +382,8 @@ TEST(PipelineTest, InpaintingWithAPlainModelKeepsTheUnmaskedPixels) {
 
 TEST(PipelineTest, DedicatedInpaintingAndSuperResolutionModels) {
   ModelConfig inpainting = testing::TinyTextToImageConfig();
-  inpainting.kind = "inpaint";
-  inpainting.conditioning_key = "hybrid";
+  inpainting.kind = ModelKind::kInpaint;
+  inpainting.conditioning_key = ConditioningKey::kHybrid;
   inpainting.unet.in_channels = 4 + 1 + 4;
   auto inpaint_model = LatentDiffusion::CreateRandom(inpainting, 4);
   ASSERT_TRUE(inpaint_model.ok()) << inpaint_model.status();
@@ -406,8 +406,8 @@ TEST(PipelineTest, DedicatedInpaintingAndSuperResolutionModels) {
                         Uint8ImagesTensor({input}).slice(1, 0, 8)));
 
   ModelConfig upscaler = testing::TinyTextToImageConfig();
-  upscaler.kind = "sr";
-  upscaler.conditioning_key = "concat";
+  upscaler.kind = ModelKind::kSuperResolution;
+  upscaler.conditioning_key = ConditioningKey::kConcat;
   upscaler.text_encoder.reset();
   upscaler.unet.use_spatial_transformer = false;
   upscaler.unet.context_dim = 0;
@@ -427,7 +427,7 @@ TEST(PipelineTest, DedicatedInpaintingAndSuperResolutionModels) {
 
 TEST(LatentDiffusionTest, ClassLabelsConditionTheUNet) {
   ModelConfig config = testing::TinyTextToImageConfig();
-  config.conditioning_key = "adm";
+  config.conditioning_key = ConditioningKey::kAdm;
   config.unet.num_classes = 10;
   auto model = LatentDiffusion::CreateRandom(config, 6);
   ASSERT_TRUE(model.ok()) << model.status();
@@ -650,7 +650,7 @@ TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
 
 TEST(LatentDiffusionTest, TheConfigsBetaScheduleIsUsed) {
   ModelConfig config = testing::TinyTextToImageConfig();
-  config.beta_schedule = "cosine";
+  config.beta_schedule = BetaSchedule::kCosine;
   auto cosine = LatentDiffusion::CreateRandom(config, 1);
   ASSERT_TRUE(cosine.ok()) << cosine.status();
   // Linear 0.00085..0.012 ends at 0.0047; cosine near zero.

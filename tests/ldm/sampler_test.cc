@@ -28,15 +28,16 @@ TEST(DiffusionScheduleTest, LinearStartsAtOneMinusBetaAndDecreases) {
 }
 
 TEST(DiffusionScheduleTest, OtherBetaSchedules) {
-  auto sqrt_linear = DiffusionSchedule::Make("sqrt_linear", 0.001, 0.02, 10);
+  auto sqrt_linear =
+      DiffusionSchedule::Make(BetaSchedule::kSqrtLinear, 0.001, 0.02, 10);
   ASSERT_TRUE(sqrt_linear.ok());
   EXPECT_NEAR(sqrt_linear->alphas_cumprod_f64(0), 0.999, 1e-12);
-  auto cosine = DiffusionSchedule::Make("cosine", 0, 0, 1000);
+  auto cosine = DiffusionSchedule::Make(BetaSchedule::kCosine, 0, 0, 1000);
   ASSERT_TRUE(cosine.ok());
   // The cosine schedule ends near zero signal and starts near one.
   EXPECT_GT(cosine->alphas_cumprod_f64(0), 0.9999);
   EXPECT_LT(cosine->alphas_cumprod_f64(999), 1e-3);
-  EXPECT_FALSE(DiffusionSchedule::Make("zigzag", 0.1, 0.2, 10).ok());
+  EXPECT_FALSE(DiffusionSchedule::Make(BetaSchedule::kSqrt, 0.1, 0.2, 0).ok());
 }
 
 TEST(DiffusionScheduleTest, SigmaAndTimestepAreInverse) {

@@ -310,7 +310,7 @@ ldm::ModelConfig AtTestWidth(ldm::ModelConfig config,
   config.ae.ch_mult = {1, 2};
   config.ae.num_res_blocks = 1;
   config.ae.attn_resolutions = {};
-  if (config.ae.kind == "vq") config.ae.n_embed = 64;
+  if (config.ae.kind == ldm::AutoencoderKind::kVq) config.ae.n_embed = 64;
   return config;
 }
 
@@ -339,9 +339,11 @@ TEST_P(FamilyTest, DetectedAndRunThroughItsPipeline) {
   ASSERT_TRUE(entries.ok()) << entries.status();
   ModelRegistry registry(*entries);
   ASSERT_TRUE(registry.LoadAll().ok());
-  const ldm::Task task = config->kind == "inpaint" ? ldm::Task::kInpaint
-                         : config->kind == "sr"    ? ldm::Task::kSuperResolution
-                                                   : ldm::Task::kTextToImage;
+  const ldm::Task task = config->kind == ldm::ModelKind::kInpaint
+                             ? ldm::Task::kInpaint
+                         : config->kind == ldm::ModelKind::kSuperResolution
+                             ? ldm::Task::kSuperResolution
+                             : ldm::Task::kTextToImage;
   auto found = registry.Find("m", task);
   ASSERT_TRUE(found.ok()) << found.status();
   const ldm::LatentDiffusion& model = *(*found)->model;

@@ -108,7 +108,7 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
   request.sampler.steps = steps;
   request.sampler.guidance_scale = cfg;
   request.sampler.eta = model.config().default_eta;  // What serving uses.
-  const std::string& kind = model.config().kind;
+  const ldm::ModelKind kind = model.config().kind;
   if (autoencoder_only) {
     // Held-out images and their reconstructions (posterior mean), in pairs.
     for (int r = 0; r < 4; ++r) {
@@ -126,7 +126,7 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
       }
       rows.push_back(std::move(row));
     }
-  } else if (kind == "txt2img") {
+  } else if (kind == ldm::ModelKind::kTextToImage) {
     std::vector<at::Tensor> row;
     for (size_t i = 0; i < GridPrompts().size(); ++i) {
       request.prompt = GridPrompts()[i];
@@ -136,7 +136,7 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
       row.push_back(ldm::Uint8ImagesTensor(images)[0]);
       if (row.size() == 4) rows.push_back(std::move(row)), row.clear();
     }
-  } else if (kind == "inpaint") {
+  } else if (kind == ldm::ModelKind::kInpaint) {
     for (int i = 0; i < 4; ++i) {
       const ldmtrain::InpaintCase probe = ldmtrain::MakeInpaintCase(i);
       request.prompt = probe.prompt;
@@ -151,7 +151,7 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
                       ldm::Uint8ImagesTensor(images)[0]});
       std::printf("inpaint row %d: %s\n", i, probe.prompt.c_str());
     }
-  } else if (kind == "sr") {
+  } else {
     for (int i = 0; i < 4; ++i) {
       const at::Tensor truth = ldmtrain::ImagesToTensor(
           {shapes::RenderScene(shapes::HeldOutScene(i))});
@@ -167,8 +167,6 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
            ldm::Uint8ImagesTensor(images)[0],
            ldm::RoundToUint8Images(truth)[0]});
     }
-  } else {
-    return absl::InvalidArgumentError("no grid for kind " + kind);
   }
   return ldm::CallTorch("grid", [&] { return Grid(rows); });
 }

@@ -70,7 +70,7 @@ std::string TaskName(Task task) {
 
 ldm::AutoencoderConfig PresetAutoencoder() {
   ldm::AutoencoderConfig ae;
-  ae.kind = "kl";
+  ae.kind = ldm::AutoencoderKind::kKl;
   // 64 channels at every level: with 32 at full resolution, GroupNorm's 32
   // groups hold one channel each, an instance norm, and the decoder turns
   // small objects into speckled blobs. Measured side by side on this CPU
@@ -510,7 +510,9 @@ class TrainingRun {
           "--pixel-loss: a weight >= 0; --pixel-loss-max-timestep: >= 1");
     }
     ldm::ModelConfig config = PresetConfig(task_, name);
-    config.parameterization = options_.prediction;
+    config.parameterization = options_.prediction == "v"
+                                  ? ldm::Parameterization::kV
+                                  : ldm::Parameterization::kEps;
     std::shared_ptr<const ldm::SafetensorsFile> init_file;
     if (!options_.init_weights.empty()) {
       LDM_ASSIGN_OR_RETURN(init_file,
@@ -646,7 +648,7 @@ class TrainingRun {
                const at::Tensor noised =
                    alpha.sqrt() * latents + (1.0 - alpha).sqrt() * epsilon;
                const at::Tensor target =
-                   config.parameterization == "v"
+                   config.parameterization == ldm::Parameterization::kV
                        ? alpha.sqrt() * epsilon - (1.0 - alpha).sqrt() * latents
                        : epsilon;
                const at::Tensor input =
@@ -685,7 +687,7 @@ class TrainingRun {
                    const at::Tensor x_t = noised.index_select(0, rows);
                    const at::Tensor output = prediction.index_select(0, rows);
                    const at::Tensor x0 =
-                       config.parameterization == "v"
+                       config.parameterization == ldm::Parameterization::kV
                            ? a.sqrt() * x_t - (1.0 - a).sqrt() * output
                            : (x_t - (1.0 - a).sqrt() * output) / a.sqrt();
                    // Weighted by the rows' share, so the term's scale does
@@ -763,24 +765,24 @@ ldm::ModelConfig PresetConfig(Task task, const std::string& name) {
   switch (task) {
     case Task::kAutoencoder:
     case Task::kTextToImage:
-      config.kind = "txt2img";
+      config.kind = ldm::ModelKind::kTextToImage;
       config.default_guidance_scale = kTextGuidanceScale;
-      config.conditioning_key = "crossattn";
+      config.conditioning_key = ldm::ConditioningKey::kCrossAttention;
       unet.context_dim = text.dim;
       config.text_encoder = text;
       break;
     case Task::kInpaint:
-      config.kind = "inpaint";
+      config.kind = ldm::ModelKind::kInpaint;
       config.default_guidance_scale = kTextGuidanceScale;
-      config.conditioning_key = "hybrid";
+      config.conditioning_key = ldm::ConditioningKey::kHybrid;
       unet.in_channels = 2 * channels + 1;
       unet.context_dim = text.dim;
       config.text_encoder = text;
       break;
     case Task::kSuperResolution:
-      config.kind = "sr";
+      config.kind = ldm::ModelKind::kSuperResolution;
       config.default_eta = 1.0;  // As the paper samples its SR models.
-      config.conditioning_key = "concat";
+      config.conditioning_key = ldm::ConditioningKey::kConcat;
       unet.in_channels = channels + 3;
       unet.context_dim = 0;
       unet.use_spatial_transformer = false;
