@@ -222,7 +222,12 @@ int Run(const Options& options) {
                 ? at::randn({batch, config->ctx_len, ctx_dim}, tensor_options)
                 : at::Tensor();
         return Time(options.repeats, [&] {
-          (*model)->unet().Forward(x, t, context).sum().item<float>();
+          (*model)
+              ->denoiser()
+              .unet()
+              .Forward(x, t, context)
+              .sum()
+              .item<float>();
         });
       };
       const Timing unet_b1_timing = unet_call(1);
@@ -231,7 +236,7 @@ int Run(const Options& options) {
           at::randn({1, config->ae.embed_dim, latent, latent},
                     tensor_options.dtype((*model)->precision().first_stage));
       const Timing decode_timing = Time(options.repeats, [&] {
-        (*model)->autoencoder().Decode(z).sum().item<float>();
+        (*model)->first_stage().autoencoder().Decode(z).sum().item<float>();
       });
       const double unet_b1 = unet_b1_timing.ms;
       const double unet_cfg = unet_cfg_timing.ms;

@@ -1,12 +1,14 @@
-// A loaded latent diffusion model and its pipeline, cut into the stages the
-// scheduler batches separately:
+// A loaded latent diffusion model: its three stages and the task pipelines
+// over them, cut where the scheduler batches separately:
 //
-//   EncodeText(prompts)            conditioning, once per job
-//   NewImageTask(...)              initial noise + sampler state, per image
-//   DenoiseStep(tasks)             ONE UNet call for any mix of images from
-//                                  different jobs, each at its own timestep,
-//                                  with its own guidance scale and sampler
-//   DecodeToImages(latents)        autoencoder decode to uint8 RGB
+//   text_conditioner.h   prompts -> context, once per job (EncodeText)
+//   denoiser.h           ONE UNet call for any mix of images from different
+//                        jobs, each at its own timestep, with its own
+//                        guidance scale and sampler (DenoiseStep)
+//   first_stage.h        the autoencoder: images <-> latents, tiled
+//   task_pipelines.cc    each task's preparation (PrepareJob), the decode and
+//                        paste-back that finish it (FinishJobs), previews
+//   model_loader.cc      building the stages and loading their weights
 //
 // Each image carries its own sampler and generator (seed + i for image i of a
 // job), so what an image becomes does not depend on what else shares its
@@ -32,33 +34,20 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "server/ldm/autoencoder.h"
-#include "server/ldm/clip_text_model.h"
-#include "server/ldm/clip_tokenizer.h"
+#include "server/ldm/denoiser.h"
+#include "server/ldm/first_stage.h"
 #include "server/ldm/generation.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/parameters.h"
 #include "server/ldm/precision.h"
-#include "server/ldm/sampler.h"
-#include "server/ldm/schedule.h"
-#include "server/ldm/text_encoder.h"
-#include "server/ldm/unet.h"
-#include "server/ldm/wordpiece_tokenizer.h"
+#include "server/ldm/text_conditioner.h"
 
 namespace ldm {
-
-// Large images are decoded (and encoded) tile by tile so that memory stays
-// bounded; tiles overlap and are blended with linear ramps.
-struct TileOptions {
-  int64_t tile = 64;     // Tile side in latent pixels.
-  int64_t overlap = 16;  // Overlap between neighbouring tiles, latent pixels.
-  // Latents with more pixels (h * w) than this are tiled; 0 = never.
-  int64_t max_untiled_latent_pixels = int64_t{96} * 96;
-};
 
 struct LoadOptions {
   at::Device device = at::kCPU;
@@ -75,36 +64,6 @@ struct LoadOptions {
   TileOptions tiles;
 
   StagePrecision Precision() const;
-};
-
-// One image's (or one batch's) progress through the denoising loop.
-struct ImageTask {
-  std::unique_ptr<Sampler> sampler;
-  at::Tensor cond;    // [n, L, D] context (undefined without cross-attention).
-  at::Tensor uncond;  // [n, L, D]; undefined = no guidance.
-  // [n, c, h, w] concatenated to the UNet input after the latent ("concat"
-  // and "hybrid" conditioning: masked-image latent and mask, low-res image).
-  at::Tensor concat;
-  float guidance_scale = 1.0f;
-  // "adm" conditioning: class labels [n] (int64) fed to the UNet's
-  // label_emb; `uncond_class_labels` for the unconditional rows of CFG.
-  at::Tensor class_labels;
-  at::Tensor uncond_class_labels;
-  // Inpainting with a plain model: before each step the kept region
-  // (keep = 1, latent resolution) is reset to `known` noised to the step's
-  // level, as the reference DDIM sampler's mask/x0 arguments do.
-  struct Blend {
-    at::Tensor keep;
-    at::Tensor known;
-    at::Generator generator;
-  };
-  std::optional<Blend> blend;
-};
-
-struct TextConditioning {
-  at::Tensor context;  // [B, L, D]
-  std::vector<std::string> warnings;
-  std::vector<std::vector<std::string>> row_warnings;  // Per prompt (row).
 };
 
 // A job ready for the denoising loop, and what finishing it needs.
@@ -153,41 +112,32 @@ class LatentDiffusion {
   // The dtype of each stage's weights and arithmetic.
   const StagePrecision& precision() const { return precision_; }
   int64_t NumParameters() const { return registry_.NumElements(); }
-  bool has_text_encoder() const {
-    return text_encoder_ != nullptr || clip_text_ != nullptr;
-  }
+  bool has_text_encoder() const { return text_ != nullptr; }
 
+  // The stages, for the pipelines below, tests and tools.
+  const Denoiser& denoiser() const { return *denoiser_; }
+  const FirstStage& first_stage() const { return *first_stage_; }
+  // Null for a model without text conditioning.
+  const TextConditioner* text_conditioner() const { return text_.get(); }
+
+  // The prompts' context [B, L, D] in the UNet's dtype;
+  // FAILED_PRECONDITION for a model without a text encoder.
   absl::StatusOr<TextConditioning> EncodeText(
       const std::vector<std::string>& prompts) const;
-
-  // A fresh image task: noise x_T of [1, C, h, w] from `seed` and the
-  // sampler `sampler` asks for. `cond`/`uncond` are rows of EncodeText
-  // results; `concat` is the concat conditioning, if the model has one.
-  // With `init_latent` the sampler starts part-way (img2img strength).
+  // Denoiser::NewImageTask and Denoiser::Step, as the scheduler calls them.
   absl::StatusOr<ImageTask> NewImageTask(
       uint64_t seed, int64_t latent_height, int64_t latent_width,
       const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond,
-      at::Tensor concat = {}, const at::Tensor& init_latent = {}) const;
-
-  // Runs one denoising step for every task in one batched UNet call
-  // (conditional and unconditional rows of guided tasks included) and
-  // advances each task's sampler. Tasks must not be done().
-  //
-  // `trace`, when given, receives the UNet call as made (inputs after
-  // concat, timesteps, contexts, raw output) and each task's guided
-  // prediction, concatenated: what parity checks compare with the reference.
-  struct StepTrace {
-    at::Tensor unet_input, timesteps, context, unet_output, guided;
-  };
+      at::Tensor concat = {}, const at::Tensor& init_latent = {}) const {
+    return denoiser_->NewImageTask(seed, latent_height, latent_width, sampler,
+                                   std::move(cond), std::move(uncond),
+                                   std::move(concat), init_latent);
+  }
+  using StepTrace = Denoiser::StepTrace;
   absl::Status DenoiseStep(absl::Span<ImageTask* const> tasks,
-                           StepTrace* trace = nullptr) const;
-
-  // Images [B, 3, H, W] in [-1, 1] -> latents in sampler space:
-  // scale_factor * a sample of the posterior, with `noise` (N(0, 1) of the
-  // latent shape) for its randomness (get_first_stage_encoding); a VQ first
-  // stage's latent is deterministic and `noise` is unused.
-  absl::StatusOr<at::Tensor> EncodeImages(const at::Tensor& images,
-                                          const at::Tensor& noise) const;
+                           StepTrace* trace = nullptr) const {
+    return denoiser_->Step(tasks, trace);
+  }
 
   // The concat conditioning of an inpainting model (runwayml inpaint_st):
   // masked_image = image * (mask < 0.5), mask resized to the latent size
@@ -198,22 +148,6 @@ class LatentDiffusion {
   absl::StatusOr<InpaintConditioning> PrepareInpaint(
       const at::Tensor& image, const at::Tensor& mask,
       const at::Tensor& noise) const;
-
-  // Latents in sampler space -> the decoder's output [B, 3, H, W] in about
-  // [-1, 1] (decode_first_stage); tiled past the load options' threshold.
-  absl::StatusOr<at::Tensor> DecodeLatents(const at::Tensor& latents) const;
-  // The same, always in tiles of `tiles` (for tests and tools).
-  absl::StatusOr<at::Tensor> DecodeLatentsTiled(const at::Tensor& latents,
-                                                const TileOptions& tiles) const;
-
-  // Latents, each [n_i, C, h, w] in sampler space, decoded in one batch ->
-  // uint8 RGB [sum n_i, H, W, 3] on the CPU.
-  absl::StatusOr<at::Tensor> DecodeToImages(
-      const std::vector<at::Tensor>& latents) const;
-
-  // The reference's uint8 conversion: (255 * clamp((x + 1) / 2, 0, 1)),
-  // truncated, as [B, H, W, 3] on the CPU.
-  static at::Tensor ToUint8Images(const at::Tensor& images);
 
   // Checks `request` (CheckRequest), encodes its conditioning and creates
   // one ImageTask per image. Which pipeline runs follows from the task:
@@ -241,21 +175,15 @@ class LatentDiffusion {
   // involved.
   absl::StatusOr<RgbImage> Preview(const PreparedJob& job) const;
 
-  // For tests and tools: the raw UNet and autoencoder.
-  const UNetModel& unet() const { return *unet_; }
-  const Autoencoder& autoencoder() const { return *autoencoder_; }
-  const DiffusionSchedule& schedule() const { return *schedule_; }
-
   // For training (tools/train): the parameters, by reference key name (the
-  // tensors alias the model's own), and our word-level text encoder (null
-  // for CLIP-conditioned and unconditional models).
+  // tensors alias the model's own), and our word-level text stage (null
+  // for CLIP- or BERT-conditioned and unconditional models).
   std::map<std::string, at::Tensor> MutableParameters() {
     return registry_.Named("");
   }
-  const TextTransformer* word_text_encoder() const {
-    return text_encoder_.get();
+  const WordConditioner* word_conditioner() const {
+    return dynamic_cast<const WordConditioner*>(text_.get());
   }
-  const WordTokenizer* word_tokenizer() const { return tokenizer_.get(); }
 
  private:
   // PrepareJob with the job's [uncond; cond] text rows already encoded
@@ -269,12 +197,8 @@ class LatentDiffusion {
 
   LatentDiffusion(ModelConfig config, LoadOptions options,
                   at::Device declare_on = at::kCPU);
-  // quant_conv(encoder(images)), tiled past the load options' threshold.
-  at::Tensor EncodeMoments(const at::Tensor& images) const;
+  // Declares every stage's parameters (model_loader.cc).
   absl::Status Build();
-  // The tokenizer's files: CLIP's, or BERT's vocabulary for the paper's
-  // text-to-image encoder.
-  absl::Status LoadTokenizer();
 
   // The dtype of parameter `name` (a reference key): its stage's.
   at::ScalarType DtypeOfParameter(const std::string& name) const;
@@ -284,14 +208,9 @@ class LatentDiffusion {
   LoadOptions options_;
   StagePrecision precision_;
   ParameterRegistry registry_;
-  std::unique_ptr<UNetModel> unet_;
-  std::unique_ptr<Autoencoder> autoencoder_;
-  std::unique_ptr<TextTransformer> text_encoder_;
-  std::unique_ptr<WordTokenizer> tokenizer_;
-  std::unique_ptr<WordPieceTokenizer> wordpiece_tokenizer_;
-  std::unique_ptr<ClipTextModel> clip_text_;
-  std::unique_ptr<ClipTokenizer> clip_tokenizer_;
-  std::optional<DiffusionSchedule> schedule_;
+  std::unique_ptr<TextConditioner> text_;
+  std::unique_ptr<Denoiser> denoiser_;
+  std::unique_ptr<FirstStage> first_stage_;
 };
 
 // A whole job run alone, stage after stage: the reference result that

@@ -13,6 +13,7 @@
 #include "server/ldm/layers.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/sampler.h"
+#include "server/ldm/text_encoder.h"
 #include "tests/ldm/test_util.h"
 
 namespace ldm {
@@ -63,7 +64,7 @@ TEST(LatentDiffusionTest, UNetKeepsTheLatentShape) {
   at::Tensor x = at::randn({3, 4, 8, 12});
   at::Tensor t = at::tensor({1, 500, 999});
   at::Tensor context = at::randn({3, 8, 16});
-  at::Tensor out = model->unet().Forward(x, t, context);
+  at::Tensor out = model->denoiser().unet().Forward(x, t, context);
   EXPECT_EQ(out.sizes(), x.sizes());
   EXPECT_TRUE(at::isfinite(out).all().item<bool>());
 }
@@ -71,11 +72,12 @@ TEST(LatentDiffusionTest, UNetKeepsTheLatentShape) {
 TEST(LatentDiffusionTest, AutoencoderRoundTripShapes) {
   auto model = TinyModel();
   at::Tensor image = at::rand({2, 3, 16, 24}) * 2 - 1;
-  at::Tensor moments = model->autoencoder().EncodeMoments(image);
+  at::Tensor moments = model->first_stage().autoencoder().EncodeMoments(image);
   EXPECT_EQ(moments.sizes(), (at::IntArrayRef{2, 8, 8, 12}));
   DiagonalGaussian posterior = Autoencoder::Posterior(moments);
   EXPECT_LE(posterior.logvar.max().item<float>(), 20.0f);
-  at::Tensor decoded = model->autoencoder().Decode(posterior.mean);
+  at::Tensor decoded =
+      model->first_stage().autoencoder().Decode(posterior.mean);
   EXPECT_EQ(decoded.sizes(), image.sizes());
 }
 
@@ -139,9 +141,9 @@ TEST(LatentDiffusionTest, GuidanceScaleOneIsTheConditionalPrediction) {
   EXPECT_TRUE(at::equal(first->sampler->latent(), second->sampler->latent()));
   // And it equals the DDIM update from the raw conditional UNet output.
   auto reference = model->NewImageTask(5, 8, 8, options, cond, at::Tensor());
-  at::Tensor eps =
-      model->unet().Forward(reference->sampler->latent(),
-                            at::tensor({reference->sampler->timestep()}), cond);
+  at::Tensor eps = model->denoiser().unet().Forward(
+      reference->sampler->latent(),
+      at::tensor({reference->sampler->timestep()}), cond);
   reference->sampler->Step(eps);
   EXPECT_TRUE(at::allclose(first->sampler->latent(),
                            reference->sampler->latent(), 1e-5, 1e-6));
@@ -260,7 +262,7 @@ TEST(AutoencoderTest, VqQuantisesToTheNearestCodeBeforeDecoding) {
   config.unet.in_channels = config.unet.out_channels = 3;
   auto model = LatentDiffusion::CreateRandom(config, 3);
   ASSERT_TRUE(model.ok()) << model.status();
-  const Autoencoder& ae = (*model)->autoencoder();
+  const Autoencoder& ae = (*model)->first_stage().autoencoder();
   const at::Tensor z = ae.EncodeMoments(at::rand({2, 3, 16, 16}) * 2 - 1);
   EXPECT_EQ(z.sizes(), (at::IntArrayRef{2, 3, 8, 8}));
   const at::Tensor quantized = ae.Quantize(z);
@@ -278,20 +280,20 @@ TEST(AutoencoderTest, VqQuantisesToTheNearestCodeBeforeDecoding) {
   // Decoding quantises: z and its codes decode alike.
   EXPECT_TRUE(at::allclose(ae.Decode(z), ae.Decode(quantized)));
   // A VQ latent is deterministic: no posterior noise.
-  auto a = (*model)->EncodeImages(at::zeros({1, 3, 16, 16}),
-                                  at::randn({1, 3, 8, 8}));
-  auto b = (*model)->EncodeImages(at::zeros({1, 3, 16, 16}),
-                                  at::randn({1, 3, 8, 8}));
+  auto a = (*model)->first_stage().EncodeImages(at::zeros({1, 3, 16, 16}),
+                                                at::randn({1, 3, 8, 8}));
+  auto b = (*model)->first_stage().EncodeImages(at::zeros({1, 3, 16, 16}),
+                                                at::randn({1, 3, 8, 8}));
   EXPECT_TRUE(at::equal(*a, *b));
 }
 
 TEST(TiledDecodeTest, OneTileIsExactAndOverlapShrinksTheSeams) {
   auto model = TinyModel(3);
   const at::Tensor z = at::randn({1, 4, 24, 40});
-  const at::Tensor full = *model->DecodeLatents(z);
+  const at::Tensor full = *model->first_stage().DecodeLatents(z);
   EXPECT_EQ(full.sizes(), (at::IntArrayRef{1, 3, 48, 80}));
   // A tile that covers the latent decodes it exactly.
-  auto whole = model->DecodeLatentsTiled(z, {40, 8, 0});
+  auto whole = model->first_stage().DecodeLatentsTiled(z, {40, 8, 0});
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_TRUE(at::allclose(*whole, full, 1e-5, 1e-5));
   // Per-tile GroupNorm statistics and the decoder's receptive field make
@@ -299,7 +301,7 @@ TEST(TiledDecodeTest, OneTileIsExactAndOverlapShrinksTheSeams) {
   // with random weights (range about 3.6): mean |diff| 0.12 at tile 8,
   // overlap 2, and 0.04 at tile 16, overlap 6.
   auto mean_error = [&](int64_t tile, int64_t overlap) {
-    auto tiled = model->DecodeLatentsTiled(z, {tile, overlap, 0});
+    auto tiled = model->first_stage().DecodeLatentsTiled(z, {tile, overlap, 0});
     EXPECT_TRUE(tiled.ok());
     EXPECT_EQ(tiled->sizes(), full.sizes());
     return (*tiled - full).abs().mean().item<double>();
@@ -313,9 +315,9 @@ TEST(TiledDecodeTest, OneTileIsExactAndOverlapShrinksTheSeams) {
   tiny_tiles.tiles = {16, 6, 16 * 16};
   auto tiling = LatentDiffusion::CreateRandom(model->config(), 3, tiny_tiles);
   ASSERT_TRUE(tiling.ok());
-  EXPECT_TRUE(at::allclose(*(*tiling)->DecodeLatents(z),
-                           *model->DecodeLatentsTiled(z, {16, 6, 0}), 1e-5,
-                           1e-5));
+  EXPECT_TRUE(at::allclose(
+      *(*tiling)->first_stage().DecodeLatents(z),
+      *model->first_stage().DecodeLatentsTiled(z, {16, 6, 0}), 1e-5, 1e-5));
 }
 
 // A smooth test picture in [-1, 1], [1, 3, h, w].
@@ -470,10 +472,11 @@ TEST(LatentDiffusionTest, Bfloat16OnTheCpuStaysWithinItsRounding) {
   auto text = f32->EncodeText({"", "a red circle"});
   ASSERT_TRUE(text.ok());
   const at::Tensor t = at::full({2}, 500.0f);
-  const at::Tensor exact = f32->unet().Forward(x, t, text->context);
+  const at::Tensor exact = f32->denoiser().unet().Forward(x, t, text->context);
   const at::Tensor rounded =
       (*low)
-          ->unet()
+          ->denoiser()
+          .unet()
           .Forward(x.to(at::kBFloat16), t, text->context.to(at::kBFloat16))
           .to(at::kFloat);
   const double relative =
@@ -509,14 +512,15 @@ TEST(TiledEncodeTest, LargeImagesEncodeInBlendedTiles) {
   auto whole = TinyModel(3);
   const at::Tensor picture = TestPicture(32, 48);
   const at::Tensor noise = at::zeros({1, 4, 16, 24});
-  const at::Tensor reference = *whole->EncodeImages(picture, noise);
+  const at::Tensor reference =
+      *whole->first_stage().EncodeImages(picture, noise);
   // Relative mean error of a tiled encode against the whole one.
   auto relative_error = [&](int64_t tile, int64_t overlap) {
     LoadOptions options;
     options.tiles = {tile, overlap, 8 * 8};
     auto tiled = LatentDiffusion::CreateRandom(whole->config(), 3, options);
     EXPECT_TRUE(tiled.ok());
-    auto latent = (*tiled)->EncodeImages(picture, noise);
+    auto latent = (*tiled)->first_stage().EncodeImages(picture, noise);
     EXPECT_TRUE(latent.ok()) << latent.status();
     EXPECT_EQ(latent->sizes(), reference.sizes());
     return (*latent - reference).abs().mean().item<double>() /
@@ -562,9 +566,9 @@ TEST(BatchInvarianceTest, BatchedStepsAreBitIdenticalToStepsAlone) {
   EXPECT_TRUE(at::equal(alone_a.sampler->latent(), batch_a.sampler->latent()));
   EXPECT_TRUE(at::equal(alone_b.sampler->latent(), batch_b.sampler->latent()));
   // And decoding together equals decoding alone.
-  auto together = model->DecodeToImages(
+  auto together = model->first_stage().DecodeToImages(
       {batch_a.sampler->latent(), batch_b.sampler->latent()});
-  auto first = model->DecodeToImages({alone_a.sampler->latent()});
+  auto first = model->first_stage().DecodeToImages({alone_a.sampler->latent()});
   ASSERT_TRUE(together.ok() && first.ok());
   EXPECT_TRUE(at::equal(together->slice(0, 0, 1), *first));
   SetBatchInvariant(false);
@@ -654,8 +658,8 @@ TEST(LatentDiffusionTest, TheConfigsBetaScheduleIsUsed) {
   auto cosine = LatentDiffusion::CreateRandom(config, 1);
   ASSERT_TRUE(cosine.ok()) << cosine.status();
   // Linear 0.00085..0.012 ends at 0.0047; cosine near zero.
-  EXPECT_LT((*cosine)->schedule().alphas_cumprod_f64(999), 1e-3);
-  EXPECT_GT(TinyModel()->schedule().alphas_cumprod_f64(999), 4e-3);
+  EXPECT_LT((*cosine)->denoiser().schedule().alphas_cumprod_f64(999), 1e-3);
+  EXPECT_GT(TinyModel()->denoiser().schedule().alphas_cumprod_f64(999), 4e-3);
 }
 
 TEST(WordTokenizerTest, MapsWordsPadsAndTruncates) {

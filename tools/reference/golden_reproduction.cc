@@ -93,9 +93,10 @@ void PutSchedule(std::map<std::string, at::Tensor>* out,
 absl::Status PutImages(const LatentDiffusion& model,
                        std::map<std::string, at::Tensor>* out,
                        const std::string& prefix, const at::Tensor& latent) {
-  LDM_ASSIGN_OR_RETURN(at::Tensor image, model.DecodeLatents(latent));
+  LDM_ASSIGN_OR_RETURN(at::Tensor image,
+                       model.first_stage().DecodeLatents(latent));
   (*out)[prefix + ".image"] = image;
-  (*out)[prefix + ".image_u8"] = LatentDiffusion::ToUint8Images(image);
+  (*out)[prefix + ".image_u8"] = ToUint8Images(image);
   return absl::OkStatus();
 }
 
@@ -150,10 +151,11 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Reproduce(
     out["unet.x"] = unet_x;
     out["unet.t_emb"] =
         TimestepEmbedding(timesteps, config.unet.model_channels);
-    out["unet.out"] = model->unet().Forward(unet_x, timesteps, context);
+    out["unet.out"] =
+        model->denoiser().unet().Forward(unet_x, timesteps, context);
     out["unet.lowamp.x"] = 1e-3 * unet_x;
-    out["unet.lowamp.out"] =
-        model->unet().Forward(out["unet.lowamp.x"], timesteps, context);
+    out["unet.lowamp.out"] = model->denoiser().unet().Forward(
+        out["unet.lowamp.x"], timesteps, context);
     return absl::OkStatus();
   }));
 
@@ -164,7 +166,7 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Reproduce(
   LDM_ASSIGN_OR_RETURN(at::Tensor z_scaled, get("ae.decode.z_scaled"));
   LDM_ASSIGN_OR_RETURN(at::Tensor lowamp_z, get("ae.lowamp.decode.z"));
   LDM_RETURN_IF_ERROR(CallTorchStatus("autoencoder", [&] {
-    const Autoencoder& ae = model->autoencoder();
+    const Autoencoder& ae = model->first_stage().autoencoder();
     const at::Tensor moments = ae.EncodeMoments(encode_x);
     const DiagonalGaussian posterior = Autoencoder::Posterior(moments);
     out["ae.encode.moments"] = moments;
@@ -177,9 +179,11 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Reproduce(
     out["ae.lowamp.decode.out"] = ae.Decode(lowamp_z);
     return absl::OkStatus();
   }));
-  LDM_ASSIGN_OR_RETURN(out["ae.encode.z_scaled"],
-                       model->EncodeImages(encode_x, encode_noise));
-  LDM_ASSIGN_OR_RETURN(out["ae.decode.out"], model->DecodeLatents(z_scaled));
+  LDM_ASSIGN_OR_RETURN(
+      out["ae.encode.z_scaled"],
+      model->first_stage().EncodeImages(encode_x, encode_noise));
+  LDM_ASSIGN_OR_RETURN(out["ae.decode.out"],
+                       model->first_stage().DecodeLatents(z_scaled));
 
   // (c) The samplers, from the same x_T with CFG as in txt2img.py.
   LDM_ASSIGN_OR_RETURN(at::Tensor x_T, get("inputs.x_T"));
@@ -188,7 +192,7 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Reproduce(
   const bool guided = crossattn && harness.guidance != 1.0;
   const at::Tensor uncond =
       guided ? optional("inputs.uncond_context") : at::Tensor();
-  const DiffusionSchedule& schedule = model->schedule();
+  const DiffusionSchedule& schedule = model->denoiser().schedule();
   const std::vector<int64_t> ddim_timesteps =
       DdimTimesteps(schedule.timesteps(), harness.steps);
   auto make_task = [&](std::unique_ptr<Sampler> sampler) {
@@ -248,8 +252,9 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Reproduce(
     LDM_ASSIGN_OR_RETURN(at::Tensor posterior_noise,
                          get("img2img.posterior_noise"));
     LDM_ASSIGN_OR_RETURN(at::Tensor noise, get("img2img.encode_noise"));
-    LDM_ASSIGN_OR_RETURN(at::Tensor init_latent,
-                         model->EncodeImages(init_image, posterior_noise));
+    LDM_ASSIGN_OR_RETURN(
+        at::Tensor init_latent,
+        model->first_stage().EncodeImages(init_image, posterior_noise));
     const int t_enc =
         static_cast<int>(harness.img2img_strength * harness.steps);
     const DdimSampler encoder(schedule, ddim_timesteps, 0.0, init_latent,

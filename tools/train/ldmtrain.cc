@@ -118,9 +118,10 @@ absl::StatusOr<at::Tensor> SampleGrid(const ldm::LatentDiffusion& model,
             {shapes::RenderScene(shapes::HeldOutScene(r * 2 + c))});
         LDM_ASSIGN_OR_RETURN(
             at::Tensor latent,
-            model.EncodeImages(
+            model.first_stage().EncodeImages(
                 truth, at::zeros({1, model.config().ae.embed_dim, 16, 16})));
-        LDM_ASSIGN_OR_RETURN(at::Tensor decoded, model.DecodeLatents(latent));
+        LDM_ASSIGN_OR_RETURN(at::Tensor decoded,
+                             model.first_stage().DecodeLatents(latent));
         row.push_back(ldm::RoundToUint8Images(truth)[0]);
         row.push_back(ldm::RoundToUint8Images(decoded)[0]);
       }

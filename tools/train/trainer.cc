@@ -22,6 +22,7 @@
 #include "server/ldm/parameters.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/sampler.h"
+#include "server/ldm/text_encoder.h"
 #include "server/ldm/torch_boundary.h"
 #include "tools/shapes/shapes_world.h"
 #include "tools/train/shapes_batch.h"
@@ -589,14 +590,17 @@ class TrainingRun {
                 static_cast<long long>(model->NumParameters()),
                 static_cast<long long>(trainable_count));
 
-    const ldm::Autoencoder& ae = model->autoencoder();
-    const ldm::UNetModel& unet = model->unet();
-    const ldm::TextTransformer* text = model->word_text_encoder();
-    const ldm::WordTokenizer* tokenizer = model->word_tokenizer();
+    const ldm::Autoencoder& ae = model->first_stage().autoencoder();
+    const ldm::UNetModel& unet = model->denoiser().unet();
+    const ldm::WordConditioner* words = model->word_conditioner();
+    const ldm::TextTransformer* text =
+        words != nullptr ? &words->transformer() : nullptr;
+    const ldm::WordTokenizer* tokenizer =
+        words != nullptr ? &words->tokenizer() : nullptr;
     const auto float_options =
         at::TensorOptions().dtype(at::kFloat).device(options_.device);
     const at::Tensor alphas_cumprod =
-        at::tensor(model->schedule().alphas_cumprod_f64())
+        at::tensor(model->denoiser().schedule().alphas_cumprod_f64())
             .to(options_.device, at::kFloat);
     const int64_t side = config.latent_height;
     const int64_t channels = config.ae.embed_dim;

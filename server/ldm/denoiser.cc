@@ -1,0 +1,140 @@
+#include "server/ldm/denoiser.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "server/common/status_macros.h"
+#include "server/ldm/torch_boundary.h"
+
+namespace ldm {
+
+Denoiser::Denoiser(const UNetConfig& config, const ParamScope& scope,
+                   DiffusionSchedule schedule,
+                   Parameterization parameterization, at::Device device,
+                   at::ScalarType dtype)
+    : unet_(std::make_unique<UNetModel>(config, scope)),
+      schedule_(std::move(schedule)),
+      parameterization_(parameterization),
+      latent_channels_(config.out_channels),
+      device_(device),
+      dtype_(dtype) {}
+
+absl::StatusOr<ImageTask> Denoiser::NewImageTask(
+    uint64_t seed, int64_t latent_height, int64_t latent_width,
+    const SamplerOptions& sampler, at::Tensor cond, at::Tensor uncond,
+    at::Tensor concat, const at::Tensor& init_latent) const {
+  ImageTask task;
+  LDM_RETURN_IF_ERROR(CallTorchStatus("new image task", [&]() -> absl::Status {
+    c10::InferenceMode inference;
+    // x_T first, then the sampler's own draws, from the image's generator.
+    at::Generator generator = MakeGenerator(seed);
+    at::Tensor noise = StandardNormal(
+        {1, latent_channels_, latent_height, latent_width}, generator,
+        at::TensorOptions().dtype(at::kFloat).device(device_));
+    LDM_ASSIGN_OR_RETURN(task.sampler,
+                         MakeSampler(sampler, schedule_, std::move(noise),
+                                     std::move(generator), init_latent));
+    return absl::OkStatus();
+  }));
+  task.cond = std::move(cond);
+  const bool guided = sampler.guidance_scale != 1.0f && uncond.defined();
+  task.uncond = guided ? std::move(uncond) : at::Tensor();
+  task.concat = std::move(concat);
+  task.guidance_scale = sampler.guidance_scale;
+  return task;
+}
+
+absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
+                            StepTrace* trace) const {
+  if (tasks.empty()) return absl::OkStatus();
+  return CallTorchStatus("denoise step", [&] {
+    c10::InferenceMode inference;
+    for (ImageTask* task : tasks) {
+      if (!task->blend || !task->sampler->at_step_start()) continue;
+      ImageTask::Blend& blend = *task->blend;
+      const at::Tensor noise = StandardNormal(
+          blend.known.sizes(), blend.generator, blend.known.options());
+      const at::Tensor noised =
+          task->sampler->NoisedToCurrentLevel(blend.known, noise);
+      task->sampler->ReplaceLatent(noised * blend.keep +
+                                   task->sampler->latent() * (1 - blend.keep));
+    }
+    std::vector<at::Tensor> inputs, contexts, labels;
+    std::vector<float> timesteps;
+    for (ImageTask* task : tasks) {
+      at::Tensor x = task->sampler->model_input();
+      if (task->concat.defined()) x = at::cat({x, task->concat}, 1);
+      const float t = static_cast<float>(task->sampler->timestep());
+      const int64_t rows = x.size(0);
+      if (task->uncond.defined()) {
+        // [uncond; cond], the order of the reference's batched CFG call.
+        inputs.push_back(x);
+        contexts.push_back(task->uncond);
+        if (task->uncond_class_labels.defined()) {
+          labels.push_back(task->uncond_class_labels);
+        }
+        timesteps.insert(timesteps.end(), rows, t);
+      }
+      inputs.push_back(x);
+      if (task->cond.defined()) contexts.push_back(task->cond);
+      if (task->class_labels.defined()) labels.push_back(task->class_labels);
+      timesteps.insert(timesteps.end(), rows, t);
+    }
+    at::Tensor class_labels;
+    if (!labels.empty()) {
+      if (labels.size() != inputs.size()) {
+        return absl::InvalidArgumentError(
+            "denoise step: class labels must be given for every row");
+      }
+      class_labels = at::cat(labels, 0).to(device_);
+    }
+    at::Tensor context;
+    if (!contexts.empty()) {
+      if (contexts.size() != inputs.size()) {
+        return absl::InvalidArgumentError(
+            "denoise step: some tasks have a context and some do not");
+      }
+      context = at::cat(contexts, 0);
+    }
+    at::Tensor t = at::tensor(timesteps).to(device_);
+    // The sampler's float32 state in, the UNet's dtype through it, float32
+    // out (no-ops for a float32 model).
+    at::Tensor input = at::cat(inputs, 0).to(dtype_);
+    if (context.defined()) context = context.to(dtype_);
+    at::Tensor out =
+        unet_->Forward(input, t, context, class_labels).to(at::kFloat);
+    std::vector<at::Tensor> guided;
+    int64_t row = 0;
+    for (ImageTask* task : tasks) {
+      const int64_t rows = task->sampler->model_input().size(0);
+      at::Tensor prediction;
+      if (task->uncond.defined()) {
+        at::Tensor e_uncond = out.slice(0, row, row + rows);
+        at::Tensor e_cond = out.slice(0, row + rows, row + 2 * rows);
+        prediction = e_uncond + task->guidance_scale * (e_cond - e_uncond);
+        row += 2 * rows;
+      } else {
+        prediction = out.slice(0, row, row + rows);
+        row += rows;
+      }
+      if (parameterization_ == Parameterization::kV) {
+        // eps = sqrt(a) v + sqrt(1 - a) x_t (the reference's
+        // predict_eps_from_z_and_v); linear, so guidance may come first.
+        const double a = schedule_.AlphaCumprodAt(task->sampler->timestep());
+        prediction = std::sqrt(a) * prediction +
+                     std::sqrt(1.0 - a) * task->sampler->model_input();
+      }
+      if (trace != nullptr) guided.push_back(prediction);
+      task->sampler->Step(prediction);
+    }
+    if (trace != nullptr) {
+      *trace = StepTrace{input, t, context, out, at::cat(guided, 0)};
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace ldm
