@@ -35,14 +35,15 @@ absl::Status CheckImage(absl::string_view field, const RgbImage& image,
   return absl::OkStatus();
 }
 
-absl::StatusOr<int64_t> CheckSide(absl::string_view field, int64_t value,
-                                  int64_t native, int64_t multiple) {
-  if (value == 0) return native;
-  if (value < 0 || value % multiple != 0) {
+absl::StatusOr<int64_t> CheckSide(absl::string_view field,
+                                  std::optional<int64_t> value, int64_t native,
+                                  int64_t multiple) {
+  if (!value.has_value()) return native;
+  if (*value <= 0 || *value % multiple != 0) {
     return Invalid(field, absl::StrCat("must be a positive multiple of ",
-                                       multiple, " (got ", value, ")"));
+                                       multiple, " (got ", *value, ")"));
   }
-  return value;
+  return *value;
 }
 
 // The geometry of an output `width` x `height` for a model whose latent

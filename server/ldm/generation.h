@@ -66,8 +66,9 @@ Mask MaskFromRgb(const RgbImage& image);
 
 // The tasks. Pixel sides are multiples of the model's size multiple.
 struct TextToImage {
-  int64_t width = 0;  // Pixels; 0 = the model's native size.
-  int64_t height = 0;
+  // Pixels; unset = the model's native side. A side set to 0 is refused.
+  std::optional<int64_t> width;
+  std::optional<int64_t> height;
 };
 struct ImageToImage {
   RgbImage init_image;  // The output has its size; strength: sampler.strength.

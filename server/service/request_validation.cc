@@ -1,7 +1,6 @@
 #include "server/service/request_validation.h"
 
 #include <cmath>
-#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
@@ -87,19 +86,12 @@ absl::Status ValidateTask(const GenerateRequest& request,
       const ldm::v1::TextToImage& text = request.text_to_image();
       LDM_RETURN_IF_ERROR(ValidatePrompts("text_to_image", text.prompt(),
                                           text.negative_prompt(), limits, job));
-      // An unset side is the model's native one; a side set to 0 is an error
-      // (CheckRequest reads 0 as unset).
-      for (const auto& [field, set, value] :
-           {std::tuple{"text_to_image.width", text.has_width(), text.width()},
-            std::tuple{"text_to_image.height", text.has_height(),
-                       text.height()}}) {
-        if (set && value == 0) {
-          return Invalid(field, absl::StrCat("must be a positive multiple of ",
-                                             model.size_multiple, " (got 0)"));
-        }
-      }
-      job.task = ldm::TextToImage{text.has_width() ? text.width() : 0,
-                                  text.has_height() ? text.height() : 0};
+      // Unset sides stay unset: CheckRequest gives them the model's native
+      // size and refuses a side set to 0.
+      ldm::TextToImage task;
+      if (text.has_width()) task.width = text.width();
+      if (text.has_height()) task.height = text.height();
+      job.task = task;
       return absl::OkStatus();
     }
     case GenerateRequest::kImageToImage: {
