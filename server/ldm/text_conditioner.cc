@@ -72,6 +72,117 @@ absl::StatusOr<TextConditioning> TextConditioner::Encode(
   });
 }
 
+namespace {
+
+// --- CLIP -------------------------------------------------------------------
+
+class ClipConditioner : public TextConditioner {
+ public:
+  ClipConditioner(std::string model_name, const ClipCondition& config,
+                  const ParamScope& scope)
+      : model_name_(std::move(model_name)),
+        config_(config),
+        transformer_(std::make_unique<ClipTextModel>(
+            config.text, scope.Sub("transformer").Sub("text_model"))) {}
+
+  absl::Status LoadTokenizer() override {
+    LDM_ASSIGN_OR_RETURN(tokenizer_,
+                         ClipTokenizer::Load(config_.tokenizer_dir));
+    return absl::OkStatus();
+  }
+
+ protected:
+  absl::StatusOr<Tokens> Tokenize(const std::string& text) const override {
+    if (!tokenizer_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model ", model_name_, ": no CLIP tokenizer at ",
+                       config_.tokenizer_dir));
+    }
+    ClipTokenizer::Padded padded = tokenizer_->EncodePadded(text);
+    Tokens tokens{std::move(padded.ids), {}};
+    if (padded.truncated) {
+      tokens.warnings.push_back("prompt truncated to 75 CLIP tokens");
+    }
+    return tokens;
+  }
+  size_t CountTokens(const std::string& text) const override {
+    return tokenizer_->Encode(text).size();
+  }
+  size_t FirstTextPosition() const override { return 1; }
+  at::Tensor Forward(const at::Tensor& ids) const override {
+    return transformer_->Encode(ids, config_.clip_skip);
+  }
+
+ private:
+  std::string model_name_;
+  ClipCondition config_;
+  std::unique_ptr<ClipTextModel> transformer_;
+  std::unique_ptr<ClipTokenizer> tokenizer_;
+};
+
+// --- BERT -------------------------------------------------------------------
+
+class BertConditioner : public TextConditioner {
+ public:
+  BertConditioner(std::string model_name, const TextEncoderConfig& config,
+                  const ParamScope& scope)
+      : model_name_(std::move(model_name)),
+        config_(config),
+        transformer_(std::make_unique<TextTransformer>(config, scope)) {}
+
+  absl::Status LoadTokenizer() override {
+    absl::StatusOr<std::unique_ptr<WordPieceTokenizer>> loaded =
+        WordPieceTokenizer::Load(config_.vocab_file);
+    if (!loaded.ok()) {
+      return absl::Status(
+          loaded.status().code(),
+          absl::StrCat("model ", model_name_,
+                       " reads prompts with BERT's WordPiece vocabulary "
+                       "(bert-base-uncased vocab.txt): ",
+                       loaded.status().message()));
+    }
+    if ((*loaded)->vocab_size() != config_.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(config_.vocab_file, ": ", (*loaded)->vocab_size(),
+                       " tokens, the config says ", config_.vocab_size));
+    }
+    tokenizer_ = std::move(*loaded);
+    return absl::OkStatus();
+  }
+
+ protected:
+  absl::StatusOr<Tokens> Tokenize(const std::string& text) const override {
+    if (!tokenizer_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model ", model_name_, ": no BERT vocabulary at ",
+                       config_.vocab_file));
+    }
+    WordPieceTokenizer::Padded padded =
+        tokenizer_->EncodePadded(text, config_.max_length);
+    Tokens tokens{std::move(padded.ids), {}};
+    if (padded.truncated) {
+      tokens.warnings.push_back(absl::StrCat(
+          "prompt truncated to ", config_.max_length - 2, " BERT tokens"));
+    }
+    return tokens;
+  }
+  size_t CountTokens(const std::string& text) const override {
+    return tokenizer_->Encode(text).size();
+  }
+  size_t FirstTextPosition() const override { return 1; }
+  at::Tensor Forward(const at::Tensor& ids) const override {
+    return transformer_->Forward(ids);
+  }
+
+ private:
+  std::string model_name_;
+  TextEncoderConfig config_;
+  std::unique_ptr<TextTransformer> transformer_;
+  std::unique_ptr<WordPieceTokenizer> tokenizer_;
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<TextConditioner>> MakeTextConditioner(
     const ModelConfig& config, const ParamScope& scope) {
   if (config.clip && config.text_encoder) {
@@ -98,101 +209,6 @@ absl::StatusOr<std::unique_ptr<TextConditioner>> MakeTextConditioner(
     return std::make_unique<BertConditioner>(config.name, text, scope);
   }
   return std::make_unique<WordConditioner>(text, scope);
-}
-
-// --- CLIP -------------------------------------------------------------------
-
-ClipConditioner::ClipConditioner(std::string model_name,
-                                 const ClipCondition& config,
-                                 const ParamScope& scope)
-    : model_name_(std::move(model_name)),
-      config_(config),
-      transformer_(std::make_unique<ClipTextModel>(
-          config.text, scope.Sub("transformer").Sub("text_model"))) {}
-
-ClipConditioner::~ClipConditioner() = default;
-
-absl::Status ClipConditioner::LoadTokenizer() {
-  LDM_ASSIGN_OR_RETURN(tokenizer_, ClipTokenizer::Load(config_.tokenizer_dir));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<TextConditioner::Tokens> ClipConditioner::Tokenize(
-    const std::string& text) const {
-  if (!tokenizer_) {
-    return absl::FailedPreconditionError(absl::StrCat("model ", model_name_,
-                                                      ": no CLIP tokenizer at ",
-                                                      config_.tokenizer_dir));
-  }
-  ClipTokenizer::Padded padded = tokenizer_->EncodePadded(text);
-  Tokens tokens{std::move(padded.ids), {}};
-  if (padded.truncated) {
-    tokens.warnings.push_back("prompt truncated to 75 CLIP tokens");
-  }
-  return tokens;
-}
-
-size_t ClipConditioner::CountTokens(const std::string& text) const {
-  return tokenizer_->Encode(text).size();
-}
-
-at::Tensor ClipConditioner::Forward(const at::Tensor& ids) const {
-  return transformer_->Encode(ids, config_.clip_skip);
-}
-
-// --- BERT -------------------------------------------------------------------
-
-BertConditioner::BertConditioner(std::string model_name,
-                                 const TextEncoderConfig& config,
-                                 const ParamScope& scope)
-    : model_name_(std::move(model_name)),
-      config_(config),
-      transformer_(std::make_unique<TextTransformer>(config, scope)) {}
-
-BertConditioner::~BertConditioner() = default;
-
-absl::Status BertConditioner::LoadTokenizer() {
-  absl::StatusOr<std::unique_ptr<WordPieceTokenizer>> loaded =
-      WordPieceTokenizer::Load(config_.vocab_file);
-  if (!loaded.ok()) {
-    return absl::Status(
-        loaded.status().code(),
-        absl::StrCat("model ", model_name_,
-                     " reads prompts with BERT's WordPiece vocabulary "
-                     "(bert-base-uncased vocab.txt): ",
-                     loaded.status().message()));
-  }
-  if ((*loaded)->vocab_size() != config_.vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(config_.vocab_file, ": ", (*loaded)->vocab_size(),
-                     " tokens, the config says ", config_.vocab_size));
-  }
-  tokenizer_ = std::move(*loaded);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<TextConditioner::Tokens> BertConditioner::Tokenize(
-    const std::string& text) const {
-  if (!tokenizer_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model ", model_name_, ": no BERT vocabulary at ", config_.vocab_file));
-  }
-  WordPieceTokenizer::Padded padded =
-      tokenizer_->EncodePadded(text, config_.max_length);
-  Tokens tokens{std::move(padded.ids), {}};
-  if (padded.truncated) {
-    tokens.warnings.push_back(absl::StrCat(
-        "prompt truncated to ", config_.max_length - 2, " BERT tokens"));
-  }
-  return tokens;
-}
-
-size_t BertConditioner::CountTokens(const std::string& text) const {
-  return tokenizer_->Encode(text).size();
-}
-
-at::Tensor BertConditioner::Forward(const at::Tensor& ids) const {
-  return transformer_->Forward(ids);
 }
 
 // --- Word-level -------------------------------------------------------------

@@ -8,6 +8,9 @@
 //   WordConditioner   our own small models: a word-level vocabulary into
 //                     the same x-transformers encoder
 //
+// Only WordConditioner is declared here, for the trainer; the others live in
+// text_conditioner.cc behind MakeTextConditioner.
+//
 // Prompt weights ("(word:1.3)", prompt_weights.h) are applied here, once for
 // all families. Encode() is const and thread-safe; every LibTorch error
 // comes back as a status.
@@ -28,10 +31,7 @@
 
 namespace ldm {
 
-class ClipTextModel;
-class ClipTokenizer;
 class TextTransformer;
-class WordPieceTokenizer;
 class WordTokenizer;
 
 struct TextConditioning {
@@ -76,46 +76,6 @@ class TextConditioner {
 // INVALID_ARGUMENT where the encoder's width is not the UNet's context_dim.
 absl::StatusOr<std::unique_ptr<TextConditioner>> MakeTextConditioner(
     const ModelConfig& config, const ParamScope& scope);
-
-class ClipConditioner : public TextConditioner {
- public:
-  ClipConditioner(std::string model_name, const ClipCondition& config,
-                  const ParamScope& scope);
-  ~ClipConditioner() override;
-  absl::Status LoadTokenizer() override;
-
- protected:
-  absl::StatusOr<Tokens> Tokenize(const std::string& text) const override;
-  size_t CountTokens(const std::string& text) const override;
-  size_t FirstTextPosition() const override { return 1; }
-  at::Tensor Forward(const at::Tensor& ids) const override;
-
- private:
-  std::string model_name_;
-  ClipCondition config_;
-  std::unique_ptr<ClipTextModel> transformer_;
-  std::unique_ptr<ClipTokenizer> tokenizer_;
-};
-
-class BertConditioner : public TextConditioner {
- public:
-  BertConditioner(std::string model_name, const TextEncoderConfig& config,
-                  const ParamScope& scope);
-  ~BertConditioner() override;
-  absl::Status LoadTokenizer() override;
-
- protected:
-  absl::StatusOr<Tokens> Tokenize(const std::string& text) const override;
-  size_t CountTokens(const std::string& text) const override;
-  size_t FirstTextPosition() const override { return 1; }
-  at::Tensor Forward(const at::Tensor& ids) const override;
-
- private:
-  std::string model_name_;
-  TextEncoderConfig config_;
-  std::unique_ptr<TextTransformer> transformer_;
-  std::unique_ptr<WordPieceTokenizer> tokenizer_;
-};
 
 class WordConditioner : public TextConditioner {
  public:
