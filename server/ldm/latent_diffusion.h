@@ -117,8 +117,6 @@ class LatentDiffusion {
   // The stages, for the pipelines below, tests and tools.
   const Denoiser& denoiser() const { return *denoiser_; }
   const FirstStage& first_stage() const { return *first_stage_; }
-  // Null for a model without text conditioning.
-  const TextConditioner* text_conditioner() const { return text_.get(); }
 
   // The prompts' context [B, L, D] in the UNet's dtype;
   // FAILED_PRECONDITION for a model without a text encoder.
