@@ -3,7 +3,6 @@
 #include <c10/core/InferenceMode.h>
 
 #include <array>
-#include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -16,16 +15,17 @@
 #include "server/ldm/model_config.h"
 #include "server/ldm/safetensors.h"
 #include "server/ldm/torch_boundary.h"
+#include "server/ldm/transformer_layer.h"
 
 namespace ldm {
 
 namespace {
-constexpr std::array<EnumName<ClipActivation>, 2> kClipActivationNames = {
-    {{ClipActivation::kQuickGelu, "quick_gelu"},
-     {ClipActivation::kGelu, "gelu"}}};
+constexpr std::array<EnumName<FeedForwardActivation>, 2> kClipActivationNames =
+    {{{FeedForwardActivation::kQuickGelu, "quick_gelu"},
+      {FeedForwardActivation::kGelu, "gelu"}}};
 }  // namespace
 
-absl::string_view ClipActivationName(ClipActivation activation) {
+absl::string_view ClipActivationName(FeedForwardActivation activation) {
   return NameOf(kClipActivationNames, activation);
 }
 
@@ -60,7 +60,7 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
     return absl::InvalidArgumentError(
         "clip config: hidden_size must divide by num_attention_heads");
   }
-  std::optional<ClipActivation> activation =
+  std::optional<FeedForwardActivation> activation =
       ValueOf(kClipActivationNames, hidden_act);
   if (!activation) {
     return absl::InvalidArgumentError(
@@ -71,55 +71,6 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
   return config;
 }
 
-class ClipTextModel::Layer {
- public:
-  Layer(const ParamScope& scope, const ClipTextConfig& config)
-      : heads_(config.num_attention_heads),
-        quick_gelu_(config.hidden_act == ClipActivation::kQuickGelu),
-        layer_norm1_(scope.Sub("layer_norm1"), config.hidden_size,
-                     config.layer_norm_eps),
-        q_proj_(scope.Sub("self_attn").Sub("q_proj"), config.hidden_size,
-                config.hidden_size),
-        k_proj_(scope.Sub("self_attn").Sub("k_proj"), config.hidden_size,
-                config.hidden_size),
-        v_proj_(scope.Sub("self_attn").Sub("v_proj"), config.hidden_size,
-                config.hidden_size),
-        out_proj_(scope.Sub("self_attn").Sub("out_proj"), config.hidden_size,
-                  config.hidden_size),
-        layer_norm2_(scope.Sub("layer_norm2"), config.hidden_size,
-                     config.layer_norm_eps),
-        fc1_(scope.Sub("mlp").Sub("fc1"), config.hidden_size,
-             config.intermediate_size),
-        fc2_(scope.Sub("mlp").Sub("fc2"), config.intermediate_size,
-             config.hidden_size) {}
-
-  at::Tensor Forward(at::Tensor x, const at::Tensor& causal_mask) const {
-    const int64_t head_dim = x.size(2) / heads_;
-    const at::Tensor h = layer_norm1_.Forward(x);
-    // The reference scales q after its projection (bias included).
-    const at::Tensor attended = MergeHeads(
-        Attention(
-            SplitHeads(q_proj_.Forward(h) * (1.0 / std::sqrt(double(head_dim))),
-                       heads_),
-            SplitHeads(k_proj_.Forward(h), heads_),
-            SplitHeads(v_proj_.Forward(h), heads_), 1.0, causal_mask),
-        heads_);
-    x = x + out_proj_.Forward(attended);
-    at::Tensor hidden = fc1_.Forward(layer_norm2_.Forward(x));
-    hidden =
-        quick_gelu_ ? hidden * at::sigmoid(1.702 * hidden) : at::gelu(hidden);
-    return x + fc2_.Forward(hidden);
-  }
-
- private:
-  int64_t heads_;
-  bool quick_gelu_;
-  LayerNorm layer_norm1_;
-  Linear q_proj_, k_proj_, v_proj_, out_proj_;
-  LayerNorm layer_norm2_;
-  Linear fc1_, fc2_;
-};
-
 ClipTextModel::ClipTextModel(const ClipTextConfig& config,
                              const ParamScope& scope)
     : config_(config) {
@@ -129,9 +80,28 @@ ClipTextModel::ClipTextModel(const ClipTextConfig& config,
   position_embedding_ = std::make_unique<Embedding>(
       embeddings.Sub("position_embedding"), config.max_position_embeddings,
       config.hidden_size);
+  TransformerLayerShape shape;
+  shape.dim = config.hidden_size;
+  shape.heads = config.num_attention_heads;
+  shape.feed_forward_dim = config.intermediate_size;
+  shape.layer_norm_eps = config.layer_norm_eps;
+  shape.qkv_bias = true;
+  shape.activation = config.hidden_act;
+  shape.query_scaling = QueryScaling::kProjectedQuery;
   const ParamScope layers = scope.Sub("encoder").Sub("layers");
   for (int i = 0; i < config.num_hidden_layers; ++i) {
-    layers_.push_back(std::make_unique<Layer>(layers.Sub(i), config));
+    const ParamScope layer = layers.Sub(i);
+    const ParamScope attention = layer.Sub("self_attn");
+    const TransformerLayerScopes scopes{
+        /*attention_norm=*/layer.Sub("layer_norm1"),
+        /*q=*/attention.Sub("q_proj"),
+        /*k=*/attention.Sub("k_proj"),
+        /*v=*/attention.Sub("v_proj"),
+        /*out=*/attention.Sub("out_proj"),
+        /*feed_forward_norm=*/layer.Sub("layer_norm2"),
+        /*feed_forward_in=*/layer.Sub("mlp").Sub("fc1"),
+        /*feed_forward_out=*/layer.Sub("mlp").Sub("fc2")};
+    layers_.push_back(std::make_unique<TransformerLayer>(scopes, shape));
   }
   final_layer_norm_ = std::make_unique<LayerNorm>(
       scope.Sub("final_layer_norm"), config.hidden_size, config.layer_norm_eps);

@@ -20,16 +20,15 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "server/ldm/parameters.h"
+#include "server/ldm/transformer_layer.h"
 
 namespace ldm {
 
 class Embedding;
 class LayerNorm;
 
-// The MLP's activation ("hidden_act"): OpenAI CLIP's x * sigmoid(1.702 x),
-// or the exact GELU.
-enum class ClipActivation { kQuickGelu, kGelu };
-absl::string_view ClipActivationName(ClipActivation activation);
+// "quick_gelu" or "gelu", as CLIP configs name the activation.
+absl::string_view ClipActivationName(FeedForwardActivation activation);
 
 struct ClipTextConfig {
   int64_t vocab_size = 49408;
@@ -39,7 +38,7 @@ struct ClipTextConfig {
   int64_t num_hidden_layers = 12;
   int64_t max_position_embeddings = 77;
   double layer_norm_eps = 1e-5;
-  ClipActivation hidden_act = ClipActivation::kQuickGelu;
+  FeedForwardActivation hidden_act = FeedForwardActivation::kQuickGelu;
   std::string checkpoint_prefix = "cond_stage_model.transformer.text_model.";
 };
 
@@ -72,13 +71,12 @@ class ClipTextModel {
   const ClipTextConfig& config() const { return config_; }
 
  private:
-  class Layer;
   ClipTextConfig config_;
   // Owns the parameters when built by Load().
   std::unique_ptr<ParameterRegistry> own_registry_;
   std::unique_ptr<Embedding> token_embedding_;
   std::unique_ptr<Embedding> position_embedding_;
-  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<std::unique_ptr<TransformerLayer>> layers_;
   std::unique_ptr<LayerNorm> final_layer_norm_;
 };
 

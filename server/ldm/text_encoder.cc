@@ -1,9 +1,9 @@
 #include "server/ldm/text_encoder.h"
 
 #include <cctype>
-#include <cmath>
 
 #include "server/ldm/layers.h"
+#include "server/ldm/transformer_layer.h"
 
 namespace ldm {
 
@@ -44,42 +44,6 @@ WordTokenizer::Encoding WordTokenizer::Encode(const std::string& text) const {
   return encoding;
 }
 
-class TextTransformer::Layer {
- public:
-  Layer(const ParamScope& attention_scope, const ParamScope& ff_scope,
-        int64_t dim, int64_t heads, int64_t head_dim)
-      : heads_(heads),
-        head_dim_(head_dim),
-        attention_norm_(attention_scope.Sub(0), dim),
-        to_q_(attention_scope.Sub(1).Sub("to_q"), dim, heads * head_dim, false),
-        to_k_(attention_scope.Sub(1).Sub("to_k"), dim, heads * head_dim, false),
-        to_v_(attention_scope.Sub(1).Sub("to_v"), dim, heads * head_dim, false),
-        to_out_(attention_scope.Sub(1).Sub("to_out"), heads * head_dim, dim),
-        ff_norm_(ff_scope.Sub(0), dim),
-        ff_in_(ff_scope.Sub(1).Sub("net").Sub(0).Sub(0), dim, dim * 4),
-        ff_out_(ff_scope.Sub(1).Sub("net").Sub(2), dim * 4, dim) {}
-
-  at::Tensor Forward(at::Tensor x) const {
-    const at::Tensor normed = attention_norm_.Forward(x);
-    const at::Tensor attended =
-        MergeHeads(Attention(SplitHeads(to_q_.Forward(normed), heads_),
-                             SplitHeads(to_k_.Forward(normed), heads_),
-                             SplitHeads(to_v_.Forward(normed), heads_),
-                             1.0 / std::sqrt(static_cast<double>(head_dim_))),
-                   heads_);
-    x = x + to_out_.Forward(attended);
-    return x + ff_out_.Forward(at::gelu(ff_in_.Forward(ff_norm_.Forward(x))));
-  }
-
- private:
-  int64_t heads_;
-  int64_t head_dim_;
-  LayerNorm attention_norm_;
-  Linear to_q_, to_k_, to_v_, to_out_;
-  LayerNorm ff_norm_;
-  Linear ff_in_, ff_out_;
-};
-
 TextTransformer::TextTransformer(const TextEncoderConfig& config,
                                  const ParamScope& scope)
     : config_(config) {
@@ -89,10 +53,31 @@ TextTransformer::TextTransformer(const TextEncoderConfig& config,
   pos_emb_ = std::make_unique<Embedding>(transformer.Sub("pos_emb").Sub("emb"),
                                          config.max_length, config.dim);
   const ParamScope layers = transformer.Sub("attn_layers").Sub("layers");
+  TransformerLayerShape shape;
+  shape.dim = config.dim;
+  shape.heads = config.heads;
+  shape.head_dim = config.HeadDim();
+  shape.feed_forward_dim = config.dim * 4;
+  shape.qkv_bias = false;
+  shape.activation = FeedForwardActivation::kGelu;
+  shape.query_scaling = QueryScaling::kScores;
   for (int i = 0; i < config.depth; ++i) {
-    layers_.push_back(std::make_unique<Layer>(layers.Sub(2 * i),
-                                              layers.Sub(2 * i + 1), config.dim,
-                                              config.heads, config.HeadDim()));
+    // x-transformers: layers.{2i} = (norm, attention), layers.{2i+1} =
+    // (norm, feed-forward net: Sequential(GELU-wrapped Linear, Dropout,
+    // Linear)).
+    const ParamScope attention = layers.Sub(2 * i);
+    const ParamScope feed_forward = layers.Sub(2 * i + 1);
+    const ParamScope net = feed_forward.Sub(1).Sub("net");
+    const TransformerLayerScopes scopes{
+        /*attention_norm=*/attention.Sub(0),
+        /*q=*/attention.Sub(1).Sub("to_q"),
+        /*k=*/attention.Sub(1).Sub("to_k"),
+        /*v=*/attention.Sub(1).Sub("to_v"),
+        /*out=*/attention.Sub(1).Sub("to_out"),
+        /*feed_forward_norm=*/feed_forward.Sub(0),
+        /*feed_forward_in=*/net.Sub(0).Sub(0),
+        /*feed_forward_out=*/net.Sub(2)};
+    layers_.push_back(std::make_unique<TransformerLayer>(scopes, shape));
   }
   norm_ = std::make_unique<LayerNorm>(transformer.Sub("norm"), config.dim);
 }

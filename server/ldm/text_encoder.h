@@ -24,6 +24,7 @@ namespace ldm {
 
 class Embedding;
 class LayerNorm;
+class TransformerLayer;
 
 // Lower-cases, splits on anything that is not a letter or digit, maps words to
 // ids (0 = padding, 1 = unknown word), pads or truncates to `max_length`.
@@ -55,11 +56,10 @@ class TextTransformer {
   at::Tensor Forward(const at::Tensor& ids) const;
 
  private:
-  class Layer;
   TextEncoderConfig config_;
   std::unique_ptr<Embedding> token_emb_;
   std::unique_ptr<Embedding> pos_emb_;
-  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<std::unique_ptr<TransformerLayer>> layers_;
   std::unique_ptr<LayerNorm> norm_;
 };
 
