@@ -48,6 +48,10 @@
 #include "ldm/v1/image_synthesis.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "server address");
+ABSL_FLAG(std::string, load_balancing, "",
+          "gRPC load-balancing policy, e.g. round_robin to spread requests "
+          "over every address a dns:/// name resolves to (a Kubernetes "
+          "headless Service); empty = gRPC's default, pick_first");
 ABSL_FLAG(std::string, model, "", "model name; empty = server default");
 ABSL_FLAG(std::string, prompt, "", "what to draw");
 ABSL_FLAG(std::string, negative, "", "negative prompt");
@@ -540,6 +544,9 @@ int main(int argc, char** argv) {
   const std::string command = positional[1];
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(64 << 20);
+  if (!absl::GetFlag(FLAGS_load_balancing).empty()) {
+    arguments.SetLoadBalancingPolicyName(absl::GetFlag(FLAGS_load_balancing));
+  }
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
       absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials(), arguments);
   auto stub = ldm::v1::ImageSynthesisService::NewStub(channel);

@@ -45,6 +45,8 @@ BUILD_PACKAGES=(
   python3
   python3-grpcio
   python3-protobuf
+  python3-yaml
+  yamllint
 )
 
 mode=build
@@ -62,6 +64,12 @@ for package in "${packages[@]}"; do
     missing+=("$package")
   fi
 done
+# kubectl renders the Kubernetes manifests in a test (its built-in
+# kustomize). Any kubectl will do: one already installed (another package may
+# own /usr/bin/kubectl) is kept, since Debian's would collide with it.
+if [[ $mode == build ]] && ! command -v kubectl >/dev/null 2>&1; then
+  missing+=(kubernetes-client)
+fi
 # npm runs buf (the proto linter) offline; any Node.js >= 18 will do.
 if [[ $mode == build ]] && ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
