@@ -76,15 +76,18 @@ class WaitingSink : public ldmserve::JobSink {
 // Sums the UNet calls of one mode's run.
 class CallCounter : public ldmserve::SchedulerObserver {
  public:
-  void OnQueueWait(absl::Duration /*wait*/) override {}
-  void OnDenoiseCall(int /*jobs*/, int images,
+  void OnQueueWait(const std::string& /*model*/,
+                   absl::Duration /*wait*/) override {}
+  void OnDenoiseCall(const ldmserve::WorkerId& /*worker*/,
+                     const std::string& /*model*/, int /*jobs*/, int images,
                      absl::Duration duration) override {
     absl::MutexLock lock(&mu_);
     ++calls_;
     images_ += images;
     call_time_ += duration;
   }
-  void OnStage(const char* /*stage*/, absl::Duration /*duration*/) override {}
+  void OnStage(const ldmserve::WorkerId& /*worker*/, const char* /*stage*/,
+               absl::Duration /*duration*/) override {}
   void Reset() {
     absl::MutexLock lock(&mu_);
     calls_ = 0;

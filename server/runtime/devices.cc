@@ -2,6 +2,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/version.h>
 
 #include <algorithm>
 
@@ -13,6 +14,8 @@
 #include "server/ldm/torch_boundary.h"
 
 namespace ldmserve {
+
+std::string LibTorchVersion() { return TORCH_VERSION; }
 
 int CudaDeviceCount() {
   return at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;

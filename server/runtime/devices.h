@@ -29,6 +29,9 @@ absl::StatusOr<std::vector<std::string>> ParseDevices(absl::string_view list,
 std::vector<std::string> WorkerDevices(const std::vector<std::string>& devices,
                                        int cpu_workers);
 
+// The LibTorch this binary was built against, e.g. "1.13.0".
+std::string LibTorchVersion();
+
 struct DeviceMemoryReading {
   int64_t allocated_bytes = 0;  // In live tensors.
   int64_t reserved_bytes = 0;   // Held by LibTorch's caching allocator.

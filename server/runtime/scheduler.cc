@@ -41,7 +41,8 @@ const ldm::LatentDiffusion* CopyOn(const Job& job, const at::Device& device) {
 // One worker's two threads and what they hand each other. Lock order: `mu`
 // and Scheduler::mu_ are never held together.
 struct Scheduler::Worker {
-  explicit Worker(const std::string& on) : device(on) {}
+  Worker(int index, const std::string& on) : id{index, on}, device(on) {}
+  const WorkerId id;
   const at::Device device;
   absl::Mutex mu;
   // Admitted by the denoise thread, for the stage thread to encode.
@@ -60,8 +61,9 @@ Scheduler::Scheduler(SchedulerOptions options, SchedulerTestHooks test_hooks)
     : options_(std::move(options)), test_hooks_(std::move(test_hooks)) {
   std::vector<std::string> devices = options_.worker_devices;
   if (devices.empty()) devices.assign(options_.workers, "cpu");
-  for (const std::string& device : devices) {
-    workers_.push_back(std::make_unique<Worker>(device));
+  for (size_t i = 0; i < devices.size(); ++i) {
+    workers_.push_back(
+        std::make_unique<Worker>(static_cast<int>(i), devices[i]));
     Worker& worker = *workers_.back();
     worker.denoise = std::thread([this, &worker] { DenoiseLoop(worker); });
     worker.stages = std::thread([this, &worker] { StageLoop(worker); });
@@ -133,6 +135,16 @@ void Scheduler::Shutdown(absl::Duration drain_timeout) {
     job->sink().OnError(
         absl::UnavailableError("server shut down before the job started"));
   }
+}
+
+std::vector<WorkerId> Scheduler::workers() const {
+  // workers_ changes only in the constructor and in Shutdown, after which
+  // there are none to report.
+  std::vector<WorkerId> ids;
+  for (const std::unique_ptr<Worker>& worker : workers_) {
+    ids.push_back(worker->id);
+  }
+  return ids;
 }
 
 int Scheduler::queue_depth() const {
@@ -265,7 +277,8 @@ std::vector<absl::Status> Scheduler::StartJobs(
     running.timings.queue = running.started_at - job->admitted_at();
     job->sink().OnStarted(running.timings.queue);
     if (options_.observer != nullptr) {
-      options_.observer->OnQueueWait(running.timings.queue);
+      options_.observer->OnQueueWait(job->spec().model_name,
+                                     running.timings.queue);
     }
   }
   std::vector<absl::Status> outcomes(jobs.size());
@@ -283,7 +296,7 @@ std::vector<absl::Status> Scheduler::StartJobs(
       model.PrepareJobs(requests);
   const absl::Time end = absl::Now();
   if (options_.observer != nullptr) {
-    options_.observer->OnStage("encode", end - start);
+    options_.observer->OnStage(worker.id, "encode", end - start);
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
     if (!prepared[i].ok()) {
@@ -379,7 +392,7 @@ void Scheduler::DenoiseLoop(Worker& worker) {
     }
     running.erase(stopped, running.end());
     if (running.empty()) continue;
-    std::vector<std::shared_ptr<Job>> finished = StepBatch(running);
+    std::vector<std::shared_ptr<Job>> finished = StepBatch(worker, running);
     if (!finished.empty()) {
       absl::MutexLock lock(&worker.mu);
       worker.to_decode.insert(worker.to_decode.end(), finished.begin(),
@@ -414,7 +427,7 @@ void Scheduler::StageLoop(Worker& worker) {
                                 [model](const std::shared_ptr<Job>& job) {
                                   return job->running().model == model;
                                 });
-      DecodeAndFinish({to_decode.begin(), others});
+      DecodeAndFinish(worker, {to_decode.begin(), others});
       to_decode.erase(to_decode.begin(), others);
     }
     if (to_encode.empty()) continue;
@@ -468,7 +481,7 @@ std::vector<absl::Status> Scheduler::StepWithRetry(
 }
 
 std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
-    std::vector<std::shared_ptr<Job>>& running) {
+    const Worker& worker, std::vector<std::shared_ptr<Job>>& running) {
   std::vector<ldm::ImageTask*> tasks;
   for (const auto& job : running) {
     for (ldm::ImageTask& image : job->running().prepared->images) {
@@ -480,9 +493,10 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
   const std::vector<absl::Status> outcomes = StepWithRetry(model, tasks);
   const absl::Time step_end = absl::Now();
   if (options_.observer != nullptr) {
-    options_.observer->OnDenoiseCall(static_cast<int>(running.size()),
-                                     static_cast<int>(tasks.size()),
-                                     step_end - step_start);
+    options_.observer->OnDenoiseCall(
+        worker.id, running.front()->spec().model_name,
+        static_cast<int>(running.size()), static_cast<int>(tasks.size()),
+        step_end - step_start);
   }
   // A failed call fails only the jobs in it; the worker keeps serving.
   size_t task_index = 0;
@@ -529,7 +543,7 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
 }
 
 void Scheduler::DecodeAndFinish(
-    const std::vector<std::shared_ptr<Job>>& finished) {
+    const Worker& worker, const std::vector<std::shared_ptr<Job>>& finished) {
   const ldm::LatentDiffusion& model = *finished.front()->running().model;
   std::vector<const ldm::PreparedJob*> prepared;
   for (const auto& job : finished) {
@@ -541,7 +555,7 @@ void Scheduler::DecodeAndFinish(
       model.FinishJobs(prepared);
   const absl::Time decode_end = absl::Now();
   if (options_.observer != nullptr) {
-    options_.observer->OnStage("decode", decode_end - decode_start);
+    options_.observer->OnStage(worker.id, "decode", decode_end - decode_start);
   }
   for (size_t i = 0; i < finished.size(); ++i) {
     const std::shared_ptr<Job>& job = finished[i];

@@ -44,17 +44,28 @@ struct ImageTask;
 
 namespace ldmserve {
 
+// Which worker did a piece of work: per-worker figures (busy time, call
+// times) tell a stuck or slow device from an idle one.
+struct WorkerId {
+  int index = 0;  // Among the scheduler's workers, from 0.
+  std::string
+      device;  // As in SchedulerOptions::worker_devices: "cpu", "cuda:0".
+};
+
 // What the scheduler reports for metrics (the service turns these into
-// Prometheus series). Called from worker threads; must not block.
+// Prometheus series). Called from worker threads; must not block. `model`
+// is the job's registry name (JobSpec::model_name).
 class SchedulerObserver {
  public:
   virtual ~SchedulerObserver() = default;
-  virtual void OnQueueWait(absl::Duration wait) = 0;
+  virtual void OnQueueWait(const std::string& model, absl::Duration wait) = 0;
   // One UNet call: how many jobs and images shared it, and how long it took.
-  virtual void OnDenoiseCall(int jobs, int images, absl::Duration duration) = 0;
+  virtual void OnDenoiseCall(const WorkerId& worker, const std::string& model,
+                             int jobs, int images, absl::Duration duration) = 0;
   // "encode" per batch of starting jobs (their conditioning), "decode" per
   // batch of finished jobs; called from the stage threads.
-  virtual void OnStage(const char* stage, absl::Duration duration) = 0;
+  virtual void OnStage(const WorkerId& worker, const char* stage,
+                       absl::Duration duration) = 0;
 };
 
 // How jobs share UNet calls.
@@ -115,6 +126,8 @@ class Scheduler {
   void Shutdown(absl::Duration drain_timeout);
 
   int queue_depth() const;
+  // The workers, in index order; fixed for the scheduler's life.
+  std::vector<WorkerId> workers() const;
   int running_jobs() const;
 
  private:
@@ -158,14 +171,15 @@ class Scheduler {
   // One step for all of `running`, then progress; returns the jobs whose
   // last step this was (they leave `running`).
   std::vector<std::shared_ptr<Job>> StepBatch(
-      std::vector<std::shared_ptr<Job>>& running);
+      const Worker& worker, std::vector<std::shared_ptr<Job>>& running);
   // One denoising call over `tasks`; out of memory, it retries the halves.
   // Returns the outcome for each task.
   std::vector<absl::Status> StepWithRetry(
       const ldm::LatentDiffusion& model,
       const std::vector<ldm::ImageTask*>& tasks);
   // Decodes `finished` (one model's jobs) in one call and ends each job.
-  void DecodeAndFinish(const std::vector<std::shared_ptr<Job>>& finished);
+  void DecodeAndFinish(const Worker& worker,
+                       const std::vector<std::shared_ptr<Job>>& finished);
 
   const SchedulerOptions options_;
   const SchedulerTestHooks test_hooks_;

@@ -299,7 +299,9 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     stream->Reject(task.status());
     return reactor;
   }
-  stream->SetLabels(request->model(), std::string(ldm::TaskName(*task)));
+  // No model label until the registry has resolved one: a label holds only
+  // names we serve, so that clients cannot create series.
+  stream->SetLabels("", std::string(ldm::TaskName(*task)));
   absl::StatusOr<const ModelRegistry::Model*> model =
       models_->Find(request->model(), *task);
   if (!model.ok()) {

@@ -1,5 +1,7 @@
 #include "server/service/metrics.h"
 
+#include <string>
+
 #include "absl/status/status.h"
 
 namespace ldmserve {
@@ -42,21 +44,23 @@ ServiceMetrics::ServiceMetrics()
                         .Help("Jobs in a running batch.")
                         .Register(*registry_)
                         .Add({})),
+      build_info_(prometheus::BuildGauge()
+                      .Name("ldmserve_build_info")
+                      .Help("Constant 1; the labels say what runs: ldmserve "
+                            "version, LibTorch version, serving devices.")
+                      .Register(*registry_)),
       request_seconds_(prometheus::BuildHistogram()
                            .Name("ldmserve_request_duration_seconds")
                            .Help("Generate calls from arrival to final status.")
-                           .Register(*registry_)
-                           .Add({}, SecondsBuckets())),
+                           .Register(*registry_)),
       queue_wait_seconds_(prometheus::BuildHistogram()
                               .Name("ldmserve_queue_wait_seconds")
                               .Help("Time jobs spent queued.")
-                              .Register(*registry_)
-                              .Add({}, SecondsBuckets())),
+                              .Register(*registry_)),
       step_seconds_(prometheus::BuildHistogram()
                         .Name("ldmserve_denoise_call_seconds")
                         .Help("One batched denoising (UNet) call.")
-                        .Register(*registry_)
-                        .Add({}, SecondsBuckets())),
+                        .Register(*registry_)),
       stage_seconds_(prometheus::BuildHistogram()
                          .Name("ldmserve_stage_seconds")
                          .Help("Encode (per job) and decode (per batch) "
@@ -76,8 +80,7 @@ ServiceMetrics::ServiceMetrics()
                         .Name("ldmserve_worker_busy_seconds_total")
                         .Help("Seconds workers spent in denoising calls "
                               "(rate() of it is the busy ratio).")
-                        .Register(*registry_)
-                        .Add({})),
+                        .Register(*registry_)),
       model_ready_(prometheus::BuildGauge()
                        .Name("ldmserve_model_ready")
                        .Help("1 when the model is loaded and serving.")
@@ -103,23 +106,52 @@ void ServiceMetrics::RequestEnded(const std::string& model,
             {"task", task},
             {"code", absl::StatusCodeToString(code)}})
       .Increment();
-  request_seconds_.Observe(absl::ToDoubleSeconds(duration));
+  request_seconds_.Add({{"model", model}}, SecondsBuckets())
+      .Observe(absl::ToDoubleSeconds(duration));
 }
 
-void ServiceMetrics::OnQueueWait(absl::Duration wait) {
-  queue_wait_seconds_.Observe(absl::ToDoubleSeconds(wait));
+void ServiceMetrics::SetBuildInfo(const std::string& version,
+                                  const std::string& libtorch,
+                                  const std::string& devices) {
+  build_info_
+      .Add({{"version", version}, {"libtorch", libtorch}, {"devices", devices}})
+      .Set(1);
 }
 
-void ServiceMetrics::OnDenoiseCall(int jobs, int images,
-                                   absl::Duration duration) {
-  step_seconds_.Observe(absl::ToDoubleSeconds(duration));
+void ServiceMetrics::AddWorkers(const std::vector<WorkerId>& workers) {
+  for (const WorkerId& worker : workers) {
+    busy_seconds_.Add(
+        {{"worker", std::to_string(worker.index)}, {"device", worker.device}});
+  }
+}
+
+void ServiceMetrics::OnQueueWait(const std::string& model,
+                                 absl::Duration wait) {
+  queue_wait_seconds_.Add({{"model", model}}, SecondsBuckets())
+      .Observe(absl::ToDoubleSeconds(wait));
+}
+
+void ServiceMetrics::OnDenoiseCall(const WorkerId& worker,
+                                   const std::string& model, int jobs,
+                                   int images, absl::Duration duration) {
+  const std::string index = std::to_string(worker.index);
+  step_seconds_
+      .Add({{"worker", index}, {"device", worker.device}, {"model", model}},
+           SecondsBuckets())
+      .Observe(absl::ToDoubleSeconds(duration));
   batch_jobs_.Observe(jobs);
   batch_images_.Observe(images);
-  busy_seconds_.Increment(absl::ToDoubleSeconds(duration));
+  busy_seconds_.Add({{"worker", index}, {"device", worker.device}})
+      .Increment(absl::ToDoubleSeconds(duration));
 }
 
-void ServiceMetrics::OnStage(const char* stage, absl::Duration duration) {
-  stage_seconds_.Add({{"stage", stage}}, SecondsBuckets())
+void ServiceMetrics::OnStage(const WorkerId& worker, const char* stage,
+                             absl::Duration duration) {
+  stage_seconds_
+      .Add({{"stage", stage},
+            {"worker", std::to_string(worker.index)},
+            {"device", worker.device}},
+           SecondsBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
 }
 

@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -25,10 +26,18 @@ class ServiceMetrics : public SchedulerObserver {
  public:
   ServiceMetrics();
 
+  // ldmserve_build_info: constant 1, what runs in its labels.
+  void SetBuildInfo(const std::string& version, const std::string& libtorch,
+                    const std::string& devices);
+  // Creates each worker's series at 0, so that an idle worker shows as idle
+  // rather than absent.
+  void AddWorkers(const std::vector<WorkerId>& workers);
+
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   // A Generate call ended with `code` after `duration` (admitted or not).
-  // `model` and `task` are empty when the request named none we know.
+  // `model` and `task` are empty when the request named none we serve (a
+  // label holds only registry names: clients cannot add series).
   void RequestEnded(const std::string& model, const std::string& task,
                     absl::StatusCode code, absl::Duration duration);
   void ImagesGenerated(int count);
@@ -41,9 +50,11 @@ class ServiceMetrics : public SchedulerObserver {
                        double reserved_bytes);
 
   // SchedulerObserver.
-  void OnQueueWait(absl::Duration wait) override;
-  void OnDenoiseCall(int jobs, int images, absl::Duration duration) override;
-  void OnStage(const char* stage, absl::Duration duration) override;
+  void OnQueueWait(const std::string& model, absl::Duration wait) override;
+  void OnDenoiseCall(const WorkerId& worker, const std::string& model, int jobs,
+                     int images, absl::Duration duration) override;
+  void OnStage(const WorkerId& worker, const char* stage,
+               absl::Duration duration) override;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -51,13 +62,14 @@ class ServiceMetrics : public SchedulerObserver {
   prometheus::Counter& images_;
   prometheus::Gauge& queue_depth_;
   prometheus::Gauge& running_jobs_;
-  prometheus::Histogram& request_seconds_;
-  prometheus::Histogram& queue_wait_seconds_;
-  prometheus::Histogram& step_seconds_;
+  prometheus::Family<prometheus::Gauge>& build_info_;
+  prometheus::Family<prometheus::Histogram>& request_seconds_;
+  prometheus::Family<prometheus::Histogram>& queue_wait_seconds_;
+  prometheus::Family<prometheus::Histogram>& step_seconds_;
   prometheus::Family<prometheus::Histogram>& stage_seconds_;
   prometheus::Histogram& batch_jobs_;
   prometheus::Histogram& batch_images_;
-  prometheus::Counter& busy_seconds_;
+  prometheus::Family<prometheus::Counter>& busy_seconds_;
   prometheus::Family<prometheus::Gauge>& model_ready_;
   prometheus::Gauge& resident_memory_;
   prometheus::Family<prometheus::Gauge>& device_memory_;

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/runtime/devices.h"
 
 namespace ldmserve {
@@ -29,6 +30,9 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
     scheduler_options.observer = server->metrics_.get();
   }
   server->scheduler_ = std::make_unique<Scheduler>(scheduler_options);
+  server->metrics_->SetBuildInfo(LDMSERVE_VERSION, LibTorchVersion(),
+                                 absl::StrJoin(options.devices, ","));
+  server->metrics_->AddWorkers(server->scheduler_->workers());
   server->service_ = std::make_unique<ImageSynthesisService>(
       server->models_.get(), server->scheduler_.get(), server->metrics_.get(),
       options.limits);

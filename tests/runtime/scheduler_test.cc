@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "server/ldm/image_tensor.h"
 #include "server/ldm/latent_diffusion.h"
@@ -104,6 +106,7 @@ class SchedulerTest : public ::testing::Test {
   std::shared_ptr<Job> MakeJob(std::shared_ptr<RecordingSink> sink, int steps,
                                uint64_t seed = 1, int priority = 0) {
     JobSpec spec;
+    spec.model_name = "test-model";
     spec.priority = priority;
     spec.request.prompt = "a red circle";
     spec.request.sampler.steps = steps;
@@ -410,24 +413,76 @@ TEST_F(SchedulerTest, ADecodeDoesNotStallTheOthersDenoising) {
   EXPECT_TRUE(first_decode.HasBeenNotified());
 }
 
-// Counts the stage calls the scheduler reports.
+// Counts the stage calls the scheduler reports, and which workers and
+// models it names.
 class StageCounter : public SchedulerObserver {
  public:
-  void OnQueueWait(absl::Duration) override {}
-  void OnDenoiseCall(int, int, absl::Duration) override {}
-  void OnStage(const char* stage, absl::Duration) override {
+  void OnQueueWait(const std::string& model, absl::Duration) override {
+    absl::MutexLock lock(&mu_);
+    ++calls_["queue wait " + model];
+  }
+  void OnDenoiseCall(const WorkerId& worker, const std::string& model, int, int,
+                     absl::Duration) override {
+    absl::MutexLock lock(&mu_);
+    ++calls_[absl::StrCat("denoise ", worker.index, " ", worker.device, " ",
+                          model)];
+  }
+  void OnStage(const WorkerId& worker, const char* stage,
+               absl::Duration) override {
     absl::MutexLock lock(&mu_);
     ++calls_[stage];
+    ++calls_[absl::StrCat(stage, " ", worker.index, " ", worker.device)];
   }
-  int calls(const std::string& stage) {
+  int calls(const std::string& what) {
     absl::MutexLock lock(&mu_);
-    return calls_[stage];
+    return calls_[what];
+  }
+  // The names of everything counted.
+  std::vector<std::string> counted() {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, count] : calls_) names.push_back(name);
+    return names;
   }
 
  private:
   absl::Mutex mu_;
   std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
 };
+
+TEST_F(SchedulerTest, ReportsWhichWorkerAndModelDidTheWork) {
+  StageCounter observer;
+  SchedulerOptions options;
+  options.worker_devices = {"cpu", "cpu"};
+  options.max_batch_images = 1;
+  options.observer = &observer;
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  {
+    Scheduler scheduler(options);
+    for (int i = 0; i < 4; ++i) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      std::shared_ptr<Job> job = MakeJob(sinks.back(), 2, 40 + i);
+      ASSERT_TRUE(scheduler.Submit(job).ok());
+    }
+    for (auto& sink : sinks) sink->done().WaitForNotification();
+  }
+  // Four jobs of two steps, one image per call: eight calls, each labelled
+  // with a worker index the scheduler has and the job's model.
+  int denoise_calls = 0;
+  for (const std::string& name : observer.counted()) {
+    if (absl::StartsWith(name, "denoise ")) {
+      EXPECT_THAT(name, ::testing::AnyOf("denoise 0 cpu test-model",
+                                         "denoise 1 cpu test-model"));
+      denoise_calls += observer.calls(name);
+    }
+  }
+  EXPECT_EQ(denoise_calls, 8);
+  EXPECT_EQ(observer.calls("queue wait test-model"), 4);
+  EXPECT_EQ(observer.calls("decode 0 cpu") + observer.calls("decode 1 cpu"),
+            observer.calls("decode"));
+  EXPECT_EQ(observer.calls("encode 0 cpu") + observer.calls("encode 1 cpu"),
+            observer.calls("encode"));
+}
 
 TEST_F(SchedulerTest, JobsAdmittedTogetherAreEncodedInOneCall) {
   CallRecorder recorder;

@@ -382,8 +382,18 @@ TEST_F(IntegrationTest, CancelMidwayStopsTheJobAndTheServerKeepsServing) {
   EXPECT_THAT(metrics, HasSubstr(std::string("ldmserve_model_ready{model=\"") +
                                  kModelName + "\"} 1"));
   EXPECT_THAT(metrics, HasSubstr("ldmserve_batch_images_count"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_stage_seconds_count{device=\"cpu\","
+                                 "stage=\"decode\",worker=\"0\"} 1"));
   EXPECT_THAT(metrics,
-              HasSubstr("ldmserve_stage_seconds_count{stage=\"decode\"} 1"));
+              HasSubstr(std::string("ldmserve_denoise_call_seconds_count{"
+                                    "device=\"cpu\",model=\"") +
+                        kModelName + "\",worker=\"0\"}"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_worker_busy_seconds_total{"
+                                 "device=\"cpu\",worker=\"0\"}"));
+  EXPECT_THAT(metrics, HasSubstr(std::string("ldmserve_request_duration_"
+                                             "seconds_count{model=\"") +
+                                 kModelName + "\"} 2"));
+  EXPECT_THAT(metrics, HasSubstr("ldmserve_build_info{devices=\"cpu\","));
   EXPECT_THAT(metrics, HasSubstr("ldmserve_process_resident_memory_bytes "));
   // A CPU-only server has no GPU memory to report.
   EXPECT_THAT(metrics, Not(HasSubstr("ldmserve_device_memory_bytes{")));

@@ -30,5 +30,44 @@ TEST(ServiceMetricsTest, DeviceMemoryIsOneSeriesPerDeviceAndKind) {
                               "kind=\"reserved\"} 4096"));
 }
 
+TEST(ServiceMetricsTest, PerWorkerSeriesExistBeforeTheFirstCall) {
+  ServiceMetrics metrics;
+  metrics.AddWorkers({{0, "cuda:0"}, {1, "cuda:1"}});
+  metrics.OnDenoiseCall({1, "cuda:1"}, "sd", 2, 4, absl::Milliseconds(250));
+  const std::string text = Exposition(metrics);
+  // The idle worker reads 0, not absent: its busy ratio is 0.
+  EXPECT_THAT(text, HasSubstr("ldmserve_worker_busy_seconds_total{"
+                              "device=\"cuda:0\",worker=\"0\"} 0"));
+  EXPECT_THAT(text, HasSubstr("ldmserve_worker_busy_seconds_total{"
+                              "device=\"cuda:1\",worker=\"1\"} 0.25"));
+  EXPECT_THAT(text, HasSubstr("ldmserve_denoise_call_seconds_count{"
+                              "device=\"cuda:1\",model=\"sd\","
+                              "worker=\"1\"} 1"));
+  EXPECT_THAT(text, Not(HasSubstr("ldmserve_denoise_call_seconds_count{"
+                                  "device=\"cuda:0\"")));
+}
+
+TEST(ServiceMetricsTest, BuildInfoIsOneSeriesOfValueOne) {
+  ServiceMetrics metrics;
+  metrics.SetBuildInfo("0.1.0", "2.5.1", "cuda:0,cuda:1");
+  EXPECT_THAT(Exposition(metrics),
+              HasSubstr("ldmserve_build_info{devices=\"cuda:0,cuda:1\","
+                        "libtorch=\"2.5.1\",version=\"0.1.0\"} 1"));
+}
+
+TEST(ServiceMetricsTest, LatencyHistogramsCarryTheModel) {
+  ServiceMetrics metrics;
+  metrics.RequestEnded("sd", "text_to_image", absl::StatusCode::kOk,
+                       absl::Seconds(3));
+  metrics.OnQueueWait("sd", absl::Milliseconds(30));
+  const std::string text = Exposition(metrics);
+  EXPECT_THAT(text, HasSubstr("ldmserve_request_duration_seconds_count{"
+                              "model=\"sd\"} 1"));
+  EXPECT_THAT(text, HasSubstr("ldmserve_request_duration_seconds_bucket{"
+                              "model=\"sd\",le=\"2.5\"} 0"));
+  EXPECT_THAT(text, HasSubstr("ldmserve_queue_wait_seconds_count{"
+                              "model=\"sd\"} 1"));
+}
+
 }  // namespace
 }  // namespace ldmserve
