@@ -48,8 +48,8 @@ namespace ldmserve {
 // times) tell a stuck or slow device from an idle one.
 struct WorkerId {
   int index = 0;  // Among the scheduler's workers, from 0.
-  std::string
-      device;  // As in SchedulerOptions::worker_devices: "cpu", "cuda:0".
+  // As in SchedulerOptions::worker_devices: "cpu", "cuda:0".
+  std::string device;
 };
 
 // What the scheduler reports for metrics (the service turns these into

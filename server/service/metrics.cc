@@ -1,5 +1,7 @@
 #include "server/service/metrics.h"
 
+#include <prometheus/labels.h>
+
 #include <string>
 
 #include "absl/status/status.h"
@@ -18,6 +20,11 @@ const prometheus::Histogram::BucketBoundaries& CountBuckets() {
   static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
       1, 2, 3, 4, 6, 8, 12, 16, 24, 32};
   return *buckets;
+}
+
+// The labels of a per-worker series.
+prometheus::Labels WorkerLabels(const WorkerId& worker) {
+  return {{"worker", std::to_string(worker.index)}, {"device", worker.device}};
 }
 
 }  // namespace
@@ -120,8 +127,7 @@ void ServiceMetrics::SetBuildInfo(const std::string& version,
 
 void ServiceMetrics::AddWorkers(const std::vector<WorkerId>& workers) {
   for (const WorkerId& worker : workers) {
-    busy_seconds_.Add(
-        {{"worker", std::to_string(worker.index)}, {"device", worker.device}});
+    busy_seconds_.Add(WorkerLabels(worker));
   }
 }
 
@@ -134,24 +140,20 @@ void ServiceMetrics::OnQueueWait(const std::string& model,
 void ServiceMetrics::OnDenoiseCall(const WorkerId& worker,
                                    const std::string& model, int jobs,
                                    int images, absl::Duration duration) {
-  const std::string index = std::to_string(worker.index);
-  step_seconds_
-      .Add({{"worker", index}, {"device", worker.device}, {"model", model}},
-           SecondsBuckets())
+  prometheus::Labels labels = WorkerLabels(worker);
+  busy_seconds_.Add(labels).Increment(absl::ToDoubleSeconds(duration));
+  labels.emplace("model", model);
+  step_seconds_.Add(labels, SecondsBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
   batch_jobs_.Observe(jobs);
   batch_images_.Observe(images);
-  busy_seconds_.Add({{"worker", index}, {"device", worker.device}})
-      .Increment(absl::ToDoubleSeconds(duration));
 }
 
 void ServiceMetrics::OnStage(const WorkerId& worker, const char* stage,
                              absl::Duration duration) {
-  stage_seconds_
-      .Add({{"stage", stage},
-            {"worker", std::to_string(worker.index)},
-            {"device", worker.device}},
-           SecondsBuckets())
+  prometheus::Labels labels = WorkerLabels(worker);
+  labels.emplace("stage", stage);
+  stage_seconds_.Add(labels, SecondsBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
 }
 
