@@ -86,6 +86,24 @@ fi
 
 if [[ $mode == build ]]; then
   root=$(cd "$(dirname "$0")/.." && pwd)
+  # promtool checks the Prometheus rules and a live scrape in a test. Only
+  # the binary is taken from Debian's prometheus package (a static Go
+  # program): installing the package would start a Prometheus server.
+  if ! command -v promtool >/dev/null 2>&1 &&
+      [[ ! -x "$root/tools/prometheus/promtool" ]]; then
+    echo "install-deps: unpacking promtool from Debian's prometheus" >&2
+    download=$(mktemp -d)
+    chmod 777 "$download" # apt's download sandbox user writes here
+    if (cd "$download" && { apt-get download -qq prometheus 2>/dev/null ||
+        { $SUDO apt-get update -qq && apt-get download -qq prometheus; }; } &&
+        dpkg-deb -x prometheus_*.deb tree); then
+      mkdir -p "$root/tools/prometheus"
+      install -m 755 "$download/tree/usr/bin/promtool" "$root/tools/prometheus/promtool"
+    else
+      echo "install-deps: WARNING: no promtool; deploy.monitoring will be skipped" >&2
+    fi
+    rm -rf "$download"
+  fi
   if [[ ! -x "$root/tools/buf/node_modules/.bin/buf" ]]; then
     echo "install-deps: installing buf (npm)" >&2
     # Without the npm registry the proto lint test reports itself skipped;

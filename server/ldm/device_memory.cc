@@ -7,6 +7,9 @@
 
 #if defined(LDMSERVE_WITH_CUDA)
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace ldm {
@@ -57,8 +60,14 @@ absl::StatusOr<DeviceMemory> CudaMemory(const c10::Device& device) {
     const auto stats =
         c10::cuda::CUDACachingAllocator::getDeviceStats(IndexOf(device));
     // Index 0 of every StatArray is the aggregate over the pools.
+    // cudaMemGetInfo reads the current device; the guard sets it back.
+    const c10::cuda::CUDAGuard guard(IndexOf(device));
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const auto total = static_cast<int64_t>(total_bytes);
     return {stats.allocated_bytes[0].current, stats.reserved_bytes[0].current,
-            stats.allocated_bytes[0].peak, stats.reserved_bytes[0].peak};
+            stats.allocated_bytes[0].peak, stats.reserved_bytes[0].peak, total};
   });
 #else
   return absl::UnimplementedError("unreachable");

@@ -26,6 +26,7 @@ struct DeviceMemory {
   int64_t reserved_bytes = 0;   // Taken from the driver (allocated + cache).
   int64_t peak_allocated_bytes = 0;  // Since the start or the last reset.
   int64_t peak_reserved_bytes = 0;
+  int64_t total_bytes = 0;  // The device's memory, as the driver reports it.
 };
 
 // True when this build can read CUDA memory (LibTorch with CUDA found at

@@ -72,7 +72,8 @@ absl::StatusOr<DeviceMemoryReading> ReadDeviceMemory(
   if (!parsed.ok()) return parsed.status();
   absl::StatusOr<ldm::DeviceMemory> memory = ldm::CudaMemory(*parsed);
   if (!memory.ok()) return memory.status();
-  return DeviceMemoryReading{memory->allocated_bytes, memory->reserved_bytes};
+  return DeviceMemoryReading{memory->allocated_bytes, memory->reserved_bytes,
+                             memory->total_bytes};
 }
 
 }  // namespace ldmserve

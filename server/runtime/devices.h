@@ -35,6 +35,7 @@ std::string LibTorchVersion();
 struct DeviceMemoryReading {
   int64_t allocated_bytes = 0;  // In live tensors.
   int64_t reserved_bytes = 0;   // Held by LibTorch's caching allocator.
+  int64_t total_bytes = 0;      // The device's memory.
 };
 
 // A CUDA device's memory ("cuda:N", as ParseDevices gives it); an error for

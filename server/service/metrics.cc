@@ -46,6 +46,12 @@ ServiceMetrics::ServiceMetrics()
                        .Help("Jobs waiting in the queue.")
                        .Register(*registry_)
                        .Add({})),
+      queue_capacity_(prometheus::BuildGauge()
+                          .Name("ldmserve_queue_capacity")
+                          .Help("Jobs the queue holds before refusing "
+                                "(--queue-size).")
+                          .Register(*registry_)
+                          .Add({})),
       running_jobs_(prometheus::BuildGauge()
                         .Name("ldmserve_running_jobs")
                         .Help("Jobs in a running batch.")
@@ -97,11 +103,17 @@ ServiceMetrics::ServiceMetrics()
                            .Help("Resident memory of the server process.")
                            .Register(*registry_)
                            .Add({})),
+      memory_limit_(prometheus::BuildGauge()
+                        .Name("ldmserve_process_memory_limit_bytes")
+                        .Help("Memory limit of the server's container "
+                              "(cgroup); absent when unlimited.")
+                        .Register(*registry_)),
       device_memory_(prometheus::BuildGauge()
                          .Name("ldmserve_device_memory_bytes")
                          .Help("GPU memory held by LibTorch's caching "
                                "allocator: in tensors (allocated) and taken "
-                               "from the driver (reserved).")
+                               "from the driver (reserved); the device's "
+                               "memory (total).")
                          .Register(*registry_)) {}
 
 void ServiceMetrics::RequestEnded(const std::string& model,
@@ -165,18 +177,26 @@ void ServiceMetrics::SetResidentMemory(double bytes) {
   resident_memory_.Set(bytes);
 }
 
+void ServiceMetrics::SetMemoryLimit(double bytes) {
+  memory_limit_.Add({}).Set(bytes);
+}
+
 void ServiceMetrics::SetDeviceMemory(const std::string& device,
                                      double allocated_bytes,
-                                     double reserved_bytes) {
+                                     double reserved_bytes,
+                                     double total_bytes) {
   device_memory_.Add({{"device", device}, {"kind", "allocated"}})
       .Set(allocated_bytes);
   device_memory_.Add({{"device", device}, {"kind", "reserved"}})
       .Set(reserved_bytes);
+  device_memory_.Add({{"device", device}, {"kind", "total"}}).Set(total_bytes);
 }
 
 void ServiceMetrics::ImagesGenerated(int count) { images_.Increment(count); }
 
 void ServiceMetrics::SetQueueDepth(int depth) { queue_depth_.Set(depth); }
+
+void ServiceMetrics::SetQueueCapacity(int jobs) { queue_capacity_.Set(jobs); }
 
 void ServiceMetrics::SetRunningJobs(int jobs) { running_jobs_.Set(jobs); }
 

@@ -42,12 +42,17 @@ class ServiceMetrics : public SchedulerObserver {
                     absl::StatusCode code, absl::Duration duration);
   void ImagesGenerated(int count);
   void SetQueueDepth(int depth);
+  // The most jobs the queue takes before RESOURCE_EXHAUSTED (--queue-size).
+  void SetQueueCapacity(int jobs);
   void SetRunningJobs(int jobs);
   void SetModelReady(const std::string& model, bool ready);
   void SetResidentMemory(double bytes);
-  // A CUDA device's memory as LibTorch's caching allocator holds it.
+  // The container's memory limit; the series exists only once set.
+  void SetMemoryLimit(double bytes);
+  // A CUDA device's memory as LibTorch's caching allocator holds it, and
+  // the device's total.
   void SetDeviceMemory(const std::string& device, double allocated_bytes,
-                       double reserved_bytes);
+                       double reserved_bytes, double total_bytes);
 
   // SchedulerObserver.
   void OnQueueWait(const std::string& model, absl::Duration wait) override;
@@ -61,6 +66,7 @@ class ServiceMetrics : public SchedulerObserver {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Counter& images_;
   prometheus::Gauge& queue_depth_;
+  prometheus::Gauge& queue_capacity_;
   prometheus::Gauge& running_jobs_;
   prometheus::Family<prometheus::Gauge>& build_info_;
   prometheus::Family<prometheus::Histogram>& request_seconds_;
@@ -72,6 +78,7 @@ class ServiceMetrics : public SchedulerObserver {
   prometheus::Family<prometheus::Counter>& busy_seconds_;
   prometheus::Family<prometheus::Gauge>& model_ready_;
   prometheus::Gauge& resident_memory_;
+  prometheus::Family<prometheus::Gauge>& memory_limit_;
   prometheus::Family<prometheus::Gauge>& device_memory_;
 };
 

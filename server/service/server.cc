@@ -3,13 +3,13 @@
 #include <glog/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <unistd.h>
 
-#include <fstream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/runtime/devices.h"
+#include "server/service/process_memory.h"
 
 namespace ldmserve {
 namespace {
@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
   server->metrics_->SetBuildInfo(LDMSERVE_VERSION, LibTorchVersion(),
                                  absl::StrJoin(options.devices, ","));
   server->metrics_->AddWorkers(server->scheduler_->workers());
+  server->metrics_->SetQueueCapacity(scheduler_options.queue_size);
   server->service_ = std::make_unique<ImageSynthesisService>(
       server->models_.get(), server->scheduler_.get(), server->metrics_.get(),
       options.limits);
@@ -71,11 +72,12 @@ void LdmServer::RefreshGauges() {
     metrics_->SetModelReady(model.entry.name,
                             model.state == ModelState::kReady);
   }
-  std::ifstream statm("/proc/self/statm");
-  long pages = 0, resident = 0;
-  if (statm >> pages >> resident) {
-    metrics_->SetResidentMemory(static_cast<double>(resident) *
-                                static_cast<double>(sysconf(_SC_PAGESIZE)));
+  if (const std::optional<int64_t> resident = ResidentMemoryBytes()) {
+    metrics_->SetResidentMemory(static_cast<double>(*resident));
+  }
+  // Read each scrape: Kubernetes can resize a running pod's limit.
+  if (const std::optional<int64_t> limit = CgroupMemoryLimitBytes()) {
+    metrics_->SetMemoryLimit(static_cast<double>(*limit));
   }
   for (const std::string& device : devices_) {
     if (device == "cpu") continue;
@@ -84,7 +86,8 @@ void LdmServer::RefreshGauges() {
     if (!memory.ok()) continue;
     metrics_->SetDeviceMemory(device,
                               static_cast<double>(memory->allocated_bytes),
-                              static_cast<double>(memory->reserved_bytes));
+                              static_cast<double>(memory->reserved_bytes),
+                              static_cast<double>(memory->total_bytes));
   }
 }
 

@@ -20,14 +20,30 @@ TEST(ServiceMetricsTest, DeviceMemoryIsOneSeriesPerDeviceAndKind) {
   ServiceMetrics metrics;
   EXPECT_THAT(Exposition(metrics),
               Not(HasSubstr("ldmserve_device_memory_bytes{")));
-  metrics.SetDeviceMemory("cuda:1", 1024, 4096);
-  metrics.SetDeviceMemory("cuda:1", 2048, 4096);  // The latest reading wins.
+  metrics.SetDeviceMemory("cuda:1", 1024, 4096, 8192);
+  // The latest reading wins.
+  metrics.SetDeviceMemory("cuda:1", 2048, 4096, 8192);
   const std::string text = Exposition(metrics);
   EXPECT_THAT(text, HasSubstr("# TYPE ldmserve_device_memory_bytes gauge"));
   EXPECT_THAT(text, HasSubstr("ldmserve_device_memory_bytes{device=\"cuda:1\","
                               "kind=\"allocated\"} 2048"));
   EXPECT_THAT(text, HasSubstr("ldmserve_device_memory_bytes{device=\"cuda:1\","
                               "kind=\"reserved\"} 4096"));
+  EXPECT_THAT(text, HasSubstr("ldmserve_device_memory_bytes{device=\"cuda:1\","
+                              "kind=\"total\"} 8192"));
+}
+
+TEST(ServiceMetricsTest, QueueCapacityAndMemoryLimitForSaturationAlerts) {
+  ServiceMetrics metrics;
+  // No limit known: no series, rather than a 0 that reads as "full".
+  EXPECT_THAT(Exposition(metrics),
+              Not(HasSubstr("ldmserve_process_memory_limit_bytes ")));
+  metrics.SetQueueCapacity(64);
+  metrics.SetMemoryLimit(8589934592.0);
+  const std::string text = Exposition(metrics);
+  EXPECT_THAT(text, HasSubstr("ldmserve_queue_capacity 64"));
+  EXPECT_THAT(text,
+              HasSubstr("ldmserve_process_memory_limit_bytes 8589934592"));
 }
 
 TEST(ServiceMetricsTest, PerWorkerSeriesExistBeforeTheFirstCall) {
