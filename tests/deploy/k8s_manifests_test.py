@@ -8,6 +8,7 @@ Usage: k8s_manifests_test.py SOURCE_ROOT. Exits 77 (skipped) without kubectl
 or PyYAML. $KUBECTL overrides the kubectl used (e.g. Debian's 1.20).
 """
 
+import json
 import os
 import re
 import shutil
@@ -26,9 +27,9 @@ KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
 K8S = os.path.join(SOURCE_ROOT, "deploy", "k8s")
 
 
-def render(overlay):
+def render(overlay, under="overlays"):
     result = subprocess.run(
-        [KUBECTL, "kustomize", os.path.join(K8S, "overlays", overlay)],
+        [KUBECTL, "kustomize", os.path.join(K8S, under, overlay)],
         check=True, capture_output=True, text=True)
     objects = [o for o in yaml.safe_load_all(result.stdout) if o]
     return {(o["kind"], o["metadata"]["name"]): o for o in objects}
@@ -124,6 +125,12 @@ class OverlayTest:
         for endpoint in monitor["spec"]["endpoints"]:
             self.assertIn(endpoint["port"], port_names)
 
+    def test_prometheus_rule_is_deployed_with_the_pods(self):
+        rule = self.objects[("PrometheusRule", "ldmserve")]
+        alerts = [r["alert"] for group in rule["spec"]["groups"]
+                  for r in group["rules"] if "alert" in r]
+        self.assertIn("LdmserveModelNotReady", alerts)
+
     def test_headless_service_is_headless(self):
         self.assertEqual(
             self.objects[("Service", "ldmserve-headless")]["spec"]["clusterIP"],
@@ -155,6 +162,19 @@ class OverlayTest:
             self.assertIn(name, served, "no adapter rule serves " + name)
             series = re.match(r"([a-z_]+)", served[name]).group(1)
             self.assertIn(series, exported)
+
+
+class GrafanaDashboardTest(unittest.TestCase):
+    def test_renders_the_dashboard_for_the_grafana_sidecar(self):
+        objects = render("grafana", under="")
+        config_map = objects[("ConfigMap", "ldmserve-dashboard")]
+        self.assertEqual(config_map["metadata"]["labels"]["grafana_dashboard"],
+                         "1")
+        with open(os.path.join(K8S, "grafana",
+                               "ldmserve-dashboard.json")) as board:
+            self.assertEqual(
+                json.loads(config_map["data"]["ldmserve-dashboard.json"]),
+                json.load(board))
 
 
 class CpuOverlayTest(OverlayTest, unittest.TestCase):
