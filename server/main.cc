@@ -3,6 +3,9 @@
 //   ldmserve --listen=127.0.0.1:50051 --metrics-listen=127.0.0.1:9464 \
 //            --models=models/registry.json
 //
+// Every flag may also come from the environment as LDMSERVE_<FLAG>
+// (LDMSERVE_LISTEN, LDMSERVE_QUEUE_SIZE, ...); the command line wins.
+//
 // SIGTERM/SIGINT: health turns NOT_SERVING, new calls get UNAVAILABLE,
 // running jobs get --drain-timeout seconds to finish, then the process exits
 // 0.
@@ -10,6 +13,7 @@
 #include <glog/logging.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -18,7 +22,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -94,6 +101,41 @@ std::vector<char*> NormalizeFlagDashes(int argc, char** argv,
   return normalized;
 }
 
+// Sets each of ldmserve's flags named by an LDMSERVE_<FLAG> environment
+// variable (containers are configured by environment). Run before the
+// command line is parsed, so that a flag given there wins. A variable that
+// names no flag is reported and ignored: Kubernetes itself sets
+// LDMSERVE_SERVICE_HOST and the like for a Service named ldmserve.
+absl::Status ApplyEnvironmentFlags(char** environment) {
+  const std::string kPrefix = "LDMSERVE_";
+  // absl reports a flag's file normalised, not as __FILE__: compare with
+  // one flag known to be defined here.
+  const std::string this_file = absl::FindCommandLineFlag("listen")->Filename();
+  for (char** entry = environment; *entry != nullptr; ++entry) {
+    const std::string text = *entry;
+    const size_t equals = text.find('=');
+    if (!absl::StartsWith(text, kPrefix) || equals == std::string::npos) {
+      continue;
+    }
+    const std::string variable = text.substr(0, equals);
+    const std::string name =
+        absl::AsciiStrToLower(variable.substr(kPrefix.size()));
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    // Only the flags defined here: not absl's own (--flagfile, ...).
+    if (flag == nullptr || flag->Filename() != this_file) {
+      std::fprintf(stderr, "ldmserve: ignoring %s: no flag --%s\n",
+                   variable.c_str(),
+                   absl::StrReplaceAll(name, {{"_", "-"}}).c_str());
+      continue;
+    }
+    std::string error;
+    if (!flag->ParseFrom(text.substr(equals + 1), &error)) {
+      return absl::InvalidArgumentError(absl::StrCat(variable, ": ", error));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,6 +143,12 @@ int main(int argc, char** argv) {
       "Serves latent diffusion models over gRPC (ldm.v1.ImageSynthesisService)."
       "\nUsage: ldmserve [--listen=HOST:PORT] [--metrics-listen=HOST:PORT] "
       "[--models=registry.json]");
+  if (absl::Status from_environment = ApplyEnvironmentFlags(environ);
+      !from_environment.ok()) {
+    std::fprintf(stderr, "ldmserve: %s\n",
+                 std::string(from_environment.message()).c_str());
+    return 2;
+  }
   std::vector<std::string> storage;
   std::vector<char*> args = NormalizeFlagDashes(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());

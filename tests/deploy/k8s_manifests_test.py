@@ -48,6 +48,27 @@ def exported_metric_names():
         return set(re.findall(r'"(ldmserve_[a-z_]+)"', source.read()))
 
 
+def ldmserve_flag_names():
+    """The flags ldmserve defines (server/main.cc)."""
+    with open(os.path.join(SOURCE_ROOT, "server", "main.cc")) as source:
+        return set(re.findall(r"ABSL_FLAG\([^,]+, ([a-z0-9_]+),",
+                              source.read()))
+
+
+class FlagTableTest(unittest.TestCase):
+    """docs/deploy.md lists every flag with its variable, and no other."""
+
+    def test_the_table_lists_every_flag_and_its_variable(self):
+        with open(os.path.join(SOURCE_ROOT, "docs", "deploy.md")) as doc:
+            rows = re.findall(r"^\| `--([a-z0-9-]+)` \| `(LDMSERVE_[A-Z0-9_]+)`",
+                              doc.read(), re.MULTILINE)
+        self.assertEqual({flag.replace("-", "_") for flag, _ in rows},
+                         ldmserve_flag_names())
+        for flag, variable in rows:
+            self.assertEqual(variable,
+                             "LDMSERVE_" + flag.replace("-", "_").upper())
+
+
 def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -130,6 +151,19 @@ class OverlayTest:
         alerts = [r["alert"] for group in rule["spec"]["groups"]
                   for r in group["rules"] if "alert" in r]
         self.assertIn("LdmserveModelNotReady", alerts)
+
+    def test_no_service_link_variables_among_the_flag_variables(self):
+        self.assertIs(self.pod["spec"]["enableServiceLinks"], False)
+
+    def test_container_flags_are_ldmserve_flags(self):
+        defined = ldmserve_flag_names()
+        for arg in self.container["args"]:
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            self.assertIn(name, defined, arg)
+        for variable in self.container.get("env", []):
+            name = variable["name"]
+            self.assertTrue(name.startswith("LDMSERVE_"), name)
+            self.assertIn(name[len("LDMSERVE_"):].lower(), defined, name)
 
     def test_headless_service_is_headless(self):
         self.assertEqual(

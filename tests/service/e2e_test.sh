@@ -25,9 +25,21 @@ code=0
 grep -q "^ldmserve: --devices: cuda:99 is not available (" "$work/devices.txt" \
   || fail "--devices=cuda:99: $(cat "$work/devices.txt")"
 
-"$ldmserve" --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
-  --models="$registry" --port-file="$work/port" --threads=1 \
-  >"$work/server.log" 2>&1 &
+# Flags from LDMSERVE_* environment variables: a bad value is refused
+# naming the variable.
+code=0
+LDMSERVE_QUEUE_SIZE=many "$ldmserve" --listen=127.0.0.1:0 --metrics-listen= \
+  --models="$registry" 2>"$work/env.txt" || code=$?
+[[ $code -eq 2 ]] || fail "LDMSERVE_QUEUE_SIZE=many exit code $code"
+grep -q "^ldmserve: LDMSERVE_QUEUE_SIZE: " "$work/env.txt" \
+  || fail "LDMSERVE_QUEUE_SIZE=many: $(cat "$work/env.txt")"
+
+# The server the rest talks to takes its flags from the environment; the
+# command line wins over it (LDMSERVE_DEVICES would fail to start).
+LDMSERVE_LISTEN=127.0.0.1:0 LDMSERVE_METRICS_LISTEN=127.0.0.1:0 \
+  LDMSERVE_MODELS="$registry" LDMSERVE_PORT_FILE="$work/port" \
+  LDMSERVE_THREADS=1 LDMSERVE_DEVICES=cuda:99 \
+  "$ldmserve" --devices=cpu >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 600); do
   [[ -s "$work/port" ]] && break
