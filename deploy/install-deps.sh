@@ -4,6 +4,8 @@
 #
 #   deploy/install-deps.sh            build + test dependencies (default)
 #   deploy/install-deps.sh --runtime  only what the binaries need to run
+#   deploy/install-deps.sh --runtime-gpu  the same, less Debian's LibTorch
+#                                     (the gpu image brings a CUDA LibTorch)
 set -euo pipefail
 
 # Run-time libraries. libopenblas0-openmp: without it LibTorch falls back to
@@ -51,8 +53,15 @@ BUILD_PACKAGES=(
 
 mode=build
 [[ "${1:-}" == "--runtime" ]] && mode=runtime
+[[ "${1:-}" == "--runtime-gpu" ]] && mode=runtime-gpu
 if [[ $mode == runtime ]]; then
   packages=("${RUNTIME_PACKAGES[@]}")
+elif [[ $mode == runtime-gpu ]]; then
+  packages=()
+  for package in "${RUNTIME_PACKAGES[@]}"; do
+    [[ $package == libtorch1.13 || $package == libopenblas0-openmp ]] ||
+      packages+=("$package")
+  done
 else
   packages=("${BUILD_PACKAGES[@]}")
 fi

@@ -198,6 +198,51 @@ class OverlayTest:
             self.assertIn(series, exported)
 
 
+def dockerfile_stages():
+    """{stage name: [instruction lines]}, continuation lines joined."""
+    with open(os.path.join(SOURCE_ROOT, "Dockerfile")) as dockerfile:
+        text = re.sub(r"\\\n", " ", dockerfile.read())
+    stages, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = re.match(r"FROM \S+ AS (\S+)$", line)
+        if found:
+            current = stages.setdefault(found.group(1), [])
+        elif current is not None:
+            current.append(line)
+    return stages
+
+
+class DockerfileTest(unittest.TestCase):
+    """The cpu and gpu images run alike: user, ports, health, entrypoint."""
+
+    def test_cpu_and_gpu_images_run_alike(self):
+        stages = dockerfile_stages()
+        final = {}
+        for target in ("cpu", "gpu"):
+            lines = stages[target]
+            self.assertIn("USER 10001", lines, target)
+            self.assertIn("EXPOSE 50051 9464", lines, target)
+            health = [l for l in lines if l.startswith("HEALTHCHECK")]
+            self.assertEqual(len(health), 1, target)
+            self.assertIn('"health"]', health[0], target)
+            self.assertIn("ldmctl", health[0], target)
+            entrypoint = [l for l in lines if l.startswith("ENTRYPOINT")]
+            self.assertEqual(len(entrypoint), 1, target)
+            final[target] = entrypoint[0]
+            args = json.loads(entrypoint[0][len("ENTRYPOINT"):].strip())
+            defined = ldmserve_flag_names()
+            for arg in args[1:]:
+                self.assertIn(arg[2:].split("=")[0].replace("-", "_"),
+                              defined, arg)
+        self.assertEqual(final["cpu"], final["gpu"])
+        # The gpu image's LibTorch comes from a PyTorch wheel, not Debian.
+        self.assertTrue(any("torch==" in l for l in stages["build-gpu"]))
+        self.assertIn("--runtime-gpu", " ".join(stages["gpu"]))
+
+
 class GrafanaDashboardTest(unittest.TestCase):
     def test_renders_the_dashboard_for_the_grafana_sidecar(self):
         objects = render("grafana", under="")
