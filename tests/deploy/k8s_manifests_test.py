@@ -98,7 +98,10 @@ class OverlayTest:
     def test_grace_period_outlasts_the_drain(self):
         drain = float(flag_value(self.container["args"], "drain-timeout"))
         grace = self.pod["spec"]["terminationGracePeriodSeconds"]
-        self.assertGreater(grace, drain)
+        # The kubelet's grace period counts the preStop hook too.
+        pause = self.container["lifecycle"]["preStop"]["exec"]["command"]
+        self.assertEqual(pause[0], "sleep")
+        self.assertGreater(grace, drain + float(pause[1]))
 
     def test_security_context_is_locked_down(self):
         pod_context = self.pod["spec"]["securityContext"]
