@@ -76,6 +76,22 @@ ABSL_FLAG(int64_t, tensor_cache_mib, 2048,
           "freed tensor blocks of 1 MiB or more kept for reuse, at most this "
           "many MiB (large models: their activations are not faulted in "
           "again on every call); 0 = none");
+// Request limits (ServiceLimits' defaults); a request over one gets
+// INVALID_ARGUMENT naming the field and the limit.
+ABSL_FLAG(int64_t, max_pixels, ldmserve::ServiceLimits().max_pixels,
+          "largest width x height of an image a request may ask for");
+ABSL_FLAG(int, max_steps, ldmserve::ServiceLimits().max_steps,
+          "most sampling steps a request may ask for");
+ABSL_FLAG(int, max_images, ldmserve::ServiceLimits().max_images,
+          "most images one request may ask for");
+ABSL_FLAG(int, max_prompt_bytes, ldmserve::ServiceLimits().max_prompt_bytes,
+          "longest prompt or negative prompt, in bytes");
+ABSL_FLAG(int, max_image_bytes, ldmserve::ServiceLimits().max_image_bytes,
+          "largest encoded input image (PNG) or mask, in bytes");
+ABSL_FLAG(int, max_message_mib,
+          ldmserve::ServiceLimits().max_message_bytes >> 20,
+          "largest request message, in MiB (larger: RESOURCE_EXHAUSTED "
+          "before parsing)");
 ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port here once listening (for tests)");
 
@@ -133,6 +149,39 @@ absl::Status ApplyEnvironmentFlags(char** environment) {
       return absl::InvalidArgumentError(absl::StrCat(variable, ": ", error));
     }
   }
+  return absl::OkStatus();
+}
+
+// The request limits from their flags; each must be positive and fit.
+absl::Status ReadLimitFlags(ldmserve::ServiceLimits* limits) {
+  struct Limit {
+    const char* flag;
+    int64_t value;
+    int64_t most;
+  };
+  const Limit checked[] = {
+      {"--max-pixels", absl::GetFlag(FLAGS_max_pixels), int64_t{1} << 32},
+      {"--max-steps", absl::GetFlag(FLAGS_max_steps), 10000},
+      {"--max-images", absl::GetFlag(FLAGS_max_images), 64},
+      {"--max-prompt-bytes", absl::GetFlag(FLAGS_max_prompt_bytes), 1 << 20},
+      {"--max-image-bytes", absl::GetFlag(FLAGS_max_image_bytes), 1 << 30},
+      {"--max-message-mib", absl::GetFlag(FLAGS_max_message_mib), 1024},
+  };
+  for (const Limit& limit : checked) {
+    if (limit.value < 1 || limit.value > limit.most) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          limit.flag, " must be in [1, ", limit.most, "], not ", limit.value));
+    }
+  }
+  limits->max_pixels = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_pixels));
+  limits->max_steps = static_cast<uint32_t>(absl::GetFlag(FLAGS_max_steps));
+  limits->max_images = static_cast<uint32_t>(absl::GetFlag(FLAGS_max_images));
+  limits->max_prompt_bytes =
+      static_cast<uint32_t>(absl::GetFlag(FLAGS_max_prompt_bytes));
+  limits->max_image_bytes =
+      static_cast<uint32_t>(absl::GetFlag(FLAGS_max_image_bytes));
+  limits->max_message_bytes =
+      static_cast<uint32_t>(absl::GetFlag(FLAGS_max_message_mib)) << 20;
   return absl::OkStatus();
 }
 
@@ -231,6 +280,11 @@ int main(int argc, char** argv) {
   }
   options.scheduler.priority_aging =
       absl::Seconds(absl::GetFlag(FLAGS_priority_aging));
+  if (absl::Status limits = ReadLimitFlags(&options.limits); !limits.ok()) {
+    std::fprintf(stderr, "ldmserve: %s\n",
+                 std::string(limits.message()).c_str());
+    return 2;
+  }
   auto server = ldmserve::LdmServer::Start(
       options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
   if (!server.ok()) {

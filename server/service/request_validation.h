@@ -22,6 +22,9 @@ struct ServiceLimits {
   uint32_t max_images = 4;
   uint32_t max_prompt_bytes = 1000;
   uint32_t max_image_bytes = 16 << 20;
+  // A whole request on the wire (gRPC refuses larger with
+  // RESOURCE_EXHAUSTED before it is parsed): room for an image and a mask.
+  uint32_t max_message_bytes = 64 << 20;
   uint32_t max_client_request_id_bytes = 128;
   uint32_t default_steps = 25;
   float default_guidance_scale = 7.5f;

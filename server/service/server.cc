@@ -52,7 +52,8 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
                            &server->port_);
   builder.RegisterService(server->service_.get());
   // Requests carry images; the default 4 MiB is too small for a few PNGs.
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(options.limits.max_message_bytes));
   builder.SetMaxSendMessageSize(64 << 20);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
