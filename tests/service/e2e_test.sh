@@ -34,8 +34,8 @@ LDMSERVE_QUEUE_SIZE=many "$ldmserve" --listen=127.0.0.1:0 --metrics-listen= \
 grep -q "^ldmserve: LDMSERVE_QUEUE_SIZE: " "$work/env.txt" \
   || fail "LDMSERVE_QUEUE_SIZE=many: $(cat "$work/env.txt")"
 
-# A limit set by flag: a request over it is refused naming field and limit.
-"$ldmserve" --max-steps=0 --metrics-listen= \
+# A limit flag out of range: exit 2 naming the flag and its range.
+timeout 60 "$ldmserve" --max-steps=0 --listen=127.0.0.1:0 --metrics-listen= \
   --models="$registry" 2>"$work/limit.txt" && fail "--max-steps=0 accepted"
 grep -q "^ldmserve: --max-steps must be in \[1, 10000\], not 0" "$work/limit.txt" \
   || fail "--max-steps=0: $(cat "$work/limit.txt")"
@@ -44,7 +44,7 @@ grep -q "^ldmserve: --max-steps must be in \[1, 10000\], not 0" "$work/limit.txt
 # command line wins over it (LDMSERVE_DEVICES would fail to start).
 LDMSERVE_LISTEN=127.0.0.1:0 LDMSERVE_METRICS_LISTEN=127.0.0.1:0 \
   LDMSERVE_MODELS="$registry" LDMSERVE_PORT_FILE="$work/port" \
-  LDMSERVE_THREADS=1 LDMSERVE_DEVICES=cuda:99 LDMSERVE_MAX_STEPS=150 \
+  LDMSERVE_THREADS=1 LDMSERVE_DEVICES=cuda:99 LDMSERVE_MAX_STEPS=1000 \
   "$ldmserve" --devices=cpu >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 600); do
@@ -77,13 +77,14 @@ done
 [[ "$(dd if="$work/out.png" bs=1 skip=16 count=8 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "0000004000000040" ]] \
   || fail "out.png is not 64x64"
 
-# Over the --max-steps set above (150): refused, naming the field and limit.
-if "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 151 \
+# Over --max-steps (1000 above; the default is 200): refused, naming the
+# field and the limit.
+if "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 1001 \
     --out "$work/over.png" 2>"$work/over.txt"; then
-  fail "151 steps accepted over --max-steps=150"
+  fail "1001 steps accepted over --max-steps=1000"
 fi
-grep -q "INVALID_ARGUMENT" "$work/over.txt" && grep -q "at most 150" "$work/over.txt" \
-  || fail "151 steps: $(cat "$work/over.txt")"
+grep -q "INVALID_ARGUMENT" "$work/over.txt" && grep -q "at most 1000" "$work/over.txt" \
+  || fail "1001 steps: $(cat "$work/over.txt")"
 
 # The same seed gives the same bytes.
 "$ldmctl" --addr="$addr" txt2img --prompt "a red circle above a blue square" \
@@ -124,11 +125,11 @@ done
 [[ ! -e "$work/previews/step-1.png" ]] || fail "preview at step 1 with --preview_every 2"
 
 # Ctrl-C cancels the call cleanly: exit 10 + CANCELLED, one line.
-"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 150 --n 4 \
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 200 --n 4 \
   --out "$work/cancelled.png" 2>"$work/cancel.txt" &
 client_pid=$!
 for _ in $(seq 1 200); do
-  grep -q "step 1/150" "$work/cancel.txt" 2>/dev/null && break
+  grep -q "step 1/200" "$work/cancel.txt" 2>/dev/null && break
   sleep 0.05  # polling another process's output
 done
 kill -INT "$client_pid"
