@@ -46,20 +46,12 @@ RUN mkdir -p /opt/ldmserve/lib \
  && cp -a "$site"/torch/lib/*.so* /opt/ldmserve/lib/ \
  && for lib in "$site"/nvidia/*/lib; do cp -a "$lib"/*.so* /opt/ldmserve/lib/; done
 
-# ---------------------------------------------------------------- gpu
-FROM debian:12-slim AS gpu
-COPY deploy/install-deps.sh /tmp/install-deps.sh
-RUN bash /tmp/install-deps.sh --runtime-gpu \
- && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
-COPY --from=build-gpu /opt/ldmserve/lib /opt/ldmserve/lib
-COPY --from=build-gpu /build/server/ldmserve /build/client/ldmctl /usr/local/bin/
-COPY models /opt/ldmserve/models
-ENV LD_LIBRARY_PATH=/opt/ldmserve/lib \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    LDMSERVE_DEVICES=cuda:0
+# ---------------------------------------------------------------- runtime
+# What both images share; the cpu and gpu stages add their libraries and
+# binaries and switch to the user.
+FROM debian:12-slim AS runtime
 RUN useradd --system --uid 10001 ldmserve
-USER 10001
+COPY models /opt/ldmserve/models
 EXPOSE 50051 9464
 # Docker's own check (Kubernetes uses the gRPC probes instead). The start
 # period allows for loading a large model.
@@ -69,6 +61,19 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
 ENTRYPOINT ["/usr/local/bin/ldmserve", "--listen=0.0.0.0:50051", \
             "--metrics-listen=0.0.0.0:9464", \
             "--models=/opt/ldmserve/models/registry.json"]
+
+# ---------------------------------------------------------------- gpu
+FROM runtime AS gpu
+COPY deploy/install-deps.sh /tmp/install-deps.sh
+RUN bash /tmp/install-deps.sh --runtime-gpu \
+ && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
+COPY --from=build-gpu /opt/ldmserve/lib /opt/ldmserve/lib
+COPY --from=build-gpu /build/server/ldmserve /build/client/ldmctl /usr/local/bin/
+ENV LD_LIBRARY_PATH=/opt/ldmserve/lib \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    LDMSERVE_DEVICES=cuda:0
+USER 10001
 
 # ---------------------------------------------------------------- cpu build
 FROM debian:12 AS build
@@ -81,17 +86,8 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DLDMSERVE_BUILD_TESTS=OFF \
  && cmake --build /build -j"$(nproc)" --target ldmserve ldmctl
 
 # ---------------------------------------------------------------- cpu
-FROM debian:12-slim AS cpu
+FROM runtime AS cpu
 COPY deploy/install-deps.sh /tmp/install-deps.sh
 RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
 COPY --from=build /build/server/ldmserve /build/client/ldmctl /usr/local/bin/
-COPY models /opt/ldmserve/models
-RUN useradd --system --uid 10001 ldmserve
 USER 10001
-EXPOSE 50051 9464
-HEALTHCHECK --interval=30s --timeout=5s --start-period=2m --retries=3 \
-  CMD ["/usr/local/bin/ldmctl", "--addr=127.0.0.1:50051", "health"]
-# Exec form: SIGTERM reaches ldmserve, which drains and exits 0.
-ENTRYPOINT ["/usr/local/bin/ldmserve", "--listen=0.0.0.0:50051", \
-            "--metrics-listen=0.0.0.0:9464", \
-            "--models=/opt/ldmserve/models/registry.json"]

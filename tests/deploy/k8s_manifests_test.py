@@ -202,7 +202,8 @@ class OverlayTest:
 
 
 def dockerfile_stages():
-    """{stage name: [instruction lines]}, continuation lines joined."""
+    """{stage name: [instruction lines]}, continuation lines joined; a stage
+    built FROM another starts with that one's lines (it inherits them)."""
     with open(os.path.join(SOURCE_ROOT, "Dockerfile")) as dockerfile:
         text = re.sub(r"\\\n", " ", dockerfile.read())
     stages, current = {}, None
@@ -210,9 +211,10 @@ def dockerfile_stages():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        found = re.match(r"FROM \S+ AS (\S+)$", line)
+        found = re.match(r"FROM (\S+) AS (\S+)$", line)
         if found:
-            current = stages.setdefault(found.group(1), [])
+            base, name = found.groups()
+            current = stages.setdefault(name, list(stages.get(base, [])))
         elif current is not None:
             current.append(line)
     return stages
