@@ -469,6 +469,14 @@ int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
         tasks.c_str(), placements.c_str(),
         model.error().empty() ? "" : ("\t" + model.error()).c_str());
   }
+  const ldm::v1::RequestLimits& limits = response.limits();
+  std::printf(
+      "limits: %llu pixels, side %u, %u steps, %u images, prompt %u bytes, "
+      "image %u bytes, message %u bytes, guidance %g\n",
+      static_cast<unsigned long long>(limits.max_pixels()),
+      limits.max_image_side(), limits.max_steps(), limits.max_images(),
+      limits.max_prompt_bytes(), limits.max_image_bytes(),
+      limits.max_message_bytes(), limits.max_guidance_scale());
   return 0;
 }
 

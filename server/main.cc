@@ -88,6 +88,9 @@ ABSL_FLAG(int, max_prompt_bytes, ldmserve::ServiceLimits().max_prompt_bytes,
           "longest prompt or negative prompt, in bytes");
 ABSL_FLAG(int, max_image_bytes, ldmserve::ServiceLimits().max_image_bytes,
           "largest encoded input image (PNG) or mask, in bytes");
+ABSL_FLAG(int, max_image_side, ldmserve::ServiceLimits().max_image_side,
+          "largest width or height of an input image or mask, read from its "
+          "header before decoding");
 ABSL_FLAG(int, max_message_mib,
           ldmserve::ServiceLimits().max_message_bytes >> 20,
           "largest request message, in MiB (larger: RESOURCE_EXHAUSTED "
@@ -165,6 +168,7 @@ absl::Status ReadLimitFlags(ldmserve::ServiceLimits* limits) {
       {"--max-images", absl::GetFlag(FLAGS_max_images), 64},
       {"--max-prompt-bytes", absl::GetFlag(FLAGS_max_prompt_bytes), 1 << 20},
       {"--max-image-bytes", absl::GetFlag(FLAGS_max_image_bytes), 1 << 30},
+      {"--max-image-side", absl::GetFlag(FLAGS_max_image_side), 1 << 16},
       {"--max-message-mib", absl::GetFlag(FLAGS_max_message_mib), 1024},
   };
   for (const Limit& limit : checked) {
@@ -180,6 +184,8 @@ absl::Status ReadLimitFlags(ldmserve::ServiceLimits* limits) {
       static_cast<uint32_t>(absl::GetFlag(FLAGS_max_prompt_bytes));
   limits->max_image_bytes =
       static_cast<uint32_t>(absl::GetFlag(FLAGS_max_image_bytes));
+  limits->max_image_side =
+      static_cast<uint32_t>(absl::GetFlag(FLAGS_max_image_side));
   limits->max_message_bytes =
       static_cast<uint32_t>(absl::GetFlag(FLAGS_max_message_mib)) << 20;
   return absl::OkStatus();

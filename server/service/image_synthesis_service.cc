@@ -385,6 +385,15 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
       placement->set_text_dtype(copy.text_dtype);
     }
   }
+  ldm::v1::RequestLimits* limits = response->mutable_limits();
+  limits->set_max_pixels(limits_.max_pixels);
+  limits->set_max_image_side(limits_.max_image_side);
+  limits->set_max_steps(limits_.max_steps);
+  limits->set_max_images(limits_.max_images);
+  limits->set_max_prompt_bytes(limits_.max_prompt_bytes);
+  limits->set_max_image_bytes(limits_.max_image_bytes);
+  limits->set_max_message_bytes(limits_.max_message_bytes);
+  limits->set_max_guidance_scale(limits_.max_guidance_scale);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

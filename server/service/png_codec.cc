@@ -69,6 +69,12 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes,
         field, ": not a PNG image within ", limits.max_width, "x",
         limits.max_height, " pixels (", spng_strerror(error), ")"));
   }
+  if (limits.max_pixels != 0 &&
+      uint64_t{ihdr.width} * ihdr.height > limits.max_pixels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": width * height at most ", limits.max_pixels,
+                     " pixels (got ", ihdr.width, "x", ihdr.height, ")"));
+  }
   size_t size = 0;
   error = spng_decoded_image_size(ctx.get(), SPNG_FMT_RGB8, &size);
   RgbImage image;

@@ -24,6 +24,9 @@ absl::StatusOr<std::string> EncodePng(const RgbImage& image);
 struct PngLimits {
   uint32_t max_width = 4096;
   uint32_t max_height = 4096;
+  // width * height; 0 = only the side limits. Checked from the header,
+  // before any pixel is decoded or any memory for them allocated.
+  uint64_t max_pixels = 0;
   size_t max_chunk_bytes = 8 << 20;
   size_t max_cache_bytes = 32 << 20;
 };

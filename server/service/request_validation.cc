@@ -56,9 +56,11 @@ absl::StatusOr<RgbImage> DecodeImageField(const std::string& field,
     return Invalid(field, absl::StrCat("at most ", limits.max_image_bytes,
                                        " bytes (got ", bytes.size(), ")"));
   }
-  LDM_ASSIGN_OR_RETURN(RgbImage image, DecodePng(bytes, field));
-  LDM_RETURN_IF_ERROR(CheckPixels(field, image.width, image.height, limits));
-  return image;
+  PngLimits png_limits;
+  png_limits.max_width = limits.max_image_side;
+  png_limits.max_height = limits.max_image_side;
+  png_limits.max_pixels = limits.max_pixels;
+  return DecodePng(bytes, field, png_limits);
 }
 
 // Which field's pixels the output size is checked as.

@@ -22,6 +22,8 @@ struct ServiceLimits {
   uint32_t max_images = 4;
   uint32_t max_prompt_bytes = 1000;
   uint32_t max_image_bytes = 16 << 20;
+  // Either side of an input image or mask, read from its header.
+  uint32_t max_image_side = 4096;
   // A whole request on the wire (gRPC refuses larger with
   // RESOURCE_EXHAUSTED before it is parsed): room for an image and a mask.
   uint32_t max_message_bytes = 64 << 20;

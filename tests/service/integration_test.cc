@@ -68,6 +68,7 @@ class IntegrationTest : public ::testing::Test {
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "127.0.0.1:0";
     options.scheduler.queue_size = 8;
+    options.limits.max_image_side = 1000;  // Not the default: see ListModels.
     auto server = LdmServer::Start(options, std::move(registry));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
@@ -482,6 +483,17 @@ TEST_F(IntegrationTest, ListModelsReportsTheLoadedModel) {
   EXPECT_EQ(info.placements(0).dtype(), "f32");
   EXPECT_EQ(info.placements(0).vae_dtype(), "f32");
   EXPECT_EQ(info.placements(0).text_dtype(), "f32");
+  // The server's request limits, as configured.
+  const ServiceLimits defaults;
+  EXPECT_EQ(response.limits().max_image_side(), 1000u);
+  EXPECT_EQ(response.limits().max_pixels(), defaults.max_pixels);
+  EXPECT_EQ(response.limits().max_steps(), defaults.max_steps);
+  EXPECT_EQ(response.limits().max_images(), defaults.max_images);
+  EXPECT_EQ(response.limits().max_prompt_bytes(), defaults.max_prompt_bytes);
+  EXPECT_EQ(response.limits().max_image_bytes(), defaults.max_image_bytes);
+  EXPECT_EQ(response.limits().max_message_bytes(), defaults.max_message_bytes);
+  EXPECT_EQ(response.limits().max_guidance_scale(),
+            defaults.max_guidance_scale);
 }
 
 TEST_F(IntegrationTest, PreviewsAndProgressIntervalsAsAsked) {

@@ -48,5 +48,27 @@ TEST(PngCodecTest, ImagesOverTheLimitAreRejected) {
   EXPECT_THAT(image.status().message(), HasSubstr("16x4096"));
 }
 
+TEST(PngCodecTest, PixelLimitIsCheckedFromTheHeaderBeforeDecoding) {
+  // A black 2048x2048 image compresses to little; cut after the header
+  // (signature + IHDR: 33 bytes), its pixels cannot be decoded at all.
+  std::vector<uint8_t> pixels(2048 * 2048 * 3, 0);
+  auto png = EncodePng(pixels.data(), 2048, 2048);
+  ASSERT_TRUE(png.ok());
+  const std::string header_only = png->substr(0, 33);
+  PngLimits limits;
+  limits.max_pixels = 1 << 20;
+  auto refused = DecodePng(header_only, "init_image", limits);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr("init_image: width * height at most 1048576 pixels "
+                        "(got 2048x2048)"));
+  // Without the pixel limit the same bytes get as far as decoding.
+  auto corrupt = DecodePng(header_only, "init_image");
+  ASSERT_FALSE(corrupt.ok());
+  EXPECT_THAT(corrupt.status().message(), HasSubstr("corrupt PNG"));
+  limits.max_pixels = 2048 * 2048;
+  EXPECT_TRUE(DecodePng(*png, "init_image", limits).ok());
+}
+
 }  // namespace
 }  // namespace ldmserve

@@ -141,5 +141,25 @@ TEST(RequestValidationTest, OnlyTheMasksRedChannelDecidesWhatIsRepainted) {
       "inpaint.mask: must be the image's size 64x64 (got 64x32)");
 }
 
+TEST(RequestValidationTest, InputImageSidesAreLimitedBeforeDecoding) {
+  ldm::ModelCapabilities model = TextModel();
+  ServiceLimits limits;
+  limits.max_image_side = 64;
+  ldm::v1::GenerateRequest request;
+  request.mutable_image_to_image()->set_prompt("a red circle");
+  request.mutable_image_to_image()->set_init_image(Png(128, 64, {9, 9, 9}));
+  auto refused = ValidateRequest(request, model, limits, 1);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("image_to_image.init_image"),
+            absl::string_view::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("64x64"), absl::string_view::npos)
+      << refused.status();
+  limits.max_image_side = 128;
+  auto accepted = ValidateRequest(request, model, limits, 1);
+  EXPECT_TRUE(accepted.ok()) << accepted.status();
+}
+
 }  // namespace
 }  // namespace ldmserve
