@@ -8,6 +8,8 @@
 //   ldmctl models
 //   ldmctl health          # exit 0 only when SERVING
 //   ldmctl bench --concurrency 4 --duration 30 --steps 10,20,50 --json s.json
+//   ldmctl --tls-ca ca.pem --addr host:50051 models   # TLS (see --help)
+//   LDMSERVE_TOKEN=... ldmctl txt2img ...             # a bearer token
 //   ldmctl bench --rate 2 --requests 100 --prompt "a red circle"
 //       load: closed loop (--concurrency) or open loop (--rate, Poisson);
 //       prints throughput, latency p50/p95/p99 and errors by status; exit 0
@@ -16,8 +18,11 @@
 // Errors print one line "ldmctl: CODE: message"; the exit code is 10 + the
 // gRPC status code (so 11 = CANCELLED, 13 = INVALID_ARGUMENT, ...), 2 for
 // usage errors.
+#include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/client_interceptor.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -26,6 +31,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -46,8 +52,23 @@
 #include "absl/time/time.h"
 #include "client/load_generator.h"
 #include "ldm/v1/image_synthesis.grpc.pb.h"
+#include "server/common/flag_dashes.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "server address");
+ABSL_FLAG(bool, tls, false,
+          "connect over TLS, trusting the system's CAs (implied by --tls-ca)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle to verify the server with: connect over TLS");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM client certificate chain, for a server that asks for one "
+          "(mTLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "the name the server's certificate must carry, when --addr is "
+          "another (an IP address, a port-forward)");
+ABSL_FLAG(std::string, token, "",
+          "bearer token for a server with --auth-tokens (default: "
+          "$LDMSERVE_TOKEN, which keeps it out of the process list)");
 ABSL_FLAG(std::string, load_balancing, "",
           "gRPC load-balancing policy, e.g. round_robin to spread requests "
           "over every address a dns:/// name resolves to (a Kubernetes "
@@ -528,13 +549,114 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
   return serving_status == 1 ? 0 : 1;
 }
 
+// Adds `authorization: Bearer TOKEN` to every call on the channel.
+class BearerTokenInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerTokenInterceptor(std::string header)
+      : header_(std::move(header)) {}
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::
+                PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", header_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string header_;
+};
+
+class BearerTokenFactory
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerTokenFactory(const std::string& token)
+      : header_("Bearer " + token) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new BearerTokenInterceptor(header_);
+  }
+
+ private:
+  const std::string header_;
+};
+
+bool ReadFileInto(const std::string& path, std::string* text) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return false;
+  text->assign(std::istreambuf_iterator<char>(file),
+               std::istreambuf_iterator<char>());
+  return true;
+}
+
+// The channel the flags ask for: TLS or plaintext, with a token or not.
+// Null (after a message) when a named file cannot be read.
+std::shared_ptr<grpc::Channel> MakeChannel() {
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(64 << 20);
+  if (!absl::GetFlag(FLAGS_load_balancing).empty()) {
+    arguments.SetLoadBalancingPolicyName(absl::GetFlag(FLAGS_load_balancing));
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  const bool tls = absl::GetFlag(FLAGS_tls) ||
+                   !absl::GetFlag(FLAGS_tls_ca).empty() ||
+                   !absl::GetFlag(FLAGS_tls_cert).empty();
+  if (tls) {
+    grpc::SslCredentialsOptions ssl;
+    struct PemFlag {
+      const char* flag;
+      std::string path;
+      std::string* into;
+    };
+    const PemFlag files[] = {
+        {"--tls-ca", absl::GetFlag(FLAGS_tls_ca), &ssl.pem_root_certs},
+        {"--tls-cert", absl::GetFlag(FLAGS_tls_cert), &ssl.pem_cert_chain},
+        {"--tls-key", absl::GetFlag(FLAGS_tls_key), &ssl.pem_private_key},
+    };
+    for (const PemFlag& file : files) {
+      if (!file.path.empty() && !ReadFileInto(file.path, file.into)) {
+        std::fprintf(stderr, "ldmctl: %s: cannot read %s\n", file.flag,
+                     file.path.c_str());
+        return nullptr;
+      }
+    }
+    if (ssl.pem_cert_chain.empty() != ssl.pem_private_key.empty()) {
+      std::fprintf(stderr, "ldmctl: --tls-cert and --tls-key go together\n");
+      return nullptr;
+    }
+    credentials = grpc::SslCredentials(ssl);
+    if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
+      arguments.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
+    }
+  }
+  std::string token = absl::GetFlag(FLAGS_token);
+  if (token.empty()) {
+    const char* from_environment = std::getenv("LDMSERVE_TOKEN");
+    if (from_environment != nullptr) token = from_environment;
+  }
+  std::vector<
+      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+      interceptors;
+  if (!token.empty()) {
+    interceptors.push_back(std::make_unique<BearerTokenFactory>(token));
+  }
+  return grpc::experimental::CreateCustomChannelWithInterceptors(
+      absl::GetFlag(FLAGS_addr), credentials, arguments,
+      std::move(interceptors));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Client for ldmserve.\nUsage: ldmctl [--addr=HOST:PORT] "
       "txt2img|img2img|inpaint|upscale|models|health|bench [flags]");
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> storage;
+  std::vector<char*> args = ldmserve::NormalizeFlagDashes(argc, argv, &storage);
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   // Before any thread exists, so that every thread inherits the mask and
   // only Generate's watcher takes these signals.
   sigset_t signals;
@@ -550,13 +672,8 @@ int main(int argc, char** argv) {
     return kUsageError;
   }
   const std::string command = positional[1];
-  grpc::ChannelArguments arguments;
-  arguments.SetMaxReceiveMessageSize(64 << 20);
-  if (!absl::GetFlag(FLAGS_load_balancing).empty()) {
-    arguments.SetLoadBalancingPolicyName(absl::GetFlag(FLAGS_load_balancing));
-  }
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials(), arguments);
+  std::shared_ptr<grpc::Channel> channel = MakeChannel();
+  if (channel == nullptr) return kUsageError;
   auto stub = ldm::v1::ImageSynthesisService::NewStub(channel);
   if (command == "txt2img" || command == "img2img" || command == "inpaint" ||
       command == "upscale") {

@@ -45,6 +45,7 @@ BUILD_PACKAGES=(
   libbenchmark-dev
   clang-format
   python3
+  openssl
   python3-grpcio
   python3-protobuf
   python3-yaml

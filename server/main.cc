@@ -29,6 +29,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/common/flag_dashes.h"
 #include "server/ldm/allocator.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/precision.h"
@@ -95,30 +96,25 @@ ABSL_FLAG(int, max_message_mib,
           ldmserve::ServiceLimits().max_message_bytes >> 20,
           "largest request message, in MiB (larger: RESOURCE_EXHAUSTED "
           "before parsing)");
+// Security (docs/security.md).
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve gRPC over TLS (plaintext without; "
+          "a warning when not on loopback)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed "
+          "(mTLS)");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "file of NAME TOKEN [MAX_JOBS] lines: every call needs "
+          "'authorization: Bearer TOKEN' (health and reflection stay open); "
+          "reread on SIGHUP");
+ABSL_FLAG(int, token_max_jobs, 8,
+          "with --auth-tokens: a client's Generate calls in flight where its "
+          "line names no MAX_JOBS");
 ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port here once listening (for tests)");
 
 namespace {
-
-// Accepts --metrics-listen as well as --metrics_listen: absl flag names are
-// identifiers, users type dashes.
-std::vector<char*> NormalizeFlagDashes(int argc, char** argv,
-                                       std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  std::vector<char*> normalized;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && absl::StartsWith(arg, "--")) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
-      }
-    }
-    storage->push_back(std::move(arg));
-  }
-  for (std::string& arg : *storage) normalized.push_back(arg.data());
-  return normalized;
-}
 
 // Sets each of ldmserve's flags named by an LDMSERVE_<FLAG> environment
 // variable (containers are configured by environment). Run before the
@@ -205,7 +201,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeFlagDashes(argc, argv, &storage);
+  std::vector<char*> args = ldmserve::NormalizeFlagDashes(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   FLAGS_logtostderr = true;
   if (absl::GetFlag(FLAGS_tensor_cache_mib) < 0) {
@@ -222,6 +218,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto entries =
@@ -291,6 +288,11 @@ int main(int argc, char** argv) {
                  std::string(limits.message()).c_str());
     return 2;
   }
+  options.tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens);
+  options.token_max_jobs = absl::GetFlag(FLAGS_token_max_jobs);
   auto server = ldmserve::LdmServer::Start(
       options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
   if (!server.ok()) {
@@ -316,7 +318,15 @@ int main(int argc, char** argv) {
   LOG(INFO) << "serving";
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  // SIGHUP rereads the tokens; SIGTERM and SIGINT drain and stop.
+  while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    absl::StatusOr<int> clients = (*server)->ReloadAuthTokens();
+    if (clients.ok()) {
+      LOG(INFO) << "SIGHUP: " << *clients << " clients in --auth-tokens";
+    } else {
+      LOG(WARNING) << "SIGHUP: tokens unchanged: " << clients.status();
+    }
+  }
   LOG(INFO) << "signal " << signal_number << ": draining (up to "
             << absl::GetFlag(FLAGS_drain_timeout) << " s)";
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_drain_timeout)));

@@ -100,6 +100,12 @@ class GenerateStream : public JobSink {
     model_label_ = std::move(model);
     task_label_ = std::move(task);
   }
+  // The authenticated client and its slot, held until the call ends.
+  void SetClient(std::string name, AuthTokens::Lease lease) {
+    absl::MutexLock lock(&mu_);
+    client_name_ = std::move(name);
+    client_lease_ = std::move(lease);
+  }
   void OnWriteDone(bool ok);
 
   // Marks the call cancelled; returns whether the job still needs stopping.
@@ -140,6 +146,8 @@ class GenerateStream : public JobSink {
   int last_position_ ABSL_GUARDED_BY(mu_) = -1;
   std::string model_label_ ABSL_GUARDED_BY(mu_);
   std::string task_label_ ABSL_GUARDED_BY(mu_);
+  std::string client_name_ ABSL_GUARDED_BY(mu_);  // Empty: no tokens.
+  AuthTokens::Lease client_lease_ ABSL_GUARDED_BY(mu_);
 };
 
 class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
@@ -226,9 +234,15 @@ void GenerateStream::EndLocked(grpc::Status status,
                                std::optional<GenerateResponse> last_message) {
   if (ended_) return;
   ended_ = true;
-  metrics_->RequestEnded(model_label_, task_label_,
-                         static_cast<absl::StatusCode>(status.error_code()),
+  // The job is over for its client: the slot is free for its next call
+  // (before the metrics: a client that sees this call counted may reuse it).
+  client_lease_.Release();
+  const auto code = static_cast<absl::StatusCode>(status.error_code());
+  metrics_->RequestEnded(model_label_, task_label_, code,
                          absl::Now() - created_at_);
+  if (!client_name_.empty()) {
+    metrics_->ClientRequestEnded(client_name_, code);
+  }
   if (last_message) {
     // A result is never coalesced away: it queues behind pending events.
     pending_.push_back(std::move(*last_message));
@@ -279,11 +293,32 @@ void GenerateStream::OnWriteDone(bool ok) {
 ImageSynthesisService::ImageSynthesisService(const ModelRegistry* models,
                                              Scheduler* scheduler,
                                              ServiceMetrics* metrics,
-                                             ServiceLimits limits)
+                                             ServiceLimits limits,
+                                             AuthTokens* tokens)
     : models_(models),
       scheduler_(scheduler),
       metrics_(metrics),
-      limits_(limits) {}
+      limits_(limits),
+      tokens_(tokens) {}
+
+absl::StatusOr<std::string> ImageSynthesisService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (tokens_ == nullptr) return std::string();
+  const auto& metadata = context.client_metadata();
+  auto header = metadata.find("authorization");
+  if (header == metadata.end()) {
+    return absl::UnauthenticatedError(
+        "this server needs a token: authorization: Bearer TOKEN");
+  }
+  absl::StatusOr<std::string> name = tokens_->Authenticate(
+      absl::string_view(header->second.data(), header->second.size()));
+  if (!name.ok()) {
+    LOG_EVERY_N(WARNING, 100)
+        << "refused a call from " << context.peer() << ": "
+        << name.status().message() << " (" << google::COUNTER << " so far)";
+  }
+  return name;
+}
 
 grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     grpc::CallbackServerContext* context,
@@ -294,6 +329,21 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   // A copy: a rejected call may be done (and the reactor deleted) before
   // Reject returns.
   std::shared_ptr<GenerateStream> stream = reactor->stream();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    stream->Reject(client.status());
+    return reactor;
+  }
+  if (tokens_ != nullptr) {
+    absl::StatusOr<AuthTokens::Lease> lease = tokens_->Acquire(*client);
+    if (!lease.ok()) {
+      // Labelled first, so that the refusal counts against the client.
+      stream->SetClient(*client, AuthTokens::Lease());
+      stream->Reject(lease.status());
+      return reactor;
+    }
+    stream->SetClient(*client, *std::move(lease));
+  }
   absl::StatusOr<ldm::Task> task = RequestedTask(*request);
   if (!task.ok()) {
     stream->Reject(task.status());
@@ -333,6 +383,12 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
 grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
     grpc::CallbackServerContext* context, const ldm::v1::ListModelsRequest*,
     ldm::v1::ListModelsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::StatusOr<std::string> client = Authenticate(*context);
+      !client.ok()) {
+    reactor->Finish(ToGrpc(client.status()));
+    return reactor;
+  }
   auto to_proto = [](ldm::Task kind) {
     switch (kind) {
       case ldm::Task::kTextToImage:
@@ -394,7 +450,6 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
   limits->set_max_image_bytes(limits_.max_image_bytes);
   limits->set_max_message_bytes(limits_.max_message_bytes);
   limits->set_max_guidance_scale(limits_.max_guidance_scale);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -36,6 +36,12 @@ ServiceMetrics::ServiceMetrics()
               .Name("ldmserve_requests_total")
               .Help("Generate calls by model, task and final status code.")
               .Register(*registry_)),
+      client_requests_(
+          prometheus::BuildCounter()
+              .Name("ldmserve_client_requests_total")
+              .Help("With --auth-tokens: Generate calls by client (token "
+                    "name) and final status code.")
+              .Register(*registry_)),
       images_(prometheus::BuildCounter()
                   .Name("ldmserve_images_generated_total")
                   .Help("Images returned to clients.")
@@ -127,6 +133,13 @@ void ServiceMetrics::RequestEnded(const std::string& model,
       .Increment();
   request_seconds_.Add({{"model", model}}, SecondsBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
+}
+
+void ServiceMetrics::ClientRequestEnded(const std::string& client,
+                                        absl::StatusCode code) {
+  client_requests_
+      .Add({{"client", client}, {"code", absl::StatusCodeToString(code)}})
+      .Increment();
 }
 
 void ServiceMetrics::SetBuildInfo(const std::string& version,

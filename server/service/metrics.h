@@ -40,6 +40,9 @@ class ServiceMetrics : public SchedulerObserver {
   // label holds only registry names: clients cannot add series).
   void RequestEnded(const std::string& model, const std::string& task,
                     absl::StatusCode code, absl::Duration duration);
+  // With --auth-tokens: a Generate call of the client named `client` (the
+  // token's name, never the token) ended with `code`.
+  void ClientRequestEnded(const std::string& client, absl::StatusCode code);
   void ImagesGenerated(int count);
   void SetQueueDepth(int depth);
   // The most jobs the queue takes before RESOURCE_EXHAUSTED (--queue-size).
@@ -64,6 +67,7 @@ class ServiceMetrics : public SchedulerObserver {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& client_requests_;
   prometheus::Counter& images_;
   prometheus::Gauge& queue_depth_;
   prometheus::Gauge& queue_capacity_;

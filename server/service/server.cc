@@ -4,10 +4,14 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <fstream>
+#include <iterator>
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/common/status_macros.h"
 #include "server/runtime/devices.h"
 #include "server/service/process_memory.h"
 
@@ -16,7 +20,64 @@ namespace {
 
 constexpr char kServiceName[] = "ldm.v1.ImageSynthesisService";
 
+absl::StatusOr<std::string> ReadPemFile(const std::string& path,
+                                        const char* flag) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  }
+  std::string text((std::istreambuf_iterator<char>(file)),
+                   std::istreambuf_iterator<char>());
+  if (!absl::StrContains(text, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", path, " is not PEM"));
+  }
+  return text;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const TlsFiles& tls) {
+  if (tls.cert.empty()) {
+    if (!tls.key.empty() || !tls.client_ca.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls-key and --tls-client-ca need --tls-cert");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (tls.key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert needs --tls-key");
+  }
+  grpc::SslServerCredentialsOptions ssl(
+      tls.client_ca.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  LDM_ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(tls.key, "--tls-key"));
+  LDM_ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(tls.cert, "--tls-cert"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.client_ca.empty()) {
+    LDM_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                         ReadPemFile(tls.client_ca, "--tls-client-ca"));
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
 }  // namespace
+
+bool IsLoopbackListenAddress(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:")) return true;
+  std::string host = listen;
+  if (const size_t colon = listen.rfind(':'); colon != std::string::npos) {
+    host = listen.substr(0, colon);
+  }
+  if (absl::StartsWith(host, "ipv4:") || absl::StartsWith(host, "ipv6:")) {
+    host = host.substr(5);
+  }
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
 
 absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
     const ServerOptions& options, std::unique_ptr<ModelRegistry> models) {
@@ -34,9 +95,24 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
                                  absl::StrJoin(options.devices, ","));
   server->metrics_->AddWorkers(server->scheduler_->workers());
   server->metrics_->SetQueueCapacity(scheduler_options.queue_size);
+  if (!options.auth_tokens_file.empty()) {
+    if (options.token_max_jobs < 1) {
+      return absl::InvalidArgumentError("--token-max-jobs must be >= 1");
+    }
+    LDM_ASSIGN_OR_RETURN(
+        server->tokens_,
+        AuthTokens::FromFile(options.auth_tokens_file, options.token_max_jobs));
+  }
+  LDM_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                       ServerCredentials(options.tls));
+  if (options.tls.cert.empty() && !IsLoopbackListenAddress(options.listen)) {
+    LOG(WARNING) << "listening on " << options.listen
+                 << " in plaintext: anyone who can reach it can read prompts "
+                    "and images (--tls-cert/--tls-key, docs/security.md)";
+  }
   server->service_ = std::make_unique<ImageSynthesisService>(
       server->models_.get(), server->scheduler_.get(), server->metrics_.get(),
-      options.limits);
+      options.limits, server->tokens_.get());
   if (!options.metrics_listen.empty()) {
     LdmServer* raw = server.get();
     auto metrics_server = MetricsHttpServer::Start(
@@ -48,8 +124,7 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   // Requests carry images; the default 4 MiB is too small for a few PNGs.
   builder.SetMaxReceiveMessageSize(
@@ -99,6 +174,13 @@ absl::Status LdmServer::LoadModels() {
 }
 
 void LdmServer::MarkServing() { SetServing(true); }
+
+absl::StatusOr<int> LdmServer::ReloadAuthTokens() {
+  if (tokens_ == nullptr) {
+    return absl::FailedPreconditionError("no --auth-tokens to reload");
+  }
+  return tokens_->Reload();
+}
 
 void LdmServer::SetServing(bool serving) {
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();

@@ -18,11 +18,21 @@
 #include "absl/time/time.h"
 #include "server/runtime/model_registry.h"
 #include "server/runtime/scheduler.h"
+#include "server/service/auth_tokens.h"
 #include "server/service/image_synthesis_service.h"
 #include "server/service/metrics.h"
 #include "server/service/metrics_http_server.h"
 
 namespace ldmserve {
+
+// TLS for the gRPC port: PEM files. Without a certificate the port is
+// plaintext; with a client CA, clients must present a certificate it signed
+// (mTLS).
+struct TlsFiles {
+  std::string cert;
+  std::string key;
+  std::string client_ca;
+};
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // Port 0 picks a free port.
@@ -35,7 +45,16 @@ struct ServerOptions {
   // Models' dtype where the registry names none: "auto" (f16 on CUDA, f32
   // on the CPU), "f32", "f16" or "bf16".
   std::string dtype = "auto";
+  TlsFiles tls;
+  // AuthTokens' file; empty = no authentication.
+  std::string auth_tokens_file;
+  // A client's Generate calls in flight where its line names no MAX_JOBS.
+  int token_max_jobs = 8;
 };
+
+// Whether `listen` ("host:port", "[v6]:port", "unix:path") only accepts
+// connections from this machine.
+bool IsLoopbackListenAddress(const std::string& listen);
 
 class LdmServer {
  public:
@@ -55,6 +74,9 @@ class LdmServer {
   int metrics_port() const {
     return metrics_server_ ? metrics_server_->port() : 0;
   }
+  // Rereads --auth-tokens (SIGHUP); the tokens in force stay on error.
+  // Returns the number of clients; FAILED_PRECONDITION without tokens.
+  absl::StatusOr<int> ReloadAuthTokens();
   // Health NOT_SERVING, new calls UNAVAILABLE, queued and running jobs get up
   // to `drain_timeout` to finish, then the server stops.
   void Shutdown(absl::Duration drain_timeout);
@@ -71,6 +93,7 @@ class LdmServer {
 
   std::unique_ptr<ModelRegistry> models_;
   std::unique_ptr<ServiceMetrics> metrics_;
+  std::unique_ptr<AuthTokens> tokens_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ImageSynthesisService> service_;
   std::unique_ptr<MetricsHttpServer> metrics_server_;

@@ -8,9 +8,12 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <prometheus/text_serializer.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -611,6 +614,129 @@ TEST(QueueFullTest, RefusedAtOnceWithARetryHint) {
   const grpc::Status ended = waiting->Finish();
   EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(ended.error_message(), HasSubstr("shut down"));
+}
+
+// Starts a Generate call with `token` (none when empty) and reads its
+// first event; returns the final status when there is none (refused).
+struct StartedCall {
+  std::unique_ptr<grpc::ClientContext> context =
+      std::make_unique<grpc::ClientContext>();
+  std::unique_ptr<grpc::ClientReader<GenerateResponse>> reader;
+  bool queued = false;
+  grpc::Status status;
+};
+
+StartedCall StartCall(ldm::v1::ImageSynthesisService::Stub& stub,
+                      const std::string& token) {
+  StartedCall call;
+  if (!token.empty()) {
+    call.context->AddMetadata("authorization", "Bearer " + token);
+  }
+  GenerateRequest request;
+  request.mutable_text_to_image()->set_prompt("a red circle");
+  call.reader = stub.Generate(call.context.get(), request);
+  GenerateResponse first;
+  call.queued = call.reader->Read(&first) && first.has_queued();
+  if (!call.queued) call.status = call.reader->Finish();
+  return call;
+}
+
+TEST(AuthTokensServiceTest, TokensGateTheServiceAndBoundEachClientsJobs) {
+  const char* directory = std::getenv("TEST_TMPDIR");
+  const std::string tokens_file =
+      std::string(directory != nullptr ? directory : "/tmp") +
+      "/integration_tokens";
+  std::ofstream(tokens_file) << "alice alice-0123456789abcdef 1\n"
+                             << "batch batch-fedcba9876543210\n";
+  // No workers: admitted jobs stay queued and hold their client's slot.
+  auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
+  ModelEntry entry;
+  entry.name = kModelName;
+  entry.tasks = {ldm::Task::kTextToImage};
+  entry.default_for = {ldm::Task::kTextToImage};
+  registry->AddLoaded(entry, ldm::LatentDiffusion::CreateRandom(
+                                 ldm::testing::TinyTextToImageConfig(), 5)
+                                 .value());
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.scheduler.workers = 0;
+  options.auth_tokens_file = tokens_file;
+  auto server = LdmServer::Start(options, std::move(registry)).value();
+  server->MarkServing();
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = ldm::v1::ImageSynthesisService::NewStub(channel);
+
+  for (const std::string token : {"", "alice-0123456789abcdeF"}) {
+    StartedCall refused = StartCall(*stub, token);
+    EXPECT_FALSE(refused.queued);
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << token;
+    grpc::ClientContext context;
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    ldm::v1::ListModelsResponse models;
+    EXPECT_EQ(stub->ListModels(&context, {}, &models).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // Health and reflection need no token.
+  EXPECT_THAT(ListServicesByReflection(channel),
+              HasSubstr("ldm.v1.ImageSynthesisService"));
+
+  StartedCall alice = StartCall(*stub, "alice-0123456789abcdef");
+  ASSERT_TRUE(alice.queued) << alice.status.error_message();
+  StartedCall alice_again = StartCall(*stub, "alice-0123456789abcdef");
+  EXPECT_EQ(alice_again.status.error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(alice_again.status.error_message(),
+              HasSubstr("client alice has 1 jobs in flight"));
+  // Another client's slots are its own.
+  StartedCall batch = StartCall(*stub, "batch-fedcba9876543210");
+  EXPECT_TRUE(batch.queued) << batch.status.error_message();
+  // Alice's call ends: her slot is free again.
+  alice.context->TryCancel();
+  GenerateResponse ignored;
+  while (alice.reader->Read(&ignored)) {
+  }
+  EXPECT_EQ(alice.reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The client learns of its cancel at once; the server ends the job on its
+  // own thread, and counts it once the slot is free.
+  auto exposition_now = [&server] {
+    return prometheus::TextSerializer().Serialize(
+        server->metrics().registry()->Collect());
+  };
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (exposition_now().find("client=\"alice\",code=\"CANCELLED\"} 1") ==
+             std::string::npos &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  StartedCall alice_later = StartCall(*stub, "alice-0123456789abcdef");
+  EXPECT_TRUE(alice_later.queued) << alice_later.status.error_message();
+
+  // Metrics name the client, never its token.
+  const std::string exposition = exposition_now();
+  EXPECT_THAT(exposition,
+              HasSubstr("ldmserve_client_requests_total{client=\"alice\","
+                        "code=\"RESOURCE_EXHAUSTED\"} 1"));
+  EXPECT_THAT(exposition, Not(HasSubstr("0123456789")));
+
+  // A reload revokes a token at once.
+  std::ofstream(tokens_file) << "batch batch-fedcba9876543210\n";
+  ASSERT_EQ(server->ReloadAuthTokens().value_or(0), 1);
+  EXPECT_EQ(StartCall(*stub, "alice-0123456789abcdef").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  server->Shutdown(absl::ZeroDuration());
+}
+
+TEST(ListenAddressTest, OnlyLoopbackAddressesCountAsLocal) {
+  for (const char* local : {"127.0.0.1:50051", "localhost:1", "[::1]:50051",
+                            "unix:/run/ldmserve.sock", "127.1.2.3:0"}) {
+    EXPECT_TRUE(IsLoopbackListenAddress(local)) << local;
+  }
+  for (const char* remote : {"0.0.0.0:50051", "[::]:50051", ":50051",
+                             "10.0.0.5:50051", "ldm.example.com:443"}) {
+    EXPECT_FALSE(IsLoopbackListenAddress(remote)) << remote;
+  }
 }
 
 TEST_F(IntegrationTest, ShutdownRefusesNewCallsWithUnavailable) {

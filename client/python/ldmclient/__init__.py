@@ -9,12 +9,17 @@
         print(event)               # Queued / Started / Progress / Result
     # stream.cancel() stops a generation; the server frees its slot.
 
+    # TLS (mTLS with cert and key) and a bearer token:
+    client = Client("ldm.example.com:443", tls=Tls.from_files(ca="ca.pem"),
+                    token=os.environ["LDMSERVE_TOKEN"])
+
 The stubs (ldm/v1/image_synthesis_pb2*.py) are generated at build time from
 proto/ (CMake target ldmclient_python) and found through PYTHONPATH.
 """
 
 from ldmclient.client import (AsyncClient, Client, Generation, Image,
-                              LdmError, Progress, Queued, Result, Started)
+                              LdmError, Progress, Queued, Result, Started,
+                              Tls)
 
 __all__ = ["AsyncClient", "Client", "Generation", "Image", "LdmError",
-           "Progress", "Queued", "Result", "Started"]
+           "Progress", "Queued", "Result", "Started", "Tls"]

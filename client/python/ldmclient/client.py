@@ -1,6 +1,7 @@
 """The client: plain results (PNG bytes, seeds, timings), no PIL needed."""
 
 import dataclasses
+import os
 from typing import Dict, Iterator, List, Optional, Union
 
 import grpc
@@ -144,15 +145,65 @@ class Generation:
         return final
 
 
+@dataclasses.dataclass
+class Tls:
+    """TLS for the channel: PEM bytes. `ca` verifies the server (None =
+    the system's CAs); `cert` and `key` are a client certificate for a
+    server that asks for one (mTLS); `server_name` overrides the name the
+    server's certificate must carry (when the address is an IP)."""
+    ca: Optional[bytes] = None
+    cert: Optional[bytes] = None
+    key: Optional[bytes] = None
+    server_name: Optional[str] = None
+
+    @staticmethod
+    def from_files(ca: Optional[str] = None, cert: Optional[str] = None,
+                   key: Optional[str] = None,
+                   server_name: Optional[str] = None) -> "Tls":
+        def read(path):
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+        return Tls(read(ca), read(cert), read(key), server_name)
+
+
+def _channel_setup(tls: Optional[Tls], token: Optional[str]):
+    """Channel options, credentials (None = plaintext) and call metadata."""
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    credentials = None
+    if tls is not None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca, private_key=tls.key,
+            certificate_chain=tls.cert)
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override",
+                            tls.server_name))
+    if token is None:
+        token = os.environ.get("LDMSERVE_TOKEN") or None
+    metadata = (("authorization", "Bearer " + token),) if token else None
+    return options, credentials, metadata
+
+
 class Client:
     """A synchronous client over one channel. `timeout` (seconds) is the
-    default deadline of each call; None = no deadline."""
+    default deadline of each call; None = no deadline. `tls`: connect over
+    TLS (see Tls); `token`: a bearer token for a server with --auth-tokens
+    (default: $LDMSERVE_TOKEN)."""
 
     def __init__(self, address: str = "127.0.0.1:50051",
                  timeout: Optional[float] = None,
-                 channel: Optional[grpc.Channel] = None):
-        self._channel = channel or grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                 channel: Optional[grpc.Channel] = None,
+                 tls: Optional[Tls] = None,
+                 token: Optional[str] = None):
+        options, credentials, self._metadata = _channel_setup(tls, token)
+        if channel is not None:
+            self._channel = channel
+        elif credentials is not None:
+            self._channel = grpc.secure_channel(address, credentials,
+                                                options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.ImageSynthesisServiceStub(self._channel)
         self._timeout = timeout
 
@@ -167,7 +218,8 @@ class Client:
 
     def _stream(self, request, timeout) -> Generation:
         return Generation(self._stub.Generate(
-            request, timeout=timeout if timeout is not None else self._timeout))
+            request, timeout=timeout if timeout is not None else self._timeout,
+            metadata=self._metadata))
 
     # Iterator forms: events as they come.
     def stream_txt2img(self, prompt: str, negative_prompt: str = "",
@@ -225,7 +277,8 @@ class Client:
         """What the server serves: name, tasks, state, native size..."""
         try:
             response = self._stub.ListModels(pb.ListModelsRequest(),
-                                             timeout=self._timeout)
+                                             timeout=self._timeout,
+                                             metadata=self._metadata)
         except grpc.RpcError as error:
             raise _error(error) from None
         return [{"name": m.name,
@@ -249,9 +302,16 @@ class AsyncClient:
     `async for event in client.stream(...)`."""
 
     def __init__(self, address: str = "127.0.0.1:50051",
-                 timeout: Optional[float] = None):
-        self._channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                 timeout: Optional[float] = None,
+                 tls: Optional[Tls] = None,
+                 token: Optional[str] = None):
+        options, credentials, self._metadata = _channel_setup(tls, token)
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(address, credentials,
+                                                    options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address,
+                                                      options=options)
         self._stub = pb_grpc.ImageSynthesisServiceStub(self._channel)
         self._timeout = timeout
 
@@ -265,7 +325,8 @@ class AsyncClient:
         (proto field names for the task's inputs)."""
         call = self._stub.Generate(
             _request(task, **kwargs),
-            timeout=timeout if timeout is not None else self._timeout)
+            timeout=timeout if timeout is not None else self._timeout,
+            metadata=self._metadata)
         try:
             async for response in call:
                 yield _event(response)
