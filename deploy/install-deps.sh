@@ -44,6 +44,7 @@ BUILD_PACKAGES=(
   libgmock-dev
   libbenchmark-dev
   clang-format
+  clang
   python3
   openssl
   python3-grpcio
