@@ -44,7 +44,10 @@ BUILD_PACKAGES=(
   libgmock-dev
   libbenchmark-dev
   clang-format
+  # clang: the thread-safety analysis (lint.thread_safety); its runtime
+  # package (only recommended, so named): libFuzzer and the sanitizers.
   clang
+  libclang-rt-14-dev
   python3
   openssl
   python3-grpcio

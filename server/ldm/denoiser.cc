@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "server/common/status_macros.h"
+#include "server/ldm/layers.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace ldm {
@@ -104,8 +105,15 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
     // out (no-ops for a float32 model).
     at::Tensor input = at::cat(inputs, 0).to(dtype_);
     if (context.defined()) context = context.to(dtype_);
+    auto rows_of = [](const at::Tensor& x, int64_t begin, int64_t end) {
+      return x.defined() ? x.slice(0, begin, end) : x;
+    };
     at::Tensor out =
-        unet_->Forward(input, t, context, class_labels).to(at::kFloat);
+        ForEachRowIfInvariant(input.size(0), [&](int64_t begin, int64_t end) {
+          return unet_->Forward(
+              rows_of(input, begin, end), rows_of(t, begin, end),
+              rows_of(context, begin, end), rows_of(class_labels, begin, end));
+        }).to(at::kFloat);
     std::vector<at::Tensor> guided;
     int64_t row = 0;
     for (ImageTask* task : tasks) {

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "server/common/status_macros.h"
+#include "server/ldm/layers.h"
 #include "server/ldm/torch_boundary.h"
 
 namespace ldm {
@@ -121,7 +122,9 @@ at::Tensor FirstStage::EncodeMoments(const at::Tensor& images) const {
   const int64_t f = config.DownsamplingFactor();
   if (tiles_.max_untiled_latent_pixels <= 0 ||
       (x.size(2) / f) * (x.size(3) / f) <= tiles_.max_untiled_latent_pixels) {
-    return autoencoder_->EncodeMoments(x);
+    return ForEachRowIfInvariant(x.size(0), [&](int64_t begin, int64_t end) {
+      return autoencoder_->EncodeMoments(x.slice(0, begin, end));
+    });
   }
   const int64_t channels = (autoencoder_->is_vq() ? 1 : 2) * config.embed_dim;
   return BlendTiles(x, f, 1, channels, tiles_,
@@ -140,8 +143,13 @@ absl::StatusOr<at::Tensor> FirstStage::DecodeLatents(
   return CallTorch("decode", [&] {
     c10::InferenceMode inference;
     // Unscaled in float32, then cast: a lowered first stage rounds once.
-    return autoencoder_
-        ->Decode(((1.0 / scale_factor_) * latents.to(device_)).to(dtype_))
+    const at::Tensor z =
+        ((1.0 / scale_factor_) * latents.to(device_)).to(dtype_);
+    return ForEachRowIfInvariant(
+               z.size(0),
+               [&](int64_t begin, int64_t end) {
+                 return autoencoder_->Decode(z.slice(0, begin, end));
+               })
         .to(at::kFloat);
   });
 }

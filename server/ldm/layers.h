@@ -9,20 +9,35 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "server/ldm/parameters.h"
 
 namespace ldm {
 
-// Batch-invariant numerics: when on, convolutions and linear layers compute
-// every sample of a batch on its own, so a sample's result does not depend
-// on what else shares its batch (oneDNN and BLAS pick other kernels and
-// blockings for other batch sizes, which moves results by ~1e-6). The
-// scheduler relies on it for bit-identical results however jobs are
-// batched. Process-wide, like LibTorch's thread counts: set it once, before
-// serving. Default off.
+// Batch-invariant numerics: when on, every stage that batches jobs (the
+// UNet, the autoencoder, the text encoder; and within them convolutions and
+// linear layers) computes each sample of a batch on its own, so a sample's
+// result does not depend on what else shares its batch (oneDNN and BLAS
+// pick other kernels and blockings for other batch sizes, and element-wise
+// kernels split their work by the tensor's size: either moves results by
+// ~1e-6). The scheduler relies on it for bit-identical results however jobs
+// are batched. Process-wide, like LibTorch's thread counts: set it once,
+// before serving. Default off.
 void SetBatchInvariant(bool on);
 bool BatchInvariant();
+
+// `fn(begin, end)` over rows [begin, end) of a batch of `rows`: once over
+// all of them, or with BatchInvariant() once per row, the results
+// concatenated along dim 0.
+template <typename Fn>
+at::Tensor ForEachRowIfInvariant(int64_t rows, Fn&& fn) {
+  if (!BatchInvariant() || rows <= 1) return fn(0, rows);
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(rows));
+  for (int64_t row = 0; row < rows; ++row) outputs.push_back(fn(row, row + 1));
+  return at::cat(outputs, 0);
+}
 
 // Floating-point operations of the matrix products and convolutions run
 // while counting is on, 2 per multiply-add (element-wise work, norms and

@@ -1,5 +1,7 @@
 #include "server/ldm/prompt_weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 namespace ldm {
@@ -9,7 +11,12 @@ constexpr float kRoundMultiplier = 1.1f;
 constexpr float kSquareMultiplier = 1.0f / 1.1f;
 
 void Multiply(std::vector<PromptSegment>& segments, size_t from, float by) {
-  for (size_t i = from; i < segments.size(); ++i) segments[i].weight *= by;
+  for (size_t i = from; i < segments.size(); ++i) {
+    // Clamped: nested weights would otherwise overflow to inf (found by
+    // fuzz_prompt_weights).
+    segments[i].weight = std::clamp(segments[i].weight * by, -kMaxPromptWeight,
+                                    kMaxPromptWeight);
+  }
 }
 
 }  // namespace
@@ -39,7 +46,10 @@ std::vector<PromptSegment> ParsePromptWeights(const std::string& prompt) {
       const float weight = std::strtof(start, &end);
       size_t after = static_cast<size_t>(end - prompt.c_str());
       while (after < prompt.size() && prompt[after] == ' ') ++after;
-      if (end != start && after < prompt.size() && prompt[after] == ')') {
+      // "nan", "inf" and 1e30 are numbers to strtof, not weights.
+      if (end != start && std::isfinite(weight) &&
+          std::abs(weight) <= kMaxPromptWeight && after < prompt.size() &&
+          prompt[after] == ')') {
         flush();
         Multiply(segments, round.back(), weight);
         round.pop_back();

@@ -3,8 +3,10 @@
 //
 //   (text:1.3)  weight 1.3        (text)  x 1.1        [text]  / 1.1
 //
-// Brackets nest (weights multiply); \( \) \[ \] are literal characters; a
-// bracket left open still applies to the text after it, as in those tools.
+// Brackets nest (weights multiply, the product clamped to +-kMaxPromptWeight);
+// \( \) \[ \] are literal characters; a bracket left open still applies to
+// the text after it, as in those tools. "(text:W)" with W not a finite
+// number within +-kMaxPromptWeight ("nan", "1e30") is text.
 // The text encoder sees the prompt without the syntax; each token's output
 // row is then scaled by its weight, and the row set rescaled to its original
 // mean (LatentDiffusion::EncodeText).
@@ -21,6 +23,8 @@
 #include <vector>
 
 namespace ldm {
+
+inline constexpr float kMaxPromptWeight = 100.0f;
 
 struct PromptSegment {
   std::string text;

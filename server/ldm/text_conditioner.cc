@@ -8,6 +8,7 @@
 #include "server/common/status_macros.h"
 #include "server/ldm/clip_text_model.h"
 #include "server/ldm/clip_tokenizer.h"
+#include "server/ldm/layers.h"
 #include "server/ldm/prompt_weights.h"
 #include "server/ldm/text_encoder.h"
 #include "server/ldm/torch_boundary.h"
@@ -54,7 +55,11 @@ absl::StatusOr<TextConditioning> TextConditioner::Encode(
         at::tensor(ids, at::TensorOptions().dtype(at::kLong))
             .reshape({rows, -1})
             .to(device);
-    at::Tensor context = Forward(id_tensor).to(at::kFloat);
+    at::Tensor context =
+        ForEachRowIfInvariant(id_tensor.size(0), [&](int64_t begin,
+                                                     int64_t end) {
+          return Forward(id_tensor.slice(0, begin, end));
+        }).to(at::kFloat);
     if (weighted) {
       // As those front ends do: scale each token's row by its weight, then
       // give each prompt's rows back their mean (unless it is ~0).

@@ -44,6 +44,24 @@ TEST(PromptWeightsTest, EscapesColonsAndOpenBracketsAreText) {
   EXPECT_FALSE(HasWeights(ParsePromptWeights("a red circle")));
 }
 
+TEST(PromptWeightsTest, WeightsStayFiniteAndBounded) {
+  // Found by fuzz_prompt_weights: strtof reads "nan" and "inf", and nested
+  // large weights overflowed to inf.
+  EXPECT_THAT(ParsePromptWeights("(z:nan)"),
+              ElementsAre(Segment("z:nan", 1.1f)));
+  EXPECT_THAT(ParsePromptWeights("(z:inf)"),
+              ElementsAre(Segment("z:inf", 1.1f)));
+  EXPECT_THAT(ParsePromptWeights("(z:1e30)"),
+              ElementsAre(Segment("z:1e30", 1.1f)));
+  EXPECT_THAT(ParsePromptWeights("a ((b:50):50)"),
+              ElementsAre(Segment("a ", 1.0f), Segment("b", 100.0f)));
+  std::string deep;
+  for (int i = 0; i < 400; ++i) deep += "(x:90 ";
+  for (const PromptSegment& segment : ParsePromptWeights(deep)) {
+    EXPECT_LE(std::abs(segment.weight), kMaxPromptWeight);
+  }
+}
+
 TEST(PromptWeightsTest, EncodeTextScalesTheWeightedTokensRows) {
   auto model =
       LatentDiffusion::CreateRandom(testing::TinyTextToImageConfig(), 1);
