@@ -181,7 +181,12 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
       job = job_;
     }
     if (!stream_->MarkCancelled() || job == nullptr) return;
-    const bool expired = absl::Now() >= absl::FromChrono(context_->deadline());
+    // A client's deadline travels as a timeout, so our copy ends later by
+    // the transit time, and the client's own cancel at its deadline can
+    // reach us first: within this margin it is a deadline, not a cancel.
+    constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(100);
+    const bool expired = absl::Now() + kDeadlineMargin >=
+                         absl::FromChrono(context_->deadline());
     scheduler_->Cancel(
         job, expired ? absl::DeadlineExceededError("deadline exceeded")
                      : absl::CancelledError("cancelled by the client"));

@@ -40,6 +40,56 @@ timeout 60 "$ldmserve" --max-steps=0 --listen=127.0.0.1:0 --metrics-listen= \
 grep -q "^ldmserve: --max-steps must be in \[1, 10000\], not 0" "$work/limit.txt" \
   || fail "--max-steps=0: $(cat "$work/limit.txt")"
 
+# A corrupt model file: a required model stops the start (exit 2, one line
+# naming the file); an optional one is FAILED in ListModels while the others
+# serve.
+models_dir=$(cd "$(dirname "$registry")" && pwd)
+head -c 4096 /dev/urandom >"$work/broken.safetensors"
+corrupt_registry() {  # REQUIRED
+  cat <<EOF
+{"models": [
+  {"name": "shapes-txt2img", "config": "$models_dir/shapes-txt2img/config.json",
+   "weights": "$models_dir/shapes-txt2img/weights.safetensors",
+   "tasks": ["text_to_image"], "default_for": ["text_to_image"], "required": true},
+  {"name": "broken", "config": "$models_dir/shapes-txt2img/config.json",
+   "weights": "$work/broken.safetensors", "tasks": ["text_to_image"],
+   "required": $1}]}
+EOF
+}
+corrupt_registry true >"$work/required.json"
+code=0
+timeout 120 "$ldmserve" --listen=127.0.0.1:0 --metrics-listen= \
+  --models="$work/required.json" 2>"$work/required.txt" || code=$?
+[[ $code -eq 2 ]] || fail "a corrupt required model: exit $code"
+grep -q "^ldmserve: .*broken.safetensors" "$work/required.txt" \
+  || fail "a corrupt required model: $(cat "$work/required.txt")"
+corrupt_registry false >"$work/optional.json"
+"$ldmserve" --listen=127.0.0.1:0 --metrics-listen= --threads=1 \
+  --models="$work/optional.json" --port-file="$work/optional_port" \
+  >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 600); do
+  [[ -s "$work/optional_port" ]] && break
+  kill -0 "$server_pid" 2>/dev/null || fail "server with an optional corrupt model exited"
+  sleep 0.1
+done
+optional_addr="127.0.0.1:$(cat "$work/optional_port")"
+for _ in $(seq 1 600); do
+  "$ldmctl" --addr="$optional_addr" health >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$ldmctl" --addr="$optional_addr" models >"$work/optional_models.txt" \
+  || fail "models with a corrupt optional model"
+grep -q "^broken	MODEL_STATE_FAILED.*broken.safetensors" "$work/optional_models.txt" \
+  || fail "the corrupt model: $(cat "$work/optional_models.txt")"
+grep -q "^shapes-txt2img	MODEL_STATE_READY" "$work/optional_models.txt" \
+  || fail "the good model: $(cat "$work/optional_models.txt")"
+"$ldmctl" --addr="$optional_addr" txt2img --prompt "a red circle" --steps 2 \
+  --out "$work/optional.png" 2>/dev/null || fail "txt2img beside a corrupt model"
+kill -TERM "$server_pid"
+wait "$server_pid" || fail "server exit code $?"
+server_pid=
+
 # The server the rest talks to takes its flags from the environment; the
 # command line wins over it (LDMSERVE_DEVICES would fail to start).
 LDMSERVE_LISTEN=127.0.0.1:0 LDMSERVE_METRICS_LISTEN=127.0.0.1:0 \

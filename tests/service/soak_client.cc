@@ -10,6 +10,9 @@
 //   malformed  5%: out of limits, unknown model, corrupt PNG, no task;
 //              must get INVALID_ARGUMENT or NOT_FOUND at once
 //
+// --only-normal --allow-unavailable: the drain check (every call reads to
+// the end; calls made after SIGTERM may get UNAVAILABLE).
+//
 // Prints "progress N" as calls end (the driver samples the server's memory
 // by progress), then one JSON summary: calls by behaviour and final code,
 // and every violation found.
@@ -38,6 +41,10 @@ ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "server address");
 ABSL_FLAG(int, requests, 400, "calls in all");
 ABSL_FLAG(int, concurrency, 32, "calls in flight");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the behaviour draws");
+ABSL_FLAG(bool, only_normal, false,
+          "every call reads to the end (the drain check)");
+ABSL_FLAG(bool, allow_unavailable, false,
+          "UNAVAILABLE is an allowed end (calls made while the server drains)");
 
 namespace {
 
@@ -77,10 +84,10 @@ struct Plan {
   int silent_ms = 0;
 };
 
-Plan MakePlan(int index, uint64_t seed) {
+Plan MakePlan(int index, uint64_t seed, bool only_normal) {
   std::mt19937_64 random(seed * 1000003 + static_cast<uint64_t>(index));
   Plan plan;
-  const int draw = static_cast<int>(random() % 100);
+  const int draw = only_normal ? 99 : static_cast<int>(random() % 100);
   plan.behaviour = draw < 5    ? Behaviour::kMalformed
                    : draw < 15 ? Behaviour::kCancel
                    : draw < 25 ? Behaviour::kDeadline
@@ -170,6 +177,8 @@ int main(int argc, char** argv) {
   const int requests = absl::GetFlag(FLAGS_requests);
   const int concurrency = absl::GetFlag(FLAGS_concurrency);
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const bool only_normal = absl::GetFlag(FLAGS_only_normal);
+  const bool allow_unavailable = absl::GetFlag(FLAGS_allow_unavailable);
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(64 << 20);
   auto stub = ldm::v1::ImageSynthesisService::NewStub(grpc::CreateCustomChannel(
@@ -184,14 +193,18 @@ int main(int argc, char** argv) {
   std::atomic<int> next{0};
   auto worker = [&] {
     for (int index = next++; index < requests; index = next++) {
-      const Plan plan = MakePlan(index, seed);
+      const Plan plan = MakePlan(index, seed, only_normal);
       const Outcome outcome = Run(*stub, plan);
       const std::string code = ldmctl::StatusCodeName(outcome.code);
       std::string violation;
+      const bool refused_while_draining =
+          allow_unavailable && outcome.code == grpc::StatusCode::UNAVAILABLE;
       const bool ok = outcome.code == grpc::StatusCode::OK;
       switch (plan.behaviour) {
         case Behaviour::kNormal:
-          if (!ok) violation = "a normal call ended " + code;
+          if (!ok && !refused_while_draining) {
+            violation = "a normal call ended " + code;
+          }
           break;
         case Behaviour::kCancel:
         case Behaviour::kSilent:

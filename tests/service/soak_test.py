@@ -171,11 +171,38 @@ def main():
             print("clients:", json.dumps(summary["counts"], sort_keys=True))
             print("server: ", json.dumps(server_counts, sort_keys=True))
 
-            # SIGTERM drains and exits 0.
-            server.send_signal(signal.SIGTERM)
-            code = server.wait(timeout=60)
+            # SIGTERM under load: calls in flight finish, later ones get
+            # UNAVAILABLE, the server exits 0.
+            drain = subprocess.Popen(
+                [soak_client, f"--addr={address}", "--requests=96",
+                 f"--concurrency={concurrency}", "--only_normal",
+                 "--allow_unavailable", "--seed=2"],
+                stdout=subprocess.PIPE, text=True)
+            drain_summary = None
+            signalled = False
+            for line in drain.stdout:
+                if (line.startswith("progress ") and not signalled
+                        and int(line.split()[1]) >= 10):
+                    server.send_signal(signal.SIGTERM)
+                    signalled = True
+                elif line.startswith("summary "):
+                    drain_summary = json.loads(line[len("summary "):])
+            drain.wait()
+            if not signalled:
+                server.send_signal(signal.SIGTERM)
+                failures.append("the drain check ended before SIGTERM")
+            code = server.wait(timeout=90)
             if code != 0:
-                failures.append(f"exit code {code} after SIGTERM")
+                failures.append(f"exit code {code} after SIGTERM under load")
+            if not drain_summary or "counts" not in drain_summary:
+                failures.append("the drain check printed no summary")
+            else:
+                failures += [f"drain: {v}" for v in
+                             drain_summary["violations"]]
+                if drain_summary["counts"].get("normal", {}).get("OK", 0) == 0:
+                    failures.append("drain: no call in flight finished")
+                print("drain: ", json.dumps(drain_summary["counts"],
+                                            sort_keys=True))
         finally:
             if server.poll() is None:
                 server.kill()
