@@ -185,8 +185,8 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
     // the transit time, and the client's own cancel at its deadline can
     // reach us first: within this margin it is a deadline, not a cancel.
     constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(100);
-    const bool expired = absl::Now() + kDeadlineMargin >=
-                         absl::FromChrono(context_->deadline());
+    const bool expired =
+        absl::Now() + kDeadlineMargin >= absl::FromChrono(context_->deadline());
     scheduler_->Cancel(
         job, expired ? absl::DeadlineExceededError("deadline exceeded")
                      : absl::CancelledError("cancelled by the client"));

@@ -46,7 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   // Small limits keep each input fast; the checks are the same.
   ldmserve::ServiceLimits limits;
-  limits.max_pixels = 128 * 128;
+  limits.max_pixels = uint64_t{128} * 128;
   limits.max_image_side = 256;
   for (const ldm::ModelCapabilities& model : {TextModel(), UpscaleModel()}) {
     absl::StatusOr<ldmserve::JobSpec> spec =

@@ -42,9 +42,8 @@ inline void RequireClearStatus(const absl::Status& status,
 inline std::string WriteInputFile(const uint8_t* data, size_t size,
                                   const char* suffix) {
   const char* directory = std::getenv("TMPDIR");
-  const std::string path =
-      std::string(directory != nullptr ? directory : "/tmp") +
-      "/ldmserve-fuzz-" + std::to_string(getpid()) + suffix;
+  std::string path = std::string(directory != nullptr ? directory : "/tmp") +
+                     "/ldmserve-fuzz-" + std::to_string(getpid()) + suffix;
   std::ofstream file(path, std::ios::binary | std::ios::trunc);
   file.write(reinterpret_cast<const char*>(data),
              static_cast<std::streamsize>(size));

@@ -52,9 +52,14 @@ using ldm::v1::GenerateRequest;
 using ldm::v1::GenerateResponse;
 
 const char* const kPrompts[] = {
-    "a red circle",        "a blue square",     "a green triangle",
-    "a yellow circle",     "a red square above a blue circle",
-    "a purple triangle",   "a blue circle",     "an orange square",
+    "a red circle",
+    "a blue square",
+    "a green triangle",
+    "a yellow circle",
+    "a red square above a blue circle",
+    "a purple triangle",
+    "a blue circle",
+    "an orange square",
 };
 
 enum class Behaviour { kNormal, kCancel, kDeadline, kSilent, kMalformed };
@@ -181,13 +186,13 @@ int main(int argc, char** argv) {
   const bool allow_unavailable = absl::GetFlag(FLAGS_allow_unavailable);
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(64 << 20);
-  auto stub = ldm::v1::ImageSynthesisService::NewStub(grpc::CreateCustomChannel(
-      absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials(),
-      arguments));
+  auto stub = ldm::v1::ImageSynthesisService::NewStub(
+      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_addr),
+                                grpc::InsecureChannelCredentials(), arguments));
 
   absl::Mutex mu;
   std::map<std::string, std::map<std::string, int>> counts;  // By behaviour.
-  std::map<std::string, std::string> images;  // By combination.
+  std::map<std::string, std::string> images;                 // By combination.
   std::vector<std::string> violations;
   int done = 0;
   std::atomic<int> next{0};
@@ -225,14 +230,14 @@ int main(int argc, char** argv) {
           break;
       }
       if (ok && outcome.results != 1) {
-        violation = absl::StrCat("an OK call had ", outcome.results,
-                                 " results");
+        violation =
+            absl::StrCat("an OK call had ", outcome.results, " results");
       }
       absl::MutexLock lock(&mu);
       ++counts[BehaviourName(plan.behaviour)][code];
       if (ok && plan.behaviour != Behaviour::kMalformed) {
-        auto [known, inserted] = images.emplace(plan.combination,
-                                                outcome.image);
+        auto [known, inserted] =
+            images.emplace(plan.combination, outcome.image);
         if (!inserted && known->second != outcome.image) {
           violation = "a different image for " + plan.combination;
         }
@@ -248,6 +253,7 @@ int main(int argc, char** argv) {
     }
   };
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(concurrency));
   for (int i = 0; i < concurrency; ++i) threads.emplace_back(worker);
   for (std::thread& thread : threads) thread.join();
 
