@@ -43,6 +43,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -549,6 +550,88 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
   return serving_status == 1 ? 0 : 1;
 }
 
+// The flags each subcommand reads, for `ldmctl SUBCOMMAND --help` (every
+// name must be an ldmctl flag: checked when the help is printed).
+const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
+  static const auto* const flags = [] {
+    const std::vector<std::string> settings = {
+        "model", "steps", "cfg", "eta", "sampler", "seed", "n", "priority"};
+    const std::vector<std::string> output = {"out", "previews",
+                                             "preview_every"};
+    auto join = [](std::vector<std::vector<std::string>> parts) {
+      std::vector<std::string> all;
+      for (const auto& part : parts)
+        all.insert(all.end(), part.begin(), part.end());
+      return all;
+    };
+    return new std::map<std::string, std::vector<std::string>>{
+        {"txt2img",
+         join({{"prompt", "negative", "width", "height"}, settings, output})},
+        {"img2img",
+         join({{"prompt", "negative", "image", "strength"}, settings, output})},
+        {"inpaint",
+         join({{"prompt", "negative", "image", "mask"}, settings, output})},
+        {"upscale", join({{"image", "scale"}, settings, output})},
+        {"models", {}},
+        {"health", {}},
+        {"bench",
+         join({{"concurrency", "rate", "duration", "requests", "max_in_flight",
+                "tasks", "json", "prompt", "negative", "width", "height",
+                "image", "mask", "strength", "scale"},
+               settings})},
+    };
+  }();
+  return *flags;
+}
+
+// How every subcommand connects.
+const std::vector<std::string>& ConnectionFlags() {
+  static const auto* const flags = new std::vector<std::string>{
+      "addr",    "timeout",         "tls",   "tls_ca",        "tls_cert",
+      "tls_key", "tls_server_name", "token", "load_balancing"};
+  return *flags;
+}
+
+void PrintFlags(const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) {
+      std::fprintf(stderr, "ldmctl: internal: no flag --%s\n", name.c_str());
+      std::abort();
+    }
+    std::printf("  --%s (default \"%s\")\n      %s\n",
+                absl::StrReplaceAll(name, {{"_", "-"}}).c_str(),
+                flag->DefaultValue().c_str(), flag->Help().c_str());
+  }
+}
+
+// `ldmctl SUBCOMMAND --help`: that subcommand's flags only. False when the
+// arguments ask for no subcommand's help.
+bool PrintSubcommandHelp(const std::vector<std::string>& arguments) {
+  std::string subcommand;
+  bool help = false;
+  for (size_t i = 1; i < arguments.size(); ++i) {
+    const std::string& argument = arguments[i];
+    if (argument == "--help" || argument == "-h" || argument == "-help") {
+      help = true;
+    } else if (subcommand.empty() && !argument.empty() && argument[0] != '-' &&
+               SubcommandFlags().count(argument) > 0) {
+      subcommand = argument;
+    }
+  }
+  if (!help || subcommand.empty()) return false;
+  std::printf("usage: ldmctl [connection flags] %s [flags]\n",
+              subcommand.c_str());
+  const std::vector<std::string>& own = SubcommandFlags().at(subcommand);
+  if (!own.empty()) {
+    std::printf("\n%s flags:\n", subcommand.c_str());
+    PrintFlags(own);
+  }
+  std::printf("\nconnection flags:\n");
+  PrintFlags(ConnectionFlags());
+  return true;
+}
+
 // Adds `authorization: Bearer TOKEN` to every call on the channel.
 class BearerTokenInterceptor : public grpc::experimental::Interceptor {
  public:
@@ -655,6 +738,7 @@ int main(int argc, char** argv) {
       "txt2img|img2img|inpaint|upscale|models|health|bench [flags]");
   std::vector<std::string> storage;
   std::vector<char*> args = ldmserve::NormalizeFlagDashes(argc, argv, &storage);
+  if (PrintSubcommandHelp(storage)) return 0;
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   // Before any thread exists, so that every thread inherits the mask and
@@ -668,7 +752,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: ldmctl [--addr=HOST:PORT] "
                  "txt2img|img2img|inpaint|upscale|models|health|bench "
-                 "[flags] (--help for flags)\n");
+                 "[flags] (ldmctl SUBCOMMAND --help for its flags)\n");
     return kUsageError;
   }
   const std::string command = positional[1];

@@ -342,6 +342,8 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   if (tokens_ != nullptr) {
     absl::StatusOr<AuthTokens::Lease> lease = tokens_->Acquire(*client);
     if (!lease.ok()) {
+      LOG_EVERY_N(WARNING, 100) << lease.status().message() << " ("
+                                << google::COUNTER << " refusals so far)";
       // Labelled first, so that the refusal counts against the client.
       stream->SetClient(*client, AuthTokens::Lease());
       stream->Reject(lease.status());

@@ -16,6 +16,20 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; echo "--- server log" >&2; cat "$work/server.log" >&2; exit 1; }
 
+# ldmctl SUBCOMMAND --help: that subcommand's flags and the connection
+# flags, no others (every listed name is checked to be a flag).
+for command in txt2img img2img inpaint upscale models health bench; do
+  "$ldmctl" "$command" --help >"$work/help_$command.txt" \
+    || fail "ldmctl $command --help: exit $?"
+  grep -q -- "--tls-ca" "$work/help_$command.txt" \
+    || fail "$command --help lacks the connection flags"
+done
+grep -q -- "--prompt" "$work/help_txt2img.txt" || fail "txt2img --help lacks --prompt"
+grep -q -- "--concurrency" "$work/help_txt2img.txt" && fail "txt2img --help lists bench's flags"
+grep -q -- "--mask" "$work/help_inpaint.txt" || fail "inpaint --help lacks --mask"
+grep -q -- "--concurrency" "$work/help_bench.txt" || fail "bench --help lacks --concurrency"
+grep -q -- "--prompt" "$work/help_health.txt" && fail "health --help lists generation flags"
+
 # A device this machine lacks: exit 2 at once with one line naming it.
 touch "$work/server.log"
 code=0
