@@ -327,9 +327,18 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
       case ldm::v1::GenerateResponse::kProgress: {
         const ldm::v1::Progress& p = response.progress();
         const double elapsed = p.elapsed_ms() / 1000.0;
+        // On a terminal a bar redrawn in place; in a log one line a step.
+        std::string bar;
+        if (tty && p.total_steps() > 0) {
+          constexpr int kWidth = 24;
+          const int filled = static_cast<int>(static_cast<int64_t>(kWidth) *
+                                              p.step() / p.total_steps());
+          bar = absl::StrCat("[", std::string(filled, '#'),
+                             std::string(kWidth - filled, '-'), "] ");
+        }
         std::fprintf(stderr,
-                     "%sstep %u/%u  %.1f steps/s  %.1fs elapsed  eta %.1fs%s",
-                     tty ? "\r" : "", p.step(), p.total_steps(),
+                     "%s%sstep %u/%u  %.1f steps/s  %.1fs elapsed  eta %.1fs%s",
+                     tty ? "\r" : "", bar.c_str(), p.step(), p.total_steps(),
                      elapsed > 0 ? p.step() / elapsed : 0.0, elapsed,
                      p.estimated_remaining_ms() / 1000.0, tty ? "" : "\n");
         progress_line_open = tty;

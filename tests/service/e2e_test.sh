@@ -135,6 +135,14 @@ grep -q "MODEL_STATE_READY" "$work/models.txt" || fail "models: $(cat "$work/mod
 for step in 1 2 3 4 5; do
   grep -q "step $step/5" "$work/progress.txt" || fail "no progress for step $step: $(cat "$work/progress.txt")"
 done
+# On a terminal (script gives one) the progress is a bar redrawn in place.
+if command -v script >/dev/null; then
+  script -qec "'$ldmctl' --addr=$addr txt2img --prompt 'a red circle' --steps 4 --out '$work/tty.png'" \
+    /dev/null >"$work/tty.txt" 2>&1 || fail "txt2img on a terminal: $(cat "$work/tty.txt")"
+  grep -q "\[############------------\] step 2/4 .* eta " "$work/tty.txt" \
+    || fail "no progress bar on a terminal: $(tr '\r' '\n' <"$work/tty.txt")"
+fi
+
 # A PNG signature and the model's native 64x64 size in the IHDR chunk.
 [[ "$(head -c 8 "$work/out.png" | od -An -tx1 | tr -d ' \n')" == "89504e470d0a1a0a" ]] \
   || fail "out.png is not a PNG"
