@@ -53,6 +53,10 @@ BUILD_PACKAGES=(
   python3-grpcio
   python3-protobuf
   python3-yaml
+  python3-pip
+  python3-venv
+  python3-setuptools
+  python3-wheel
   yamllint
 )
 

@@ -13,8 +13,11 @@
     client = Client("ldm.example.com:443", tls=Tls.from_files(ca="ca.pem"),
                     token=os.environ["LDMSERVE_TOKEN"])
 
-The stubs (ldm/v1/image_synthesis_pb2*.py) are generated at build time from
-proto/ (CMake target ldmclient_python) and found through PYTHONPATH.
+Install: pip install ./client/python (offline on Debian 12: pip install
+--no-index --no-build-isolation into a venv made with --system-site-packages).
+The package ships its stubs (ldm/v1/image_synthesis_pb2*.py); ctest
+python.stubs_fresh checks them against proto/ (tools/python/update_stubs.sh
+regenerates them).
 """
 
 from ldmclient.client import (AsyncClient, Client, Generation, Image,

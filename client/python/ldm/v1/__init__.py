@@ -1,0 +1,1 @@
+"""ldm.v1: ImageSynthesisService messages and stubs."""
