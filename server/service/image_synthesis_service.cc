@@ -100,6 +100,11 @@ class GenerateStream : public JobSink {
     model_label_ = std::move(model);
     task_label_ = std::move(task);
   }
+  // What the job runs with, for its Result and its images' metadata.
+  void SetSettings(ldm::v1::ResolvedSettings settings) {
+    absl::MutexLock lock(&mu_);
+    settings_ = std::move(settings);
+  }
   // The authenticated client and its slot, held until the call ends.
   void SetClient(std::string name, AuthTokens::Lease lease) {
     absl::MutexLock lock(&mu_);
@@ -147,6 +152,7 @@ class GenerateStream : public JobSink {
   std::string model_label_ ABSL_GUARDED_BY(mu_);
   std::string task_label_ ABSL_GUARDED_BY(mu_);
   std::string client_name_ ABSL_GUARDED_BY(mu_);  // Empty: no tokens.
+  ldm::v1::ResolvedSettings settings_ ABSL_GUARDED_BY(mu_);
   AuthTokens::Lease client_lease_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -208,9 +214,15 @@ void GenerateStream::OnResult(JobResult result) {
   last.set_job_id(job_id_);
   ldm::v1::Result* out = last.mutable_result();
   out->set_model(result.model_name);
+  {
+    absl::MutexLock lock(&mu_);
+    *out->mutable_settings() = settings_;
+  }
   for (size_t i = 0; i < result.images.size(); ++i) {
     const RgbImage& image = result.images[i];
-    absl::StatusOr<std::string> png = EncodePng(image);
+    std::string parameters = ParametersText(out->settings(), result.seeds[i]);
+    absl::StatusOr<std::string> png =
+        EncodePng(image, {{"parameters", parameters}});
     if (!png.ok()) {
       OnError(png.status());
       return;
@@ -220,6 +232,7 @@ void GenerateStream::OnResult(JobResult result) {
     entry->set_width(static_cast<uint32_t>(image.width));
     entry->set_height(static_cast<uint32_t>(image.height));
     entry->set_seed(result.seeds[i]);
+    entry->set_parameters(std::move(parameters));
   }
   ldm::v1::StageTimings* timings = out->mutable_timings();
   timings->set_queue_ms(ToMillis(result.timings.queue));
@@ -373,6 +386,7 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   }
   spec->model_name = (*model)->entry.name;
   stream->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
+  stream->SetSettings(ResolvedSettingsOf(*spec));
   auto job =
       std::make_shared<Job>(job_id, *std::move(spec), (*model)->Copies(),
                             stream, absl::FromChrono(context->deadline()));
@@ -396,25 +410,13 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
     reactor->Finish(ToGrpc(client.status()));
     return reactor;
   }
-  auto to_proto = [](ldm::Task kind) {
-    switch (kind) {
-      case ldm::Task::kTextToImage:
-        return ldm::v1::TASK_TEXT_TO_IMAGE;
-      case ldm::Task::kImageToImage:
-        return ldm::v1::TASK_IMAGE_TO_IMAGE;
-      case ldm::Task::kInpaint:
-        return ldm::v1::TASK_INPAINT;
-      case ldm::Task::kSuperResolution:
-        return ldm::v1::TASK_SUPER_RESOLUTION;
-    }
-    return ldm::v1::TASK_UNSPECIFIED;
-  };
   for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
     ldm::v1::ModelInfo* info = response->add_models();
     info->set_name(status.entry.name);
-    for (ldm::Task kind : status.entry.tasks) info->add_tasks(to_proto(kind));
+    for (ldm::Task kind : status.entry.tasks)
+      info->add_tasks(TaskToProto(kind));
     for (ldm::Task kind : status.entry.default_for) {
-      info->add_default_for(to_proto(kind));
+      info->add_default_for(TaskToProto(kind));
     }
     for (const std::string& device : status.entry.devices) {
       info->add_devices(device);

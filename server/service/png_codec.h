@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -16,10 +17,19 @@ namespace ldmserve {
 
 using ldm::RgbImage;
 
+// Text chunks (iTXt: UTF-8) written before the pixels: keyword, text.
+using PngText = std::vector<std::pair<std::string, std::string>>;
+
 // Encodes 8-bit RGB pixels (`width * height * 3` bytes).
 absl::StatusOr<std::string> EncodePng(const uint8_t* rgb, uint32_t width,
-                                      uint32_t height);
-absl::StatusOr<std::string> EncodePng(const RgbImage& image);
+                                      uint32_t height,
+                                      const PngText& text = {});
+absl::StatusOr<std::string> EncodePng(const RgbImage& image,
+                                      const PngText& text = {});
+
+// The iTXt and tEXt chunks of a PNG (for tests and tools); INVALID_ARGUMENT
+// when it does not parse.
+absl::StatusOr<PngText> ReadPngText(absl::string_view bytes);
 
 struct PngLimits {
   uint32_t max_width = 4096;

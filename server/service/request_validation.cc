@@ -256,4 +256,88 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   return spec;
 }
 
+ldm::v1::Task TaskToProto(ldm::Task task) {
+  switch (task) {
+    case ldm::Task::kTextToImage:
+      return ldm::v1::TASK_TEXT_TO_IMAGE;
+    case ldm::Task::kImageToImage:
+      return ldm::v1::TASK_IMAGE_TO_IMAGE;
+    case ldm::Task::kInpaint:
+      return ldm::v1::TASK_INPAINT;
+    case ldm::Task::kSuperResolution:
+      return ldm::v1::TASK_SUPER_RESOLUTION;
+  }
+  return ldm::v1::TASK_UNSPECIFIED;
+}
+
+namespace {
+
+struct SamplerNames {
+  ldm::v1::SamplerKind proto;
+  const char* display;  // As AUTOMATIC1111 names it.
+};
+
+SamplerNames NamesOf(ldm::SamplerKind kind) {
+  switch (kind) {
+    case ldm::SamplerKind::kDdim:
+      return {ldm::v1::SAMPLER_KIND_DDIM, "DDIM"};
+    case ldm::SamplerKind::kPlms:
+      return {ldm::v1::SAMPLER_KIND_PLMS, "PLMS"};
+    case ldm::SamplerKind::kDdpm:
+      return {ldm::v1::SAMPLER_KIND_DDPM, "DDPM"};
+    case ldm::SamplerKind::kEulerAncestral:
+      return {ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL, "Euler a"};
+    case ldm::SamplerKind::kDpmSolverPP2M:
+      return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M, "DPM++ 2M"};
+  }
+  return {ldm::v1::SAMPLER_KIND_UNSPECIFIED, "?"};
+}
+
+}  // namespace
+
+ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec) {
+  const ldm::GenerationRequest& job = spec.request;
+  ldm::v1::ResolvedSettings settings;
+  settings.set_model(spec.model_name);
+  settings.set_task(TaskToProto(spec.task()));
+  settings.set_prompt(job.prompt);
+  settings.set_negative_prompt(job.negative_prompt);
+  settings.set_sampler(NamesOf(job.sampler.kind).proto);
+  settings.set_steps(static_cast<uint32_t>(job.sampler.steps));
+  settings.set_guidance_scale(job.sampler.guidance_scale);
+  settings.set_eta(static_cast<float>(job.sampler.eta));
+  settings.set_strength(static_cast<float>(job.sampler.strength));
+  settings.set_width(static_cast<uint32_t>(spec.geometry.width));
+  settings.set_height(static_cast<uint32_t>(spec.geometry.height));
+  settings.set_seed(job.seed);
+  settings.set_num_images(static_cast<uint32_t>(job.num_images));
+  return settings;
+}
+
+std::string ParametersText(const ldm::v1::ResolvedSettings& settings,
+                           uint64_t seed) {
+  std::string text = settings.prompt();
+  if (!settings.negative_prompt().empty()) {
+    absl::StrAppend(&text, "\nNegative prompt: ", settings.negative_prompt());
+  }
+  const char* sampler = "?";
+  for (ldm::SamplerKind kind :
+       {ldm::SamplerKind::kDdim, ldm::SamplerKind::kPlms,
+        ldm::SamplerKind::kDdpm, ldm::SamplerKind::kEulerAncestral,
+        ldm::SamplerKind::kDpmSolverPP2M}) {
+    if (NamesOf(kind).proto == settings.sampler()) {
+      sampler = NamesOf(kind).display;
+    }
+  }
+  absl::StrAppend(&text, "\nSteps: ", settings.steps(), ", Sampler: ", sampler,
+                  ", CFG scale: ", settings.guidance_scale(), ", Seed: ", seed,
+                  ", Size: ", settings.width(), "x", settings.height(),
+                  ", Model: ", settings.model());
+  if (settings.eta() != 0.0f) absl::StrAppend(&text, ", Eta: ", settings.eta());
+  if (settings.task() == ldm::v1::TASK_IMAGE_TO_IMAGE) {
+    absl::StrAppend(&text, ", Denoising strength: ", settings.strength());
+  }
+  return text;
+}
+
 }  // namespace ldmserve

@@ -8,6 +8,7 @@
 #define LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "ldm/v1/image_synthesis.pb.h"
@@ -43,6 +44,17 @@ absl::StatusOr<JobSpec> ValidateRequest(const ldm::v1::GenerateRequest& request,
                                         const ldm::ModelCapabilities& model,
                                         const ServiceLimits& limits,
                                         uint64_t random_seed);
+
+// The API's name for `task`.
+ldm::v1::Task TaskToProto(ldm::Task task);
+
+// The settings `spec` runs with, every default resolved (Result.settings).
+ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec);
+
+// The generation parameters of image `seed` as AUTOMATIC1111 writes them
+// into a PNG ("parameters"), so that other front ends read them.
+std::string ParametersText(const ldm::v1::ResolvedSettings& settings,
+                           uint64_t seed);
 
 }  // namespace ldmserve
 

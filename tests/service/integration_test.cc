@@ -181,6 +181,43 @@ TEST_F(IntegrationTest, GenerateStreamsQueuedProgressAndResult) {
   EXPECT_GT(result.timings().total_ms() + 1, result.timings().denoise_ms());
 }
 
+TEST_F(IntegrationTest, ResultsEchoTheirResolvedSettingsAndWriteThemInThePng) {
+  GenerateRequest request = TextRequest("a red circle", 0, 42);  // 0 steps.
+  request.mutable_text_to_image()->set_negative_prompt("blue");
+  request.set_num_images(2);
+  request.mutable_sampler()->set_steps(3);
+  CallResult call = Call(request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  const ldm::v1::Result& result = call.events.back().result();
+  const ldm::v1::ResolvedSettings& settings = result.settings();
+  EXPECT_EQ(settings.model(), kModelName);
+  EXPECT_EQ(settings.task(), ldm::v1::TASK_TEXT_TO_IMAGE);
+  EXPECT_EQ(settings.prompt(), "a red circle");
+  EXPECT_EQ(settings.negative_prompt(), "blue");
+  // Defaults resolved: DDIM, the server's guidance, the native size.
+  EXPECT_EQ(settings.sampler(), ldm::v1::SAMPLER_KIND_DDIM);
+  EXPECT_EQ(settings.steps(), 3u);
+  EXPECT_EQ(settings.guidance_scale(), ServiceLimits().default_guidance_scale);
+  EXPECT_EQ(settings.width(), 16u);
+  EXPECT_EQ(settings.height(), 16u);
+  EXPECT_EQ(settings.seed(), 42u);
+  EXPECT_EQ(settings.num_images(), 2u);
+  ASSERT_EQ(result.images_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const std::string& parameters = result.images(i).parameters();
+    EXPECT_EQ(parameters,
+              absl::StrCat("a red circle\nNegative prompt: blue\nSteps: 3, "
+                           "Sampler: DDIM, CFG scale: 7.5, Seed: ",
+                           42 + i, ", Size: 16x16, Model: ", kModelName));
+    // The same text is in the file, where other front ends read it.
+    auto text = ReadPngText(result.images(i).data());
+    ASSERT_TRUE(text.ok()) << text.status();
+    ASSERT_EQ(text->size(), 1u);
+    EXPECT_EQ((*text)[0].first, "parameters");
+    EXPECT_EQ((*text)[0].second, parameters);
+  }
+}
+
 TEST_F(IntegrationTest, ConcurrentClientsGetExactlyTheirAloneResults) {
   struct Case {
     int steps;

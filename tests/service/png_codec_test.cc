@@ -48,6 +48,23 @@ TEST(PngCodecTest, ImagesOverTheLimitAreRejected) {
   EXPECT_THAT(image.status().message(), HasSubstr("16x4096"));
 }
 
+TEST(PngCodecTest, TextChunksRoundTripAsUtf8) {
+  std::vector<uint8_t> pixels(4 * 4 * 3, 7);
+  const std::string parameters =
+      "ein Café 東京\nSteps: 25, Sampler: DDIM, Seed: 3";
+  auto png = EncodePng(pixels.data(), 4, 4, {{"parameters", parameters}});
+  ASSERT_TRUE(png.ok()) << png.status();
+  auto text = ReadPngText(*png);
+  ASSERT_TRUE(text.ok()) << text.status();
+  ASSERT_EQ(text->size(), 1u);
+  EXPECT_EQ((*text)[0].first, "parameters");
+  EXPECT_EQ((*text)[0].second, parameters);
+  // The pixels are unchanged by the metadata.
+  EXPECT_EQ(DecodePng(*png, "image")->pixels, pixels);
+  EXPECT_TRUE(ReadPngText(*EncodePng(pixels.data(), 4, 4))->empty());
+  EXPECT_FALSE(EncodePng(pixels.data(), 4, 4, {{"", "x"}}).ok());
+}
+
 TEST(PngCodecTest, PixelLimitIsCheckedFromTheHeaderBeforeDecoding) {
   // A black 2048x2048 image compresses to little; cut after the header
   // (signature + IHDR: 33 bytes), its pixels cannot be decoded at all.

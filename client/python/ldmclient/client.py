@@ -34,6 +34,8 @@ class Image:
     width: int
     height: int
     seed: int
+    # The generation parameters, also in the PNG's "parameters" chunk.
+    parameters: str = ""
 
 
 @dataclasses.dataclass
@@ -42,6 +44,10 @@ class Result:
     model: str
     warnings: List[str]
     timings_ms: Dict[str, int]  # queue, encode, denoise, decode, total
+    # What the job ran with, defaults resolved: model, task, prompt,
+    # negative_prompt, sampler, steps, guidance_scale, eta, strength,
+    # width, height, seed, num_images.
+    settings: Dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -68,14 +74,23 @@ Event = Union[Queued, Started, Progress, Result]
 
 def _result(message) -> Result:
     timings = message.timings
+    s = message.settings
+    settings = {"model": s.model, "task": pb.Task.Name(s.task),
+                "prompt": s.prompt, "negative_prompt": s.negative_prompt,
+                "sampler": pb.SamplerKind.Name(s.sampler), "steps": s.steps,
+                "guidance_scale": s.guidance_scale, "eta": s.eta,
+                "strength": s.strength, "width": s.width,
+                "height": s.height, "seed": s.seed,
+                "num_images": s.num_images}
     return Result(
-        images=[Image(i.data, i.width, i.height, i.seed)
+        images=[Image(i.data, i.width, i.height, i.seed, i.parameters)
                 for i in message.images],
         model=message.model,
         warnings=list(message.warnings),
         timings_ms={"queue": timings.queue_ms, "encode": timings.encode_ms,
                     "denoise": timings.denoise_ms,
-                    "decode": timings.decode_ms, "total": timings.total_ms})
+                    "decode": timings.decode_ms, "total": timings.total_ms},
+        settings=settings)
 
 
 def _event(response) -> Event:

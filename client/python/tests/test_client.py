@@ -95,6 +95,16 @@ class ClientTest(unittest.TestCase):
         again = self.client.txt2img("a red circle", steps=3, seed=5,
                                     num_images=2)
         self.assertEqual(first.images[1].png, again.images[1].png)
+        # Defaults resolved (the shapes model's guidance 4), and the
+        # parameters as other front ends read them, also in the PNG.
+        self.assertEqual(first.settings["steps"], 3)
+        self.assertEqual(first.settings["sampler"], "SAMPLER_KIND_DDIM")
+        self.assertEqual(first.settings["guidance_scale"], 4.0)
+        self.assertEqual((first.settings["width"], first.settings["height"]),
+                         (64, 64))
+        self.assertIn("Seed: 6,", first.images[1].parameters)
+        self.assertIn(first.images[1].parameters.encode(),
+                      first.images[1].png)
 
     def test_stream_yields_progress_then_the_result(self):
         events = list(self.client.stream_txt2img("a blue square", steps=4,
