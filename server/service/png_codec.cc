@@ -86,8 +86,9 @@ absl::StatusOr<PngText> ReadPngText(absl::string_view bytes) {
   if (error == 0) error = spng_get_ihdr(ctx.get(), &ihdr);
   // Text may follow the pixels: read to the end first.
   size_t size = 0;
-  if (error == 0)
+  if (error == 0) {
     error = spng_decoded_image_size(ctx.get(), SPNG_FMT_RGB8, &size);
+  }
   std::vector<uint8_t> pixels(size);
   if (error == 0) {
     error = spng_decode_image(ctx.get(), pixels.data(), size, SPNG_FMT_RGB8, 0);
