@@ -6,15 +6,7 @@ ldmserve=$1
 ldmctl=$2
 registry=$3
 work=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; echo "--- server log" >&2; cat "$work/server.log" >&2; exit 1; }
+source "$(dirname "$0")/e2e_lib.sh"
 
 # ldmctl SUBCOMMAND --help: that subcommand's flags and the connection
 # flags, no others (every listed name is checked to be a flag).
@@ -31,7 +23,6 @@ grep -q -- "--concurrency" "$work/help_bench.txt" || fail "bench --help lacks --
 grep -q -- "--prompt" "$work/help_health.txt" && fail "health --help lists generation flags"
 
 # A device this machine lacks: exit 2 at once with one line naming it.
-touch "$work/server.log"
 code=0
 "$ldmserve" --listen=127.0.0.1:0 --metrics-listen= --models="$registry" \
   --devices=cuda:99 2>"$work/devices.txt" || code=$?
@@ -82,12 +73,7 @@ corrupt_registry false >"$work/optional.json"
   --models="$work/optional.json" --port-file="$work/optional_port" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 600); do
-  [[ -s "$work/optional_port" ]] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "server with an optional corrupt model exited"
-  sleep 0.1
-done
-optional_addr="127.0.0.1:$(cat "$work/optional_port")"
+optional_addr=$(wait_for_port "$work/optional_port")
 for _ in $(seq 1 600); do
   "$ldmctl" --addr="$optional_addr" health >/dev/null 2>&1 && break
   sleep 0.1
@@ -111,13 +97,7 @@ LDMSERVE_LISTEN=127.0.0.1:0 LDMSERVE_METRICS_LISTEN=127.0.0.1:0 \
   LDMSERVE_THREADS=1 LDMSERVE_DEVICES=cuda:99 LDMSERVE_MAX_STEPS=1000 \
   "$ldmserve" --devices=cpu >"$work/server.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 600); do
-  [[ -s "$work/port" ]] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "server exited early"
-  sleep 0.1
-done
-[[ -s "$work/port" ]] || fail "server did not report its port"
-addr="127.0.0.1:$(cat "$work/port")"
+addr=$(wait_for_port "$work/port")
 
 # Health turns SERVING once the models are loaded.
 for _ in $(seq 1 600); do

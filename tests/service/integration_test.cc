@@ -605,8 +605,9 @@ TEST_F(IntegrationTest, ReflectionListsTheService) {
   EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
 }
 
-TEST(QueueFullTest, RefusedAtOnceWithARetryHint) {
-  // No workers: admitted jobs stay queued, so the queue fills for sure.
+// A serving server on the tiny model with no workers: admitted jobs stay
+// queued (and hold their queue place and their client's slot).
+std::unique_ptr<LdmServer> StartWithoutWorkers(ServerOptions options) {
   auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
   ModelEntry entry;
   entry.name = kModelName;
@@ -615,12 +616,18 @@ TEST(QueueFullTest, RefusedAtOnceWithARetryHint) {
   registry->AddLoaded(entry, ldm::LatentDiffusion::CreateRandom(
                                  ldm::testing::TinyTextToImageConfig(), 5)
                                  .value());
-  ServerOptions options;
   options.listen = "127.0.0.1:0";
-  options.scheduler.queue_size = 1;
   options.scheduler.workers = 0;
   auto server = LdmServer::Start(options, std::move(registry)).value();
   server->MarkServing();
+  return server;
+}
+
+TEST(QueueFullTest, RefusedAtOnceWithARetryHint) {
+  // No workers: admitted jobs stay queued, so the queue fills for sure.
+  ServerOptions options;
+  options.scheduler.queue_size = 1;
+  auto server = StartWithoutWorkers(options);
   auto stub = ldm::v1::ImageSynthesisService::NewStub(
       grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->port()),
                           grpc::InsecureChannelCredentials()));
@@ -686,20 +693,9 @@ TEST(AuthTokensServiceTest, TokensGateTheServiceAndBoundEachClientsJobs) {
   std::ofstream(tokens_file) << "alice alice-0123456789abcdef 1\n"
                              << "batch batch-fedcba9876543210\n";
   // No workers: admitted jobs stay queued and hold their client's slot.
-  auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
-  ModelEntry entry;
-  entry.name = kModelName;
-  entry.tasks = {ldm::Task::kTextToImage};
-  entry.default_for = {ldm::Task::kTextToImage};
-  registry->AddLoaded(entry, ldm::LatentDiffusion::CreateRandom(
-                                 ldm::testing::TinyTextToImageConfig(), 5)
-                                 .value());
   ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.scheduler.workers = 0;
   options.auth_tokens_file = tokens_file;
-  auto server = LdmServer::Start(options, std::move(registry)).value();
-  server->MarkServing();
+  auto server = StartWithoutWorkers(options);
   auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server->port()),
                                      grpc::InsecureChannelCredentials());
   auto stub = ldm::v1::ImageSynthesisService::NewStub(channel);

@@ -10,16 +10,7 @@ registry=$3
 python=$4
 pythonpath=$5
 work=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-touch "$work/server.log"
-fail() { echo "FAIL: $*" >&2; echo "--- server log" >&2; cat "$work/server.log" >&2; exit 1; }
+source "$(dirname "$0")/e2e_lib.sh"
 command -v openssl >/dev/null || { echo "SKIP: no openssl"; exit 77; }
 
 # A CA, a server certificate for 127.0.0.1/localhost, a client certificate
@@ -62,13 +53,7 @@ code=0
   --tls-client-ca="$work/ca.pem" --auth-tokens="$work/tokens" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 600); do
-  [[ -s "$work/port" ]] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "server exited early"
-  sleep 0.1
-done
-[[ -s "$work/port" ]] || fail "server did not report its port"
-addr="127.0.0.1:$(cat "$work/port")"
+addr=$(wait_for_port "$work/port")
 grep -q "in plaintext" "$work/server.log" && fail "plaintext warning with TLS"
 tls=(--addr="$addr" --tls-ca="$work/ca.pem" --tls-cert="$work/client.pem"
      --tls-key="$work/client.key" --timeout=60)
@@ -160,11 +145,7 @@ server_pid=
 "$ldmserve" --listen=0.0.0.0:0 --metrics-listen= --models="$registry" \
   --threads=1 --port-file="$work/port2" >"$work/server.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 600); do
-  [[ -s "$work/port2" ]] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "server exited early"
-  sleep 0.1
-done
+wait_for_port "$work/port2" >/dev/null
 grep -q "listening on 0.0.0.0:0 in plaintext" "$work/server.log" \
   || fail "no plaintext warning"
 kill -TERM "$server_pid"
