@@ -7,6 +7,9 @@
 //   ldmctl upscale --image small.png --out big.png
 //   ldmctl models
 //   ldmctl health          # exit 0 only when SERVING
+//   ldmctl txt2img --detach --prompt "..."   # prints the job id, exits
+//   ldmctl jobs            # running, queued and recently finished jobs
+//   ldmctl job get|watch|cancel JOB_ID   # watch saves the result (--out)
 //   ldmctl bench --concurrency 4 --duration 30 --steps 10,20,50 --json s.json
 //   ldmctl --tls-ca ca.pem --addr host:50051 models   # TLS (see --help)
 //   LDMSERVE_TOKEN=... ldmctl txt2img ...             # a bearer token
@@ -45,6 +48,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -112,6 +116,9 @@ ABSL_FLAG(
     "(image tasks use --image/--mask)");
 ABSL_FLAG(int, max_in_flight, 64, "bench: open-loop cap on open calls");
 ABSL_FLAG(std::string, json, "", "bench: also write the summary as JSON here");
+ABSL_FLAG(bool, detach, false,
+          "txt2img...: print the job id once queued and exit; the job runs "
+          "on (ldmctl job watch|get|cancel JOB_ID)");
 ABSL_FLAG(std::string, out, "out.png",
           "output file; with several images use {i} and/or {seed}");
 
@@ -258,50 +265,43 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
   return true;
 }
 
-int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
-             const std::string& command) {
-  ldm::v1::GenerateRequest request;
-  if (StepsList().size() != 1) {
-    std::fprintf(stderr, "ldmctl: --steps: one value (lists are for bench)\n");
-    return kUsageError;
+// While alive, Ctrl-C cancels `context`'s call (the server frees the job's
+// slot at the next step, or only detaches when the job outlives its call)
+// instead of killing the process mid-stream. SIGINT is blocked in every
+// thread (main) and taken here; SIGUSR1 ends the watcher.
+class InterruptCancels {
+ public:
+  explicit InterruptCancels(grpc::ClientContext* context)
+      : watcher_([this, context] {
+          sigset_t signals;
+          sigemptyset(&signals);
+          sigaddset(&signals, SIGINT);
+          sigaddset(&signals, SIGUSR1);
+          int signal = 0;
+          if (sigwait(&signals, &signal) == 0 && signal == SIGINT) {
+            interrupted_ = true;
+            context->TryCancel();
+          }
+        }) {}
+  ~InterruptCancels() {
+    pthread_kill(watcher_.native_handle(), SIGUSR1);
+    watcher_.join();
   }
-  if (!FillSettings(&request) || !BuildTask(command, &request)) {
-    return kUsageError;
-  }
-  const std::string previews = absl::GetFlag(FLAGS_previews);
-  if (!previews.empty()) {
-    request.set_preview_every(
-        static_cast<uint32_t>(std::max(1, absl::GetFlag(FLAGS_preview_every))));
-  }
+  bool interrupted() const { return interrupted_; }
 
-  grpc::ClientContext context;
-  SetDeadline(&context);
-  // Ctrl-C cancels the call (the server frees the job's slot at the next
-  // step) instead of killing the process mid-stream. SIGINT is blocked in
-  // every thread (main) and taken here; SIGUSR1 ends the watcher.
-  std::atomic<bool> interrupted{false};
-  std::thread interrupt_watcher([&context, &interrupted] {
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGUSR1);
-    int signal = 0;
-    if (sigwait(&signals, &signal) == 0 && signal == SIGINT) {
-      interrupted = true;
-      context.TryCancel();
-    }
-  });
-  struct StopWatcher {
-    std::thread& watcher;
-    ~StopWatcher() {
-      pthread_kill(watcher.native_handle(), SIGUSR1);
-      watcher.join();
-    }
-  } stop_watcher{interrupt_watcher};
+ private:
+  std::atomic<bool> interrupted_{false};
+  std::thread watcher_;
+};
+
+// Reads a job's events (Generate or WatchJob) to its end: progress on
+// stderr, previews to --previews, the images to --out. Returns the exit
+// code.
+int FollowJob(grpc::ClientReaderInterface<ldm::v1::GenerateResponse>& reader,
+              const InterruptCancels& interrupt) {
+  const std::string previews = absl::GetFlag(FLAGS_previews);
   const bool tty = isatty(STDERR_FILENO) != 0;
   const absl::Time start = absl::Now();
-  std::unique_ptr<grpc::ClientReader<ldm::v1::GenerateResponse>> reader =
-      stub.Generate(&context, request);
   ldm::v1::GenerateResponse response;
   ldm::v1::Result result;
   bool have_result = false;
@@ -310,7 +310,7 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
     if (progress_line_open) std::fputc('\n', stderr);
     progress_line_open = false;
   };
-  while (reader->Read(&response)) {
+  while (reader.Read(&response)) {
     switch (response.event_case()) {
       case ldm::v1::GenerateResponse::kQueued:
         std::fprintf(stderr, "%squeued at position %u", tty ? "\r" : "",
@@ -365,8 +365,9 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
     std::fflush(stderr);
   }
   end_line();
-  grpc::Status status = reader->Finish();
-  if (interrupted && status.error_code() == grpc::StatusCode::CANCELLED) {
+  grpc::Status status = reader.Finish();
+  if (interrupt.interrupted() &&
+      status.error_code() == grpc::StatusCode::CANCELLED) {
     return Fail(grpc::Status(grpc::StatusCode::CANCELLED,
                              "interrupted (Ctrl-C); the call was cancelled"));
   }
@@ -402,6 +403,149 @@ int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
                static_cast<unsigned long long>(result.timings().encode_ms()),
                static_cast<unsigned long long>(result.timings().denoise_ms()),
                static_cast<unsigned long long>(result.timings().decode_ms()));
+  return 0;
+}
+
+int Generate(ldm::v1::ImageSynthesisService::Stub& stub,
+             const std::string& command) {
+  ldm::v1::GenerateRequest request;
+  if (StepsList().size() != 1) {
+    std::fprintf(stderr, "ldmctl: --steps: one value (lists are for bench)\n");
+    return kUsageError;
+  }
+  if (!FillSettings(&request) || !BuildTask(command, &request)) {
+    return kUsageError;
+  }
+  if (!absl::GetFlag(FLAGS_previews).empty()) {
+    request.set_preview_every(
+        static_cast<uint32_t>(std::max(1, absl::GetFlag(FLAGS_preview_every))));
+  }
+  const bool detach = absl::GetFlag(FLAGS_detach);
+  if (detach) request.set_cancel_on_disconnect(false);
+
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  InterruptCancels interrupt(&context);
+  std::unique_ptr<grpc::ClientReader<ldm::v1::GenerateResponse>> reader =
+      stub.Generate(&context, request);
+  if (!detach) return FollowJob(*reader, interrupt);
+  // Detached: the job id on stdout once admitted; the job runs on.
+  ldm::v1::GenerateResponse first;
+  if (reader->Read(&first)) {
+    std::printf("%s\n", first.job_id().c_str());
+    context.TryCancel();
+    while (reader->Read(&first)) {
+    }
+    reader->Finish();
+    return 0;
+  }
+  return Fail(reader->Finish());
+}
+
+// "QUEUED" for JOB_STATE_QUEUED.
+std::string StateName(ldm::v1::JobState state) {
+  const std::string name = ldm::v1::JobState_Name(state);
+  return absl::StartsWith(name, "JOB_STATE_") ? name.substr(10) : name;
+}
+
+// What a job is doing, in a few words: its queue place, its step, or how
+// it ended.
+std::string JobProgress(const ldm::v1::Job& job) {
+  switch (job.state()) {
+    case ldm::v1::JOB_STATE_QUEUED:
+      return absl::StrCat("position ", job.queue_position());
+    case ldm::v1::JOB_STATE_RUNNING:
+    case ldm::v1::JOB_STATE_SUCCEEDED:
+      return absl::StrCat("step ", job.step(), "/", job.total_steps());
+    default:
+      return job.status_message();
+  }
+}
+
+int Jobs(ldm::v1::ImageSynthesisService::Stub& stub) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  ldm::v1::ListJobsResponse response;
+  grpc::Status status =
+      stub.ListJobs(&context, ldm::v1::ListJobsRequest(), &response);
+  if (!status.ok()) return Fail(status);
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  std::printf("%-24s %-10s %-18s %-8s %-6s %s\n", "JOB", "STATE", "MODEL",
+              "AGE", "PRIO", "PROGRESS");
+  for (const ldm::v1::Job& job : response.jobs()) {
+    std::printf(
+        "%-24s %-10s %-18s %-8s %-6d %s\n", job.job_id().c_str(),
+        StateName(job.state()).c_str(), job.model().c_str(),
+        absl::StrFormat("%.0fs", (now_ms - job.created_unix_ms()) / 1000.0)
+            .c_str(),
+        job.priority(), JobProgress(job).c_str());
+  }
+  if (response.total_matching() > static_cast<uint32_t>(response.jobs_size())) {
+    std::printf("(%u more)\n",
+                response.total_matching() - response.jobs_size());
+  }
+  return 0;
+}
+
+void PrintJob(const ldm::v1::Job& job) {
+  const ldm::v1::ResolvedSettings& settings = job.settings();
+  std::printf("job: %s\nstate: %s\nprogress: %s\nmodel: %s\ntask: %s\n",
+              job.job_id().c_str(), StateName(job.state()).c_str(),
+              JobProgress(job).c_str(), job.model().c_str(),
+              ldm::v1::Task_Name(job.task()).c_str());
+  if (!job.client().empty()) std::printf("client: %s\n", job.client().c_str());
+  if (!job.client_request_id().empty()) {
+    std::printf("client request id: %s\n", job.client_request_id().c_str());
+  }
+  std::printf("prompt: %s\nsteps: %u  seed: %llu  images: %u  size: %ux%u\n",
+              settings.prompt().c_str(), settings.steps(),
+              static_cast<unsigned long long>(settings.seed()),
+              settings.num_images(), settings.width(), settings.height());
+  if (job.finished_unix_ms() != 0) {
+    std::printf("ended: %s after %.1fs%s\n",
+                ldmctl::StatusCodeName(
+                    static_cast<grpc::StatusCode>(job.status_code())),
+                (job.finished_unix_ms() - job.created_unix_ms()) / 1000.0,
+                job.result_dropped() ? " (result no longer kept)" : "");
+  }
+}
+
+// ldmctl job get|watch|cancel ID.
+int JobCommand(ldm::v1::ImageSynthesisService::Stub& stub,
+               const std::string& action, const std::string& job_id) {
+  if (action == "watch") {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    InterruptCancels interrupt(&context);
+    ldm::v1::WatchJobRequest request;
+    request.set_job_id(job_id);
+    std::unique_ptr<grpc::ClientReader<ldm::v1::GenerateResponse>> reader =
+        stub.WatchJob(&context, request);
+    return FollowJob(*reader, interrupt);
+  }
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  ldm::v1::Job job;
+  grpc::Status status;
+  if (action == "get") {
+    ldm::v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    request.set_omit_result(true);  // `job watch` saves the images.
+    ldm::v1::GetJobResponse response;
+    status = stub.GetJob(&context, request, &response);
+    job = response.job();
+  } else if (action == "cancel") {
+    ldm::v1::CancelJobRequest request;
+    request.set_job_id(job_id);
+    ldm::v1::CancelJobResponse response;
+    status = stub.CancelJob(&context, request, &response);
+    job = response.job();
+  } else {
+    std::fprintf(stderr, "ldmctl: job get|watch|cancel JOB_ID\n");
+    return kUsageError;
+  }
+  if (!status.ok()) return Fail(status);
+  PrintJob(job);
   return 0;
 }
 
@@ -565,8 +709,8 @@ const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
   static const auto* const flags = [] {
     const std::vector<std::string> settings = {
         "model", "steps", "cfg", "eta", "sampler", "seed", "n", "priority"};
-    const std::vector<std::string> output = {"out", "previews",
-                                             "preview_every"};
+    const std::vector<std::string> output = {"out", "previews", "preview_every",
+                                             "detach"};
     auto join = [](std::vector<std::vector<std::string>> parts) {
       std::vector<std::string> all;
       for (const auto& part : parts)
@@ -583,6 +727,8 @@ const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
         {"upscale", join({{"image", "scale"}, settings, output})},
         {"models", {}},
         {"health", {}},
+        {"jobs", {}},
+        {"job", {"out", "previews"}},
         {"bench",
          join({{"concurrency", "rate", "duration", "requests", "max_in_flight",
                 "tasks", "json", "prompt", "negative", "width", "height",
@@ -744,7 +890,8 @@ std::shared_ptr<grpc::Channel> MakeChannel() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Client for ldmserve.\nUsage: ldmctl [--addr=HOST:PORT] "
-      "txt2img|img2img|inpaint|upscale|models|health|bench [flags]");
+      "txt2img|img2img|inpaint|upscale|models|health|bench|jobs [flags]\n"
+      "       ldmctl job get|watch|cancel JOB_ID");
   std::vector<std::string> storage;
   std::vector<char*> args = ldmserve::NormalizeFlagDashes(argc, argv, &storage);
   if (PrintSubcommandHelp(storage)) return 0;
@@ -757,11 +904,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  if (positional.size() != 2) {
+  const bool job_command =
+      positional.size() >= 2 && std::string(positional[1]) == "job";
+  if (positional.size() != (job_command ? 4u : 2u)) {
     std::fprintf(stderr,
                  "usage: ldmctl [--addr=HOST:PORT] "
-                 "txt2img|img2img|inpaint|upscale|models|health|bench "
-                 "[flags] (ldmctl SUBCOMMAND --help for its flags)\n");
+                 "txt2img|img2img|inpaint|upscale|models|health|bench|jobs "
+                 "[flags]\n       ldmctl job get|watch|cancel JOB_ID "
+                 "(ldmctl SUBCOMMAND --help for its flags)\n");
     return kUsageError;
   }
   const std::string command = positional[1];
@@ -775,6 +925,8 @@ int main(int argc, char** argv) {
   if (command == "models") return Models(*stub);
   if (command == "bench") return Bench(*stub);
   if (command == "health") return Health(channel);
+  if (command == "jobs") return Jobs(*stub);
+  if (job_command) return JobCommand(*stub, positional[2], positional[3]);
   std::fprintf(stderr, "ldmctl: unknown command '%s'\n", command.c_str());
   return kUsageError;
 }

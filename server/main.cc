@@ -111,6 +111,14 @@ ABSL_FLAG(std::string, auth_tokens, "",
 ABSL_FLAG(int, token_max_jobs, 8,
           "with --auth-tokens: a client's Generate calls in flight where its "
           "line names no MAX_JOBS");
+ABSL_FLAG(double, job_retention, 600,
+          "seconds a finished job (and its result) stays findable by GetJob, "
+          "WatchJob and ListJobs");
+ABSL_FLAG(int64_t, job_retention_mib, 256,
+          "memory for finished jobs' results; beyond it the oldest results "
+          "are dropped (the jobs stay listed)");
+ABSL_FLAG(int, max_finished_jobs, 1000,
+          "finished jobs kept; beyond it the oldest are forgotten");
 ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port here once listening (for tests)");
 
@@ -293,6 +301,20 @@ int main(int argc, char** argv) {
   options.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens);
   options.token_max_jobs = absl::GetFlag(FLAGS_token_max_jobs);
+  if (absl::GetFlag(FLAGS_job_retention) < 0 ||
+      absl::GetFlag(FLAGS_job_retention_mib) < 0 ||
+      absl::GetFlag(FLAGS_max_finished_jobs) < 0) {
+    std::fprintf(stderr,
+                 "ldmserve: --job-retention, --job-retention-mib and "
+                 "--max-finished-jobs must be >= 0\n");
+    return 2;
+  }
+  options.job_retention.time =
+      absl::Seconds(absl::GetFlag(FLAGS_job_retention));
+  options.job_retention.result_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_job_retention_mib)) << 20;
+  options.job_retention.max_finished_jobs =
+      absl::GetFlag(FLAGS_max_finished_jobs);
   auto server = ldmserve::LdmServer::Start(
       options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
   if (!server.ok()) {

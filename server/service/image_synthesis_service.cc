@@ -9,9 +9,11 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "server/service/png_codec.h"
+#include "server/common/status_macros.h"
 
 namespace ldmserve {
 namespace {
@@ -24,11 +26,6 @@ grpc::Status ToGrpc(const absl::Status& status) {
                       std::string(status.message()));
 }
 
-uint64_t ToMillis(absl::Duration duration) {
-  return static_cast<uint64_t>(
-      std::max<int64_t>(0, absl::ToInt64Milliseconds(duration)));
-}
-
 uint64_t RandomSeed() {
   static thread_local std::mt19937_64 generator(std::random_device{}());
   uint64_t seed = 0;
@@ -36,110 +33,77 @@ uint64_t RandomSeed() {
   return seed;
 }
 
-class GenerateReactor;
+// A job id prefix of this process: ids stay unique across restarts, so a
+// client holding an old id gets NOT_FOUND, never another job.
+std::string ProcessJobIdPrefix() {
+  std::mt19937_64 generator(std::random_device{}());
+  return absl::StrFormat("job-%08x-", static_cast<uint32_t>(generator()));
+}
 
-// The job's sink and the call's write queue; shared by the reactor (which
-// gRPC deletes after OnDone) and the job (which may outlive the call).
-class GenerateStream : public JobSink {
+class JobStreamReactor;
+
+// A job's events on their way to one call (Generate or WatchJob): keeps one
+// write in flight, coalesces progress (latest wins) so that slow readers
+// never hold up a worker, never drops Queued/Started/Result, and finishes
+// the call exactly once. Shared by the reactor (which gRPC deletes after
+// OnDone) and the job (which may outlive the call).
+class EventStream : public JobWatcher {
  public:
-  GenerateStream(GenerateReactor* reactor, std::string client_request_id,
-                 std::string job_id, ServiceMetrics* metrics)
-      : reactor_(reactor),
-        client_request_id_(std::move(client_request_id)),
-        job_id_(std::move(job_id)),
-        metrics_(metrics),
-        created_at_(absl::Now()) {}
+  explicit EventStream(JobStreamReactor* reactor) : reactor_(reactor) {}
 
-  // JobSink.
-  void OnQueued(int position) override {
+  void Send(const GenerateResponse& event) override {
     absl::MutexLock lock(&mu_);
-    if (position == last_position_) return;
-    last_position_ = position;
-    NewEventLocked()->mutable_queued()->set_position(position);
-    WriteNextLocked();
-  }
-  void OnStarted(absl::Duration queue_time) override {
-    absl::MutexLock lock(&mu_);
-    NewEventLocked()->mutable_started()->set_queue_time_ms(
-        ToMillis(queue_time));
-    WriteNextLocked();
-  }
-  void OnProgress(const ProgressEvent& event) override {
-    std::string preview;
-    if (event.preview.has_value()) {
-      absl::StatusOr<std::string> png = EncodePng(*event.preview);
-      if (png.ok()) preview = std::move(png).value();
+    if (ended_) return;
+    // A progress event still waiting to be written is replaced, unless it
+    // carries a preview the client asked for.
+    if (event.has_progress() && !pending_.empty() &&
+        pending_.back().has_progress() &&
+        pending_.back().progress().preview_png().empty()) {
+      pending_.back() = event;
+    } else {
+      pending_.push_back(event);
     }
-    absl::MutexLock lock(&mu_);
-    // Latest wins: a progress event still waiting to be written is replaced,
-    // unless it carries a preview the client asked for.
-    GenerateResponse* response =
-        (!pending_.empty() && pending_.back().has_progress() &&
-         pending_.back().progress().preview_png().empty())
-            ? &pending_.back()
-            : NewEventLocked();
-    ldm::v1::Progress* progress = response->mutable_progress();
-    progress->set_step(event.step);
-    progress->set_total_steps(event.total_steps);
-    progress->set_elapsed_ms(ToMillis(event.elapsed));
-    progress->set_estimated_remaining_ms(ToMillis(event.estimated_remaining));
-    progress->set_preview_png(std::move(preview));
     WriteNextLocked();
   }
-  void OnResult(JobResult result) override;
-  void OnError(absl::Status status) override {
+
+  void End(const absl::Status& status,
+           const GenerateResponse* result) override {
     absl::MutexLock lock(&mu_);
-    EndLocked(ToGrpc(status), std::nullopt);
+    if (ended_) return;
+    ended_ = true;
+    if (result != nullptr) {
+      // A result is never coalesced away: it queues behind pending events.
+      pending_.push_back(*result);
+    } else if (!status.ok()) {
+      // Nothing else matters to a failed call; end it promptly.
+      pending_.clear();
+    }
+    final_status_ = ToGrpc(status);
+    WriteNextLocked();
   }
 
-  // Ends a call whose job was never admitted.
-  void Reject(const absl::Status& status) { OnError(status); }
-  // The model and task the call's metrics are labelled with.
-  void SetLabels(std::string model, std::string task) {
+  // The call is over for its client (cancelled, disconnected, past its
+  // deadline): finish it with `status` now. Returns whether the job had not
+  // ended yet from this stream's view.
+  bool Abandon(const absl::Status& status) {
     absl::MutexLock lock(&mu_);
-    model_label_ = std::move(model);
-    task_label_ = std::move(task);
+    const bool was_open = !ended_;
+    ended_ = true;
+    cancelled_ = true;
+    pending_.clear();
+    if (!final_status_) final_status_ = ToGrpc(status);
+    WriteNextLocked();
+    return was_open;
   }
-  // What the job runs with, for its Result and its images' metadata.
-  void SetSettings(ldm::v1::ResolvedSettings settings) {
-    absl::MutexLock lock(&mu_);
-    settings_ = std::move(settings);
-  }
-  // The authenticated client and its slot, held until the call ends.
-  void SetClient(std::string name, AuthTokens::Lease lease) {
-    absl::MutexLock lock(&mu_);
-    client_name_ = std::move(name);
-    client_lease_ = std::move(lease);
-  }
+
   void OnWriteDone(bool ok);
 
-  // Marks the call cancelled; returns whether the job still needs stopping.
-  bool MarkCancelled() {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    return !ended_;
-  }
-
  private:
-  GenerateResponse* NewEventLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    pending_.emplace_back();
-    pending_.back().set_client_request_id(client_request_id_);
-    pending_.back().set_job_id(job_id_);
-    return &pending_.back();
-  }
-  // The terminal event: an optional last message, then the status.
-  void EndLocked(grpc::Status status,
-                 std::optional<GenerateResponse> last_message)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Starts the next write or the Finish if nothing is in flight.
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
-  GenerateReactor* reactor_ ABSL_GUARDED_BY(mu_);
-  const std::string client_request_id_;
-  const std::string job_id_;
-  ServiceMetrics* const metrics_;
-  const absl::Time created_at_;
+  JobStreamReactor* reactor_ ABSL_GUARDED_BY(mu_);
   std::deque<GenerateResponse> pending_ ABSL_GUARDED_BY(mu_);
   // The message being written; gRPC reads it until OnWriteDone.
   GenerateResponse in_flight_ ABSL_GUARDED_BY(mu_);
@@ -148,54 +112,58 @@ class GenerateStream : public JobSink {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called.
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> final_status_ ABSL_GUARDED_BY(mu_);
-  int last_position_ ABSL_GUARDED_BY(mu_) = -1;
-  std::string model_label_ ABSL_GUARDED_BY(mu_);
-  std::string task_label_ ABSL_GUARDED_BY(mu_);
-  std::string client_name_ ABSL_GUARDED_BY(mu_);  // Empty: no tokens.
-  ldm::v1::ResolvedSettings settings_ ABSL_GUARDED_BY(mu_);
-  AuthTokens::Lease client_lease_ ABSL_GUARDED_BY(mu_);
 };
 
-class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
+// The server side of a Generate or WatchJob call.
+class JobStreamReactor : public grpc::ServerWriteReactor<GenerateResponse> {
  public:
-  GenerateReactor(grpc::CallbackServerContext* context, Scheduler* scheduler,
-                  std::string client_request_id, std::string job_id,
-                  ServiceMetrics* metrics)
+  // `cancel_job_on_disconnect`: whether the call's end cancels the job (a
+  // Generate call unless it asked otherwise) or only detaches from it.
+  JobStreamReactor(grpc::CallbackServerContext* context, Scheduler* scheduler)
       : context_(context),
         scheduler_(scheduler),
-        stream_(std::make_shared<GenerateStream>(
-            this, std::move(client_request_id), std::move(job_id), metrics)) {}
+        stream_(std::make_shared<EventStream>(this)) {}
 
-  const std::shared_ptr<GenerateStream>& stream() const { return stream_; }
+  const std::shared_ptr<EventStream>& stream() const { return stream_; }
 
-  void AttachJob(std::shared_ptr<Job> job) {
+  void Attach(std::shared_ptr<TrackedJob> job, bool cancel_job_on_disconnect) {
     absl::MutexLock lock(&mu_);
     job_ = std::move(job);
+    cancel_job_on_disconnect_ = cancel_job_on_disconnect;
   }
+
+  // Ends a call that never reached a job.
+  void Reject(const absl::Status& status) { stream_->End(status, nullptr); }
 
   void OnWriteDone(bool ok) override {
     // Keeps the stream alive should Finish lead to OnDone (and our deletion)
     // before the call returns.
-    std::shared_ptr<GenerateStream> stream = stream_;
+    std::shared_ptr<EventStream> stream = stream_;
     stream->OnWriteDone(ok);
   }
 
   void OnCancel() override {
-    std::shared_ptr<Job> job;
+    std::shared_ptr<TrackedJob> job;
+    bool cancel_job = false;
     {
       absl::MutexLock lock(&mu_);
       job = job_;
+      cancel_job = cancel_job_on_disconnect_;
     }
-    if (!stream_->MarkCancelled() || job == nullptr) return;
     // A client's deadline travels as a timeout, so our copy ends later by
     // the transit time, and the client's own cancel at its deadline can
     // reach us first: within this margin it is a deadline, not a cancel.
     constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(100);
     const bool expired =
         absl::Now() + kDeadlineMargin >= absl::FromChrono(context_->deadline());
-    scheduler_->Cancel(
-        job, expired ? absl::DeadlineExceededError("deadline exceeded")
-                     : absl::CancelledError("cancelled by the client"));
+    const absl::Status reason =
+        expired ? absl::DeadlineExceededError("deadline exceeded")
+                : absl::CancelledError("cancelled by the client");
+    if (job != nullptr) job->Unwatch(stream_.get());
+    if (!stream_->Abandon(reason) || job == nullptr || !cancel_job) return;
+    if (std::shared_ptr<Job> running = job->runtime_job()) {
+      scheduler_->Cancel(running, reason);
+    }
   }
 
   void OnDone() override { delete this; }
@@ -203,76 +171,13 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateResponse> {
  private:
   grpc::CallbackServerContext* const context_;
   Scheduler* const scheduler_;
-  const std::shared_ptr<GenerateStream> stream_;
+  const std::shared_ptr<EventStream> stream_;
   absl::Mutex mu_;
-  std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<TrackedJob> job_ ABSL_GUARDED_BY(mu_);
+  bool cancel_job_on_disconnect_ ABSL_GUARDED_BY(mu_) = true;
 };
 
-void GenerateStream::OnResult(JobResult result) {
-  GenerateResponse last;
-  last.set_client_request_id(client_request_id_);
-  last.set_job_id(job_id_);
-  ldm::v1::Result* out = last.mutable_result();
-  out->set_model(result.model_name);
-  {
-    absl::MutexLock lock(&mu_);
-    *out->mutable_settings() = settings_;
-  }
-  for (size_t i = 0; i < result.images.size(); ++i) {
-    const RgbImage& image = result.images[i];
-    std::string parameters = ParametersText(out->settings(), result.seeds[i]);
-    absl::StatusOr<std::string> png =
-        EncodePng(image, {{"parameters", parameters}});
-    if (!png.ok()) {
-      OnError(png.status());
-      return;
-    }
-    ldm::v1::Image* entry = out->add_images();
-    entry->set_data(std::move(png).value());
-    entry->set_width(static_cast<uint32_t>(image.width));
-    entry->set_height(static_cast<uint32_t>(image.height));
-    entry->set_seed(result.seeds[i]);
-    entry->set_parameters(std::move(parameters));
-  }
-  ldm::v1::StageTimings* timings = out->mutable_timings();
-  timings->set_queue_ms(ToMillis(result.timings.queue));
-  timings->set_encode_ms(ToMillis(result.timings.encode));
-  timings->set_denoise_ms(ToMillis(result.timings.denoise));
-  timings->set_decode_ms(ToMillis(result.timings.decode));
-  timings->set_total_ms(ToMillis(result.timings.total));
-  for (std::string& warning : result.warnings) {
-    out->add_warnings(std::move(warning));
-  }
-  metrics_->ImagesGenerated(static_cast<int>(result.images.size()));
-  absl::MutexLock lock(&mu_);
-  EndLocked(grpc::Status::OK, std::move(last));
-}
-
-void GenerateStream::EndLocked(grpc::Status status,
-                               std::optional<GenerateResponse> last_message) {
-  if (ended_) return;
-  ended_ = true;
-  // The job is over for its client: the slot is free for its next call
-  // (before the metrics: a client that sees this call counted may reuse it).
-  client_lease_.Release();
-  const auto code = static_cast<absl::StatusCode>(status.error_code());
-  metrics_->RequestEnded(model_label_, task_label_, code,
-                         absl::Now() - created_at_);
-  if (!client_name_.empty()) {
-    metrics_->ClientRequestEnded(client_name_, code);
-  }
-  if (last_message) {
-    // A result is never coalesced away: it queues behind pending events.
-    pending_.push_back(std::move(*last_message));
-  } else if (!status.ok()) {
-    // Nothing else matters to a failed call; end it promptly.
-    pending_.clear();
-  }
-  final_status_ = std::move(status);
-  WriteNextLocked();
-}
-
-void GenerateStream::WriteNextLocked() {
+void EventStream::WriteNextLocked() {
   if (write_in_flight_ || finished_ || reactor_ == nullptr) return;
   if (!pending_.empty() && !cancelled_) {
     in_flight_ = std::move(pending_.front());
@@ -285,13 +190,13 @@ void GenerateStream::WriteNextLocked() {
   }
   if (final_status_) {
     finished_ = true;
-    GenerateReactor* reactor = reactor_;
+    JobStreamReactor* reactor = reactor_;
     reactor_ = nullptr;
     reactor->Finish(*final_status_);
   }
 }
 
-void GenerateStream::OnWriteDone(bool ok) {
+void EventStream::OnWriteDone(bool ok) {
   absl::MutexLock lock(&mu_);
   write_in_flight_ = false;
   if (!ok) {
@@ -306,18 +211,73 @@ void GenerateStream::OnWriteDone(bool ok) {
   WriteNextLocked();
 }
 
+// Finishes a CancelJob call once its job has ended (at its next step
+// boundary when it was running).
+class CancelWaiter : public JobWatcher {
+ public:
+  CancelWaiter(grpc::ServerUnaryReactor* reactor, ldm::v1::Job* response,
+               std::shared_ptr<TrackedJob> job)
+      : reactor_(reactor), response_(response), job_(std::move(job)) {}
+  void Send(const GenerateResponse&) override {}
+  void End(const absl::Status&, const GenerateResponse*) override {
+    *response_ = job_->Describe(/*with_result=*/false);
+    reactor_->Finish(grpc::Status::OK);
+  }
+
+ private:
+  grpc::ServerUnaryReactor* const reactor_;
+  ldm::v1::Job* const response_;
+  const std::shared_ptr<TrackedJob> job_;
+};
+
+// At most this many bytes of job id: longer is no id of ours.
+constexpr size_t kMaxJobIdBytes = 128;
+
+absl::Status CheckJobId(const std::string& job_id) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
+  if (job_id.size() > kMaxJobIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job_id: at most ", kMaxJobIdBytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+// Running first, then the queue in order, then finished jobs, most recent
+// first.
+bool ListedBefore(const ldm::v1::Job& a, const ldm::v1::Job& b) {
+  auto rank = [](const ldm::v1::Job& job) {
+    switch (job.state()) {
+      case ldm::v1::JOB_STATE_RUNNING:
+        return 0;
+      case ldm::v1::JOB_STATE_QUEUED:
+        return 1;
+      default:
+        return 2;
+    }
+  };
+  if (rank(a) != rank(b)) return rank(a) < rank(b);
+  switch (a.state()) {
+    case ldm::v1::JOB_STATE_RUNNING:
+      return a.started_unix_ms() < b.started_unix_ms();
+    case ldm::v1::JOB_STATE_QUEUED:
+      return a.queue_position() < b.queue_position();
+    default:
+      return a.finished_unix_ms() > b.finished_unix_ms();
+  }
+}
+
 }  // namespace
 
-ImageSynthesisService::ImageSynthesisService(const ModelRegistry* models,
-                                             Scheduler* scheduler,
-                                             ServiceMetrics* metrics,
-                                             ServiceLimits limits,
-                                             AuthTokens* tokens)
+ImageSynthesisService::ImageSynthesisService(
+    const ModelRegistry* models, Scheduler* scheduler, JobTracker* jobs,
+    ServiceMetrics* metrics, ServiceLimits limits, AuthTokens* tokens)
     : models_(models),
       scheduler_(scheduler),
+      jobs_(jobs),
       metrics_(metrics),
       limits_(limits),
-      tokens_(tokens) {}
+      tokens_(tokens),
+      job_id_prefix_(ProcessJobIdPrefix()) {}
 
 absl::StatusOr<std::string> ImageSynthesisService::Authenticate(
     const grpc::CallbackServerContext& context) const {
@@ -341,15 +301,19 @@ absl::StatusOr<std::string> ImageSynthesisService::Authenticate(
 grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     grpc::CallbackServerContext* context,
     const ldm::v1::GenerateRequest* request) {
-  const std::string job_id = absl::StrCat("job-", next_job_.fetch_add(1));
-  auto* reactor = new GenerateReactor(
-      context, scheduler_, request->client_request_id(), job_id, metrics_);
-  // A copy: a rejected call may be done (and the reactor deleted) before
-  // Reject returns.
-  std::shared_ptr<GenerateStream> stream = reactor->stream();
+  const std::string job_id =
+      absl::StrCat(job_id_prefix_, next_job_.fetch_add(1));
+  auto* reactor = new JobStreamReactor(context, scheduler_);
+  // Every call, refused or not, is counted once by its job's end.
+  auto tracked = std::make_shared<TrackedJob>(
+      job_id, request->client_request_id(), metrics_, jobs_);
+  reactor->Attach(tracked, request->has_cancel_on_disconnect()
+                               ? request->cancel_on_disconnect()
+                               : true);
+  tracked->Watch(reactor->stream());
   absl::StatusOr<std::string> client = Authenticate(*context);
   if (!client.ok()) {
-    stream->Reject(client.status());
+    tracked->Reject(client.status());
     return reactor;
   }
   if (tokens_ != nullptr) {
@@ -357,48 +321,165 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
     if (!lease.ok()) {
       LOG_EVERY_N(WARNING, 100) << lease.status().message() << " ("
                                 << google::COUNTER << " refusals so far)";
-      // Labelled first, so that the refusal counts against the client.
-      stream->SetClient(*client, AuthTokens::Lease());
-      stream->Reject(lease.status());
+      // Named first, so that the refusal counts against the client.
+      tracked->SetClient(*client, AuthTokens::Lease());
+      tracked->Reject(lease.status());
       return reactor;
     }
-    stream->SetClient(*client, *std::move(lease));
+    tracked->SetClient(*client, *std::move(lease));
   }
   absl::StatusOr<ldm::Task> task = RequestedTask(*request);
   if (!task.ok()) {
-    stream->Reject(task.status());
+    tracked->Reject(task.status());
     return reactor;
   }
   // No model label until the registry has resolved one: a label holds only
   // names we serve, so that clients cannot create series.
-  stream->SetLabels("", std::string(ldm::TaskName(*task)));
+  tracked->SetLabels("", std::string(ldm::TaskName(*task)));
   absl::StatusOr<const ModelRegistry::Model*> model =
       models_->Find(request->model(), *task);
   if (!model.ok()) {
-    stream->Reject(model.status());
+    tracked->Reject(model.status());
     return reactor;
   }
   absl::StatusOr<JobSpec> spec =
       ValidateRequest(*request, (*model)->capabilities, limits_, RandomSeed());
   if (!spec.ok()) {
-    stream->Reject(spec.status());
+    tracked->Reject(spec.status());
     return reactor;
   }
   spec->model_name = (*model)->entry.name;
-  stream->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
-  stream->SetSettings(ResolvedSettingsOf(*spec));
+  tracked->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
+  tracked->SetSettings(ResolvedSettingsOf(*spec), spec->priority);
   auto job =
       std::make_shared<Job>(job_id, *std::move(spec), (*model)->Copies(),
-                            stream, absl::FromChrono(context->deadline()));
-  reactor->AttachJob(job);
+                            tracked, absl::FromChrono(context->deadline()));
+  tracked->SetRuntimeJob(job);
+  // Sent with the first event: the id even to a client that reads only
+  // headers.
+  context->AddInitialMetadata("job-id", job_id);
+  jobs_->Add(tracked);
   absl::Status admitted = scheduler_->Submit(job);
   if (!admitted.ok()) {
+    jobs_->Remove(job_id);
     if (admitted.code() == absl::StatusCode::kResourceExhausted) {
       context->AddTrailingMetadata("retry-after-ms", "1000");
     }
-    stream->Reject(admitted);
+    tracked->Reject(admitted);
   }
   return reactor;
+}
+
+std::optional<std::string> ImageSynthesisService::VisibleTo(
+    const std::string& client) const {
+  // Without tokens every caller sees every job.
+  if (tokens_ == nullptr) return std::nullopt;
+  return client;
+}
+
+grpc::ServerUnaryReactor* ImageSynthesisService::GetJob(
+    grpc::CallbackServerContext* context, const ldm::v1::GetJobRequest* request,
+    ldm::v1::GetJobResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::shared_ptr<TrackedJob>> job =
+      FindJob(*context, request->job_id());
+  if (!job.ok()) {
+    reactor->Finish(ToGrpc(job.status()));
+    return reactor;
+  }
+  *response->mutable_job() = (*job)->Describe(!request->omit_result());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::WatchJob(
+    grpc::CallbackServerContext* context,
+    const ldm::v1::WatchJobRequest* request) {
+  auto* reactor = new JobStreamReactor(context, scheduler_);
+  absl::StatusOr<std::shared_ptr<TrackedJob>> job =
+      FindJob(*context, request->job_id());
+  if (!job.ok()) {
+    reactor->Reject(job.status());
+    return reactor;
+  }
+  reactor->Attach(*job, /*cancel_job_on_disconnect=*/false);
+  (*job)->Watch(reactor->stream());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageSynthesisService::CancelJob(
+    grpc::CallbackServerContext* context,
+    const ldm::v1::CancelJobRequest* request,
+    ldm::v1::CancelJobResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::shared_ptr<TrackedJob>> job =
+      FindJob(*context, request->job_id());
+  if (!job.ok()) {
+    reactor->Finish(ToGrpc(job.status()));
+    return reactor;
+  }
+  // Answered once the job has ended: at once when queued, at its next step
+  // boundary when running, as it is when it already ended.
+  (*job)->Watch(
+      std::make_shared<CancelWaiter>(reactor, response->mutable_job(), *job));
+  if (std::shared_ptr<Job> running = (*job)->runtime_job()) {
+    scheduler_->Cancel(
+        running, absl::CancelledError(absl::StrCat("cancelled by CancelJob")));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageSynthesisService::ListJobs(
+    grpc::CallbackServerContext* context,
+    const ldm::v1::ListJobsRequest* request,
+    ldm::v1::ListJobsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    reactor->Finish(ToGrpc(client.status()));
+    return reactor;
+  }
+  constexpr uint32_t kDefaultJobs = 100;
+  constexpr uint32_t kMaxJobs = 1000;
+  if (request->max_jobs() > kMaxJobs) {
+    reactor->Finish(ToGrpc(absl::InvalidArgumentError(
+        absl::StrCat("max_jobs: at most ", kMaxJobs))));
+    return reactor;
+  }
+  absl::flat_hash_set<int> states;
+  for (int state : request->states()) {
+    if (state == ldm::v1::JOB_STATE_UNSPECIFIED ||
+        !ldm::v1::JobState_IsValid(state)) {
+      reactor->Finish(ToGrpc(absl::InvalidArgumentError(
+          absl::StrCat("states: ", state, " is not a job state"))));
+      return reactor;
+    }
+    states.insert(state);
+  }
+  std::vector<ldm::v1::Job> jobs;
+  for (const std::shared_ptr<TrackedJob>& job :
+       jobs_->List(VisibleTo(*client))) {
+    ldm::v1::Job described = job->Describe(/*with_result=*/false);
+    if (states.empty() || states.contains(described.state())) {
+      jobs.push_back(std::move(described));
+    }
+  }
+  std::stable_sort(jobs.begin(), jobs.end(), ListedBefore);
+  response->set_total_matching(static_cast<uint32_t>(jobs.size()));
+  const size_t limit =
+      request->max_jobs() == 0 ? kDefaultJobs : request->max_jobs();
+  for (size_t i = 0; i < jobs.size() && i < limit; ++i) {
+    *response->add_jobs() = std::move(jobs[i]);
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+absl::StatusOr<std::shared_ptr<TrackedJob>> ImageSynthesisService::FindJob(
+    const grpc::CallbackServerContext& context, const std::string& job_id) {
+  LDM_ASSIGN_OR_RETURN(std::string client, Authenticate(context));
+  LDM_RETURN_IF_ERROR(CheckJobId(job_id));
+  return jobs_->Find(job_id, VisibleTo(client));
 }
 
 grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
@@ -413,8 +494,9 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
   for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
     ldm::v1::ModelInfo* info = response->add_models();
     info->set_name(status.entry.name);
-    for (ldm::Task kind : status.entry.tasks)
+    for (ldm::Task kind : status.entry.tasks) {
       info->add_tasks(TaskToProto(kind));
+    }
     for (ldm::Task kind : status.entry.default_for) {
       info->add_default_for(TaskToProto(kind));
     }

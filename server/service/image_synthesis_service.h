@@ -1,27 +1,34 @@
 // The gRPC service ldm.v1.ImageSynthesisService on the callback API.
 //
-// Generate: one reactor per call. The reactor validates the request, hands a
-// Job to the Scheduler and returns at once; the job's events reach the
-// client through a per-call GenerateStream (the job's sink), which keeps one
-// write in flight, coalesces progress (latest wins) so that slow readers
-// never hold up a worker, never drops Queued/Started/Result, and calls Finish
-// exactly once. Client cancellation and deadlines stop the job at its next
-// step boundary.
+// Generate and WatchJob: one reactor per call. Generate validates the
+// request, hands a Job to the Scheduler and returns at once. The job's
+// events go to its TrackedJob (job_tracker.h), which keeps them for GetJob
+// and ListJobs and passes them on to every call watching the job; each
+// call's stream keeps one write in flight, coalesces progress (latest wins)
+// so that slow readers never hold up a worker, never drops
+// Queued/Started/Result, and finishes exactly once. A Generate call's end
+// (cancel, deadline, broken stream) stops its job at the next step boundary
+// unless the request set cancel_on_disconnect = false; a WatchJob call's
+// end only detaches it.
 //
 // With AuthTokens, every call of this service carries a bearer token
-// (UNAUTHENTICATED otherwise) and a client's Generate calls in flight are
-// bounded by its MAX_JOBS (RESOURCE_EXHAUSTED); health and reflection are
-// other services and stay open.
+// (UNAUTHENTICATED otherwise), a client's jobs in flight are bounded by its
+// MAX_JOBS (RESOURCE_EXHAUSTED), and it sees and cancels only its own jobs;
+// health and reflection are other services and stay open.
 #ifndef LDMSERVE_SERVER_SERVICE_IMAGE_SYNTHESIS_SERVICE_H_
 #define LDMSERVE_SERVER_SERVICE_IMAGE_SYNTHESIS_SERVICE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
 
 #include "ldm/v1/image_synthesis.grpc.pb.h"
 #include "server/runtime/model_registry.h"
 #include "server/runtime/scheduler.h"
 #include "server/service/auth_tokens.h"
+#include "server/service/job_tracker.h"
 #include "server/service/metrics.h"
 #include "server/service/request_validation.h"
 
@@ -33,8 +40,8 @@ class ImageSynthesisService final
   // All pointers must outlive the service; `tokens` null = no
   // authentication.
   ImageSynthesisService(const ModelRegistry* models, Scheduler* scheduler,
-                        ServiceMetrics* metrics, ServiceLimits limits,
-                        AuthTokens* tokens = nullptr);
+                        JobTracker* jobs, ServiceMetrics* metrics,
+                        ServiceLimits limits, AuthTokens* tokens = nullptr);
 
   grpc::ServerWriteReactor<ldm::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
@@ -45,16 +52,42 @@ class ImageSynthesisService final
       const ldm::v1::ListModelsRequest* request,
       ldm::v1::ListModelsResponse* response) override;
 
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const ldm::v1::GetJobRequest* request,
+                                   ldm::v1::GetJobResponse* response) override;
+
+  grpc::ServerWriteReactor<ldm::v1::GenerateResponse>* WatchJob(
+      grpc::CallbackServerContext* context,
+      const ldm::v1::WatchJobRequest* request) override;
+
+  grpc::ServerUnaryReactor* CancelJob(
+      grpc::CallbackServerContext* context,
+      const ldm::v1::CancelJobRequest* request,
+      ldm::v1::CancelJobResponse* response) override;
+
+  grpc::ServerUnaryReactor* ListJobs(
+      grpc::CallbackServerContext* context,
+      const ldm::v1::ListJobsRequest* request,
+      ldm::v1::ListJobsResponse* response) override;
+
  private:
-  const ModelRegistry* models_;
-  Scheduler* scheduler_;
-  ServiceMetrics* metrics_;
   // The caller's client name ("" without tokens) or UNAUTHENTICATED.
   absl::StatusOr<std::string> Authenticate(
       const grpc::CallbackServerContext& context) const;
+  // Whose jobs `client` sees: its own with tokens, all without.
+  std::optional<std::string> VisibleTo(const std::string& client) const;
+  // The caller's job `job_id`: UNAUTHENTICATED, INVALID_ARGUMENT,
+  // NOT_FOUND or PERMISSION_DENIED otherwise.
+  absl::StatusOr<std::shared_ptr<TrackedJob>> FindJob(
+      const grpc::CallbackServerContext& context, const std::string& job_id);
 
+  const ModelRegistry* models_;
+  Scheduler* scheduler_;
+  JobTracker* const jobs_;
+  ServiceMetrics* metrics_;
   const ServiceLimits limits_;
   AuthTokens* const tokens_;
+  const std::string job_id_prefix_;
   std::atomic<uint64_t> next_job_ = 1;
 };
 

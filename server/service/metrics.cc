@@ -63,6 +63,19 @@ ServiceMetrics::ServiceMetrics()
                         .Help("Jobs in a running batch.")
                         .Register(*registry_)
                         .Add({})),
+      tracked_jobs_(prometheus::BuildGauge()
+                        .Name("ldmserve_tracked_jobs")
+                        .Help("Jobs GetJob can find: queued, running and "
+                              "finished ones still kept.")
+                        .Register(*registry_)
+                        .Add({})),
+      kept_result_bytes_(
+          prometheus::BuildGauge()
+              .Name("ldmserve_kept_result_bytes")
+              .Help("Bytes of finished jobs' results kept for GetJob and "
+                    "WatchJob (bounded by --job-retention-mib).")
+              .Register(*registry_)
+              .Add({})),
       build_info_(prometheus::BuildGauge()
                       .Name("ldmserve_build_info")
                       .Help("Constant 1; the labels say what runs: ldmserve "
@@ -212,5 +225,10 @@ void ServiceMetrics::SetQueueDepth(int depth) { queue_depth_.Set(depth); }
 void ServiceMetrics::SetQueueCapacity(int jobs) { queue_capacity_.Set(jobs); }
 
 void ServiceMetrics::SetRunningJobs(int jobs) { running_jobs_.Set(jobs); }
+
+void ServiceMetrics::SetTrackedJobs(int jobs, size_t result_bytes) {
+  tracked_jobs_.Set(jobs);
+  kept_result_bytes_.Set(static_cast<double>(result_bytes));
+}
 
 }  // namespace ldmserve

@@ -12,6 +12,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,8 @@ class ServiceMetrics : public SchedulerObserver {
   // The most jobs the queue takes before RESOURCE_EXHAUSTED (--queue-size).
   void SetQueueCapacity(int jobs);
   void SetRunningJobs(int jobs);
+  // Jobs the JobTracker indexes and the bytes of results it keeps.
+  void SetTrackedJobs(int jobs, size_t result_bytes);
   void SetModelReady(const std::string& model, bool ready);
   void SetResidentMemory(double bytes);
   // The container's memory limit; the series exists only once set.
@@ -72,6 +75,8 @@ class ServiceMetrics : public SchedulerObserver {
   prometheus::Gauge& queue_depth_;
   prometheus::Gauge& queue_capacity_;
   prometheus::Gauge& running_jobs_;
+  prometheus::Gauge& tracked_jobs_;
+  prometheus::Gauge& kept_result_bytes_;
   prometheus::Family<prometheus::Gauge>& build_info_;
   prometheus::Family<prometheus::Histogram>& request_seconds_;
   prometheus::Family<prometheus::Histogram>& queue_wait_seconds_;

@@ -110,9 +110,10 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
                  << " in plaintext: anyone who can reach it can read prompts "
                     "and images (--tls-cert/--tls-key, docs/security.md)";
   }
+  server->jobs_ = std::make_unique<JobTracker>(options.job_retention);
   server->service_ = std::make_unique<ImageSynthesisService>(
-      server->models_.get(), server->scheduler_.get(), server->metrics_.get(),
-      options.limits, server->tokens_.get());
+      server->models_.get(), server->scheduler_.get(), server->jobs_.get(),
+      server->metrics_.get(), options.limits, server->tokens_.get());
   if (!options.metrics_listen.empty()) {
     LdmServer* raw = server.get();
     auto metrics_server = MetricsHttpServer::Start(
@@ -144,6 +145,7 @@ LdmServer::~LdmServer() { Shutdown(absl::ZeroDuration()); }
 void LdmServer::RefreshGauges() {
   metrics_->SetQueueDepth(scheduler_->queue_depth());
   metrics_->SetRunningJobs(scheduler_->running_jobs());
+  metrics_->SetTrackedJobs(jobs_->size(), jobs_->result_bytes());
   for (const ModelRegistry::ModelStatus& model : models_->Snapshot()) {
     metrics_->SetModelReady(model.entry.name,
                             model.state == ModelState::kReady);

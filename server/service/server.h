@@ -20,6 +20,7 @@
 #include "server/runtime/scheduler.h"
 #include "server/service/auth_tokens.h"
 #include "server/service/image_synthesis_service.h"
+#include "server/service/job_tracker.h"
 #include "server/service/metrics.h"
 #include "server/service/metrics_http_server.h"
 
@@ -48,8 +49,10 @@ struct ServerOptions {
   TlsFiles tls;
   // AuthTokens' file; empty = no authentication.
   std::string auth_tokens_file;
-  // A client's Generate calls in flight where its line names no MAX_JOBS.
+  // A client's jobs in flight where its line names no MAX_JOBS.
   int token_max_jobs = 8;
+  // How long, how many and how much of finished jobs GetJob still finds.
+  JobRetention job_retention;
 };
 
 // Whether `listen` ("host:port", "[v6]:port", "unix:path") only accepts
@@ -94,6 +97,9 @@ class LdmServer {
   std::unique_ptr<ModelRegistry> models_;
   std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<AuthTokens> tokens_;
+  // Before the scheduler: its jobs' sinks report their end to the tracker
+  // until the scheduler is gone.
+  std::unique_ptr<JobTracker> jobs_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ImageSynthesisService> service_;
   std::unique_ptr<MetricsHttpServer> metrics_server_;

@@ -129,6 +129,28 @@ fi
 [[ "$(dd if="$work/out.png" bs=1 skip=16 count=8 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "0000004000000040" ]] \
   || fail "out.png is not 64x64"
 
+# A detached job: its id on stdout at once; found again by id, watched to
+# its end (the same image as a plain call), listed, and a cancel of an
+# unknown id is NOT_FOUND (exit 10 + 5).
+job_id=$("$ldmctl" --addr="$addr" txt2img --detach --prompt "a red circle" \
+  --steps 5 --seed 7 2>"$work/detach.txt") || fail "txt2img --detach: $(cat "$work/detach.txt")"
+[[ "$job_id" == job-* ]] || fail "txt2img --detach printed '$job_id'"
+"$ldmctl" --addr="$addr" job watch "$job_id" --out "$work/watched.png" \
+  2>"$work/watch.txt" || fail "job watch: $(cat "$work/watch.txt")"
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 5 --seed 7 \
+  --out "$work/attached.png" 2>/dev/null || fail "txt2img --seed 7"
+cmp -s "$work/watched.png" "$work/attached.png" \
+  || fail "the watched job's image differs from the attached call's"
+"$ldmctl" --addr="$addr" job get "$job_id" >"$work/job.txt" || fail "job get"
+grep -qx "state: SUCCEEDED" "$work/job.txt" && grep -qx "progress: step 5/5" "$work/job.txt" \
+  || fail "job get: $(cat "$work/job.txt")"
+"$ldmctl" --addr="$addr" jobs >"$work/jobs.txt" || fail "jobs"
+grep -q "^$job_id *SUCCEEDED" "$work/jobs.txt" || fail "jobs: $(cat "$work/jobs.txt")"
+code=0
+"$ldmctl" --addr="$addr" job cancel job-00000000-1 2>"$work/cancel.txt" || code=$?
+[[ $code -eq 15 ]] && grep -q NOT_FOUND "$work/cancel.txt" \
+  || fail "job cancel of an unknown id: exit $code, $(cat "$work/cancel.txt")"
+
 # Over --max-steps (1000 above; the default is 200): refused, naming the
 # field and the limit.
 if "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 1001 \

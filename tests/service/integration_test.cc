@@ -452,6 +452,178 @@ TEST_F(IntegrationTest, DeadlineExpiresDuringGeneration) {
   EXPECT_TRUE(call.status.ok());
 }
 
+TEST_F(IntegrationTest, AJobOutlivesItsStreamAndIsFoundAgain) {
+  GenerateRequest request = TextRequest("a red circle", 5, 11);
+  request.set_cancel_on_disconnect(false);
+  std::string job_id;
+  {
+    grpc::ClientContext context;
+    auto reader = stub_->Generate(&context, request);
+    GenerateResponse first;
+    ASSERT_TRUE(reader->Read(&first));
+    ASSERT_TRUE(first.has_queued());
+    job_id = first.job_id();
+    const auto& headers = context.GetServerInitialMetadata();
+    auto header = headers.find("job-id");
+    ASSERT_NE(header, headers.end());
+    EXPECT_EQ(std::string(header->second.data(), header->second.size()),
+              job_id);
+    context.TryCancel();
+    while (reader->Read(&first)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // The job ran on: watching it gives its events to the end.
+  grpc::ClientContext watch_context;
+  ldm::v1::WatchJobRequest watch;
+  watch.set_job_id(job_id);
+  auto watcher = stub_->WatchJob(&watch_context, watch);
+  std::vector<GenerateResponse> events;
+  GenerateResponse event;
+  while (watcher->Read(&event)) events.push_back(event);
+  const grpc::Status watched = watcher->Finish();
+  ASSERT_TRUE(watched.ok()) << watched.error_message();
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(events.back().has_result());
+  EXPECT_EQ(events.back().job_id(), job_id);
+  EXPECT_EQ(events.back().client_request_id(), "test-call");
+  // The same image as a job nobody left.
+  CallResult alone = Call(TextRequest("a red circle", 5, 11));
+  ASSERT_TRUE(alone.status.ok());
+  const ldm::v1::Result& alone_result = alone.events.back().result();
+  ASSERT_EQ(events.back().result().images_size(), 1);
+  EXPECT_EQ(events.back().result().images(0).data(),
+            alone_result.images(0).data());
+
+  ldm::v1::GetJobRequest get;
+  get.set_job_id(job_id);
+  ldm::v1::GetJobResponse got;
+  grpc::ClientContext get_context;
+  ASSERT_TRUE(stub_->GetJob(&get_context, get, &got).ok());
+  const ldm::v1::Job& job = got.job();
+  EXPECT_EQ(job.state(), ldm::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(job.step(), 5u);
+  EXPECT_EQ(job.total_steps(), 5u);
+  EXPECT_EQ(job.settings().seed(), 11u);
+  EXPECT_EQ(job.model(), kModelName);
+  EXPECT_EQ(job.task(), ldm::v1::TASK_TEXT_TO_IMAGE);
+  EXPECT_GE(job.finished_unix_ms(), job.started_unix_ms());
+  EXPECT_GE(job.started_unix_ms(), job.created_unix_ms());
+  ASSERT_EQ(job.result().images_size(), 1);
+  EXPECT_EQ(job.result().images(0).data(), alone_result.images(0).data());
+
+  // Finished jobs are listed most recent first, without their images.
+  ldm::v1::ListJobsResponse listed;
+  grpc::ClientContext list_context;
+  ASSERT_TRUE(stub_->ListJobs(&list_context, {}, &listed).ok());
+  ASSERT_EQ(listed.jobs_size(), 2);
+  EXPECT_EQ(listed.total_matching(), 2u);
+  EXPECT_EQ(listed.jobs(0).job_id(), alone.events.back().job_id());
+  EXPECT_EQ(listed.jobs(1).job_id(), job_id);
+  EXPECT_FALSE(listed.jobs(1).has_result());
+  ldm::v1::ListJobsRequest only_queued;
+  only_queued.add_states(ldm::v1::JOB_STATE_QUEUED);
+  grpc::ClientContext queued_context;
+  ASSERT_TRUE(stub_->ListJobs(&queued_context, only_queued, &listed).ok());
+  EXPECT_EQ(listed.jobs_size(), 0);
+}
+
+TEST_F(IntegrationTest, CancelJobStopsARunningJobFromAnotherCall) {
+  grpc::ClientContext context;
+  auto reader = stub_->Generate(&context, TextRequest("a red circle", 200, 1));
+  GenerateResponse event;
+  std::string job_id;
+  while (reader->Read(&event)) {
+    job_id = event.job_id();
+    if (event.has_progress()) break;
+  }
+  ASSERT_FALSE(job_id.empty());
+  // A watcher that leaves does not stop the job.
+  {
+    grpc::ClientContext watch_context;
+    ldm::v1::WatchJobRequest watch;
+    watch.set_job_id(job_id);
+    auto watcher = stub_->WatchJob(&watch_context, watch);
+    GenerateResponse watched;
+    ASSERT_TRUE(watcher->Read(&watched));
+    EXPECT_TRUE(watched.has_started());
+    watch_context.TryCancel();
+    while (watcher->Read(&watched)) {
+    }
+    EXPECT_EQ(watcher->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  const uint32_t step_before = event.progress().step();
+  while (reader->Read(&event) && event.progress().step() < step_before + 2) {
+  }
+  ASSERT_GE(event.progress().step(), step_before + 2);
+
+  ldm::v1::CancelJobRequest cancel;
+  cancel.set_job_id(job_id);
+  ldm::v1::CancelJobResponse cancelled;
+  grpc::ClientContext cancel_context;
+  ASSERT_TRUE(stub_->CancelJob(&cancel_context, cancel, &cancelled).ok());
+  const ldm::v1::Job& after = cancelled.job();
+  // Answered once the job has left its batch.
+  EXPECT_EQ(after.state(), ldm::v1::JOB_STATE_CANCELLED);
+  EXPECT_LT(after.step(), 200u);
+  EXPECT_THAT(after.status_message(), HasSubstr("CancelJob"));
+  while (reader->Read(&event)) ASSERT_FALSE(event.has_result());
+  const grpc::Status ended = reader->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_THAT(ended.error_message(), HasSubstr("CancelJob"));
+  // Cancelling a job that ended leaves it as it is.
+  grpc::ClientContext again_context;
+  ASSERT_TRUE(stub_->CancelJob(&again_context, cancel, &cancelled).ok());
+  EXPECT_EQ(cancelled.job().state(), ldm::v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(IntegrationTest, JobCallsCheckTheirArguments) {
+  auto get_status = [this](const std::string& job_id) {
+    ldm::v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    ldm::v1::GetJobResponse job;
+    grpc::ClientContext context;
+    return stub_->GetJob(&context, request, &job);
+  };
+  grpc::Status status = get_status("");
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("job_id"));
+  status = get_status(std::string(200, 'j'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("at most 128"));
+  EXPECT_EQ(get_status("job-00000000-1").error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  ldm::v1::CancelJobRequest cancel;
+  cancel.set_job_id("job-00000000-1");
+  ldm::v1::CancelJobResponse job;
+  grpc::ClientContext cancel_context;
+  EXPECT_EQ(stub_->CancelJob(&cancel_context, cancel, &job).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  ldm::v1::WatchJobRequest watch;
+  watch.set_job_id("job-00000000-1");
+  grpc::ClientContext watch_context;
+  auto watcher = stub_->WatchJob(&watch_context, watch);
+  GenerateResponse ignored;
+  EXPECT_FALSE(watcher->Read(&ignored));
+  EXPECT_EQ(watcher->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+
+  ldm::v1::ListJobsRequest too_many;
+  too_many.set_max_jobs(1001);
+  ldm::v1::ListJobsResponse listed;
+  grpc::ClientContext list_context;
+  status = stub_->ListJobs(&list_context, too_many, &listed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("max_jobs: at most 1000"));
+  ldm::v1::ListJobsRequest bad_state;
+  bad_state.add_states(static_cast<ldm::v1::JobState>(99));
+  grpc::ClientContext state_context;
+  status = stub_->ListJobs(&state_context, bad_state, &listed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("states"));
+}
+
 TEST_F(IntegrationTest, BadRequestsGetClearStatuses) {
   GenerateRequest zero_width = TextRequest("a red circle", 5, 1);
   zero_width.mutable_text_to_image()->set_width(0);
@@ -667,6 +839,7 @@ struct StartedCall {
       std::make_unique<grpc::ClientContext>();
   std::unique_ptr<grpc::ClientReader<GenerateResponse>> reader;
   bool queued = false;
+  std::string job_id;
   grpc::Status status;
 };
 
@@ -681,6 +854,7 @@ StartedCall StartCall(ldm::v1::ImageSynthesisService::Stub& stub,
   call.reader = stub.Generate(call.context.get(), request);
   GenerateResponse first;
   call.queued = call.reader->Read(&first) && first.has_queued();
+  call.job_id = first.job_id();
   if (!call.queued) call.status = call.reader->Finish();
   return call;
 }
@@ -725,6 +899,30 @@ TEST(AuthTokensServiceTest, TokensGateTheServiceAndBoundEachClientsJobs) {
   // Another client's slots are its own.
   StartedCall batch = StartCall(*stub, "batch-fedcba9876543210");
   EXPECT_TRUE(batch.queued) << batch.status.error_message();
+  // A client sees and cancels only its own jobs.
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer batch-fedcba9876543210");
+    ldm::v1::CancelJobRequest cancel;
+    cancel.set_job_id(alice.job_id);
+    ldm::v1::CancelJobResponse job;
+    EXPECT_EQ(stub->CancelJob(&context, cancel, &job).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+    grpc::ClientContext list_context;
+    list_context.AddMetadata("authorization", "Bearer batch-fedcba9876543210");
+    ldm::v1::ListJobsResponse listed;
+    ASSERT_TRUE(stub->ListJobs(&list_context, {}, &listed).ok());
+    ASSERT_EQ(listed.jobs_size(), 1);
+    EXPECT_EQ(listed.jobs(0).job_id(), batch.job_id);
+    EXPECT_EQ(listed.jobs(0).client(), "batch");
+    EXPECT_EQ(listed.jobs(0).state(), ldm::v1::JOB_STATE_QUEUED);
+    grpc::ClientContext get_context;
+    ldm::v1::GetJobRequest get;
+    get.set_job_id(alice.job_id);
+    ldm::v1::GetJobResponse got;
+    EXPECT_EQ(stub->GetJob(&get_context, get, &got).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
   // Alice's call ends: her slot is free again.
   alice.context->TryCancel();
   GenerateResponse ignored;

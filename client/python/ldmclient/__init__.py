@@ -9,6 +9,15 @@
         print(event)               # Queued / Started / Progress / Result
     # stream.cancel() stops a generation; the server frees its slot.
 
+    # Jobs outlive their stream when asked: find them again by id.
+    gen = client.stream_txt2img("a red circle", cancel_on_disconnect=False)
+    job_id = gen.job_id
+    gen.cancel()                      # the job runs on
+    result = client.watch_job(job_id).result()
+    client.get_job(job_id).state      # "SUCCEEDED"
+    client.list_jobs(states=["QUEUED", "RUNNING"]); client.cancel_job(id)
+    client.health()                   # "SERVING"
+
     # TLS (mTLS with cert and key) and a bearer token:
     client = Client("ldm.example.com:443", tls=Tls.from_files(ca="ca.pem"),
                     token=os.environ["LDMSERVE_TOKEN"])
@@ -20,9 +29,9 @@ python.stubs_fresh checks them against proto/ (tools/python/update_stubs.sh
 regenerates them).
 """
 
-from ldmclient.client import (AsyncClient, Client, Generation, Image,
+from ldmclient.client import (AsyncClient, Client, Generation, Image, Job,
                               LdmError, Progress, Queued, Result, Started,
                               Tls)
 
-__all__ = ["AsyncClient", "Client", "Generation", "Image", "LdmError",
+__all__ = ["AsyncClient", "Client", "Generation", "Image", "Job", "LdmError",
            "Progress", "Queued", "Result", "Started", "Tls"]

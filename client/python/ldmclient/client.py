@@ -72,16 +72,95 @@ class Progress:
 Event = Union[Queued, Started, Progress, Result]
 
 
+@dataclasses.dataclass
+class Job:
+    """A job as GetJob, CancelJob and ListJobs see it."""
+    job_id: str
+    client_request_id: str
+    # QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED.
+    state: str
+    model: str
+    task: str
+    queue_position: int  # While QUEUED.
+    step: int
+    total_steps: int
+    created_unix_ms: int
+    started_unix_ms: int  # 0 while QUEUED.
+    finished_unix_ms: int  # 0 until it ended.
+    # The final status' name ("OK", "CANCELLED", "DEADLINE_EXCEEDED"...)
+    # and message once it ended; "" before.
+    status_code: str
+    status_message: str
+    settings: Dict[str, object]
+    # When SUCCEEDED, asked for and still kept by the server.
+    result: Optional[Result]
+    # SUCCEEDED, but the server dropped the result (its memory budget).
+    result_dropped: bool
+    client: str
+    priority: int
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+_JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def _settings(s) -> Dict[str, object]:
+    return {"model": s.model, "task": pb.Task.Name(s.task),
+            "prompt": s.prompt, "negative_prompt": s.negative_prompt,
+            "sampler": pb.SamplerKind.Name(s.sampler), "steps": s.steps,
+            "guidance_scale": s.guidance_scale, "eta": s.eta,
+            "strength": s.strength, "width": s.width,
+            "height": s.height, "seed": s.seed,
+            "num_images": s.num_images}
+
+
+def _job(message) -> Job:
+    ended = message.finished_unix_ms != 0
+    return Job(
+        job_id=message.job_id, client_request_id=message.client_request_id,
+        state=pb.JobState.Name(message.state)[len("JOB_STATE_"):],
+        model=message.model, task=pb.Task.Name(message.task),
+        queue_position=message.queue_position, step=message.step,
+        total_steps=message.total_steps,
+        created_unix_ms=message.created_unix_ms,
+        started_unix_ms=message.started_unix_ms,
+        finished_unix_ms=message.finished_unix_ms,
+        status_code=(_STATUS_NAMES.get(message.status_code,
+                                       str(message.status_code))
+                     if ended else ""),
+        status_message=message.status_message,
+        settings=_settings(message.settings),
+        result=_result(message.result) if message.HasField("result") else None,
+        result_dropped=message.result_dropped, client=message.client,
+        priority=message.priority)
+
+
+def _state_filter(states) -> List[int]:
+    values = []
+    for state in states or ():
+        if state not in _JOB_STATES:
+            raise ValueError(f"states: each one of {_JOB_STATES}")
+        values.append(pb.JobState.Value("JOB_STATE_" + state))
+    return values
+
+
+def _health_status(reply: bytes) -> str:
+    """grpc.health.v1.HealthCheckResponse's status (field 1, a varint) by
+    hand: the health stubs are not a dependency."""
+    names = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING",
+             3: "SERVICE_UNKNOWN"}
+    if len(reply) >= 2 and reply[0] == 0x08:
+        return names.get(reply[1], "UNKNOWN")
+    return "UNKNOWN"  # Field absent: the default, UNKNOWN.
+
+
 def _result(message) -> Result:
     timings = message.timings
-    s = message.settings
-    settings = {"model": s.model, "task": pb.Task.Name(s.task),
-                "prompt": s.prompt, "negative_prompt": s.negative_prompt,
-                "sampler": pb.SamplerKind.Name(s.sampler), "steps": s.steps,
-                "guidance_scale": s.guidance_scale, "eta": s.eta,
-                "strength": s.strength, "width": s.width,
-                "height": s.height, "seed": s.seed,
-                "num_images": s.num_images}
+    settings = _settings(message.settings)
     return Result(
         images=[Image(i.data, i.width, i.height, i.seed, i.parameters)
                 for i in message.images],
@@ -114,6 +193,8 @@ def _request(task: str, *, model: str = "", steps: int = 0,
              guidance_scale: float = 0.0, sampler: str = "ddim",
              eta: Optional[float] = None, seed: int = 0, num_images: int = 1,
              preview_every: int = 0, priority: int = 0,
+             cancel_on_disconnect: Optional[bool] = None,
+             client_request_id: str = "",
              **fields) -> pb.GenerateRequest:
     if sampler not in _SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(_SAMPLERS)}")
@@ -123,7 +204,11 @@ def _request(task: str, *, model: str = "", steps: int = 0,
         settings.eta = eta
     request = pb.GenerateRequest(
         model=model, seed=seed, num_images=num_images,
-        preview_every=preview_every, priority=priority, sampler=settings)
+        preview_every=preview_every, priority=priority, sampler=settings,
+        client_request_id=client_request_id)
+    if cancel_on_disconnect is not None:
+        # False: the job runs on when this call ends (watch_job, get_job).
+        request.cancel_on_disconnect = cancel_on_disconnect
     getattr(request, task).CopyFrom(
         {"text_to_image": pb.TextToImage, "image_to_image": pb.ImageToImage,
          "inpaint": pb.Inpaint,
@@ -133,11 +218,24 @@ def _request(task: str, *, model: str = "", steps: int = 0,
 
 class Generation:
     """A running generation: iterate for its events (the last is the
-    Result); cancel() ends it, and the iteration then raises
+    Result); cancel() ends the call (and the job, unless it was started
+    with cancel_on_disconnect=False), and the iteration then raises
     LdmError("CANCELLED")."""
 
     def __init__(self, call):
         self._call = call
+
+    @property
+    def job_id(self) -> str:
+        """The server's id for the job (waits for the call's headers); ""
+        when the call was refused."""
+        try:
+            for key, value in self._call.initial_metadata() or ():
+                if key == "job-id":
+                    return value
+        except grpc.RpcError:
+            pass
+        return ""
 
     def __iter__(self) -> Iterator[Event]:
         try:
@@ -288,6 +386,54 @@ class Client:
     def upscale(self, low_res: bytes, **kwargs) -> Result:
         return self.stream_upscale(low_res, **kwargs).result()
 
+    def _unary(self, method, request):
+        try:
+            return method(request, timeout=self._timeout,
+                          metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    # Jobs: found again by id after their stream ended.
+    def get_job(self, job_id: str, with_result: bool = True) -> Job:
+        return _job(self._unary(self._stub.GetJob, pb.GetJobRequest(
+            job_id=job_id, omit_result=not with_result)).job)
+
+    def watch_job(self, job_id: str,
+                  timeout: Optional[float] = None) -> Generation:
+        """The job's events from its current state on; ending the watch
+        (cancel()) leaves the job running."""
+        return Generation(self._stub.WatchJob(
+            pb.WatchJobRequest(job_id=job_id),
+            timeout=timeout if timeout is not None else self._timeout,
+            metadata=self._metadata))
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Stops the job; returns it once it has ended."""
+        return _job(self._unary(self._stub.CancelJob,
+                                pb.CancelJobRequest(job_id=job_id)).job)
+
+    def list_jobs(self, states: Optional[List[str]] = None,
+                  max_jobs: int = 0) -> List[Job]:
+        """Running, queued, then recently finished jobs (results left
+        out); `states` filters (e.g. ["QUEUED", "RUNNING"])."""
+        response = self._unary(self._stub.ListJobs, pb.ListJobsRequest(
+            states=_state_filter(states), max_jobs=max_jobs))
+        return [_job(job) for job in response.jobs]
+
+    def health(self, service: str = "") -> str:
+        """grpc.health.v1 status: "SERVING", "NOT_SERVING" (models still
+        loading, or shutting down), "SERVICE_UNKNOWN"."""
+        check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda name: (
+                b"\n" + bytes([len(name)]) + name.encode() if name else b""),
+            response_deserializer=lambda reply: reply)
+        try:
+            reply = check(service, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _health_status(reply)
+
     def models(self) -> List[dict]:
         """What the server serves: name, tasks, state, native size..."""
         try:
@@ -340,6 +486,44 @@ class AsyncClient:
         (proto field names for the task's inputs)."""
         call = self._stub.Generate(
             _request(task, **kwargs),
+            timeout=timeout if timeout is not None else self._timeout,
+            metadata=self._metadata)
+        try:
+            async for response in call:
+                yield _event(response)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def get_job(self, job_id: str, with_result: bool = True) -> Job:
+        try:
+            return _job(await self._stub.GetJob(
+                pb.GetJobRequest(job_id=job_id, omit_result=not with_result),
+                timeout=self._timeout, metadata=self._metadata)).job
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def cancel_job(self, job_id: str) -> Job:
+        try:
+            return _job(await self._stub.CancelJob(
+                pb.CancelJobRequest(job_id=job_id), timeout=self._timeout,
+                metadata=self._metadata)).job
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def list_jobs(self, states: Optional[List[str]] = None,
+                        max_jobs: int = 0) -> List[Job]:
+        try:
+            response = await self._stub.ListJobs(
+                pb.ListJobsRequest(states=_state_filter(states),
+                                   max_jobs=max_jobs),
+                timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return [_job(job) for job in response.jobs]
+
+    async def watch_job(self, job_id: str, timeout: Optional[float] = None):
+        call = self._stub.WatchJob(
+            pb.WatchJobRequest(job_id=job_id),
             timeout=timeout if timeout is not None else self._timeout,
             metadata=self._metadata)
         try:

@@ -141,6 +141,46 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(size_of(upscaled.images[0].png), (64, 64))
         self.assertEqual(upscaled.model, "shapes-sr")
 
+    def test_jobs_outlive_their_stream(self):
+        generation = self.client.stream_txt2img(
+            "a red circle", steps=4, seed=3, cancel_on_disconnect=False,
+            client_request_id="py-jobs")
+        job_id = generation.job_id
+        self.assertTrue(job_id.startswith("job-"))
+        generation.cancel()  # The job runs on.
+        watched = self.client.watch_job(job_id).result()
+        job = self.client.get_job(job_id)
+        self.assertEqual(job.state, "SUCCEEDED")
+        self.assertTrue(job.done)
+        self.assertEqual(job.status_code, "OK")
+        self.assertEqual(job.client_request_id, "py-jobs")
+        self.assertEqual((job.step, job.total_steps), (4, 4))
+        self.assertEqual(job.result.images[0].png, watched.images[0].png)
+        self.assertIsNone(self.client.get_job(job_id,
+                                              with_result=False).result)
+        listed = [j.job_id for j in self.client.list_jobs(
+            states=["SUCCEEDED"])]
+        self.assertIn(job_id, listed)
+        with self.assertRaises(ValueError):
+            self.client.list_jobs(states=["DONE"])
+        with self.assertRaises(LdmError) as raised:
+            self.client.get_job("job-00000000-1")
+        self.assertEqual(raised.exception.code, "NOT_FOUND")
+
+    def test_cancel_job_by_id(self):
+        generation = self.client.stream_txt2img("a green diamond", steps=200,
+                                                num_images=4)
+        job_id = generation.job_id
+        cancelled = self.client.cancel_job(job_id)
+        self.assertEqual(cancelled.state, "CANCELLED")
+        self.assertEqual(cancelled.status_code, "CANCELLED")
+        with self.assertRaises(LdmError) as raised:
+            generation.result()
+        self.assertEqual(raised.exception.code, "CANCELLED")
+
+    def test_health(self):
+        self.assertEqual(self.client.health(), "SERVING")
+
     def test_async_client(self):
         async def run():
             client = AsyncClient(self.address, timeout=60)

@@ -25,6 +25,26 @@ class ImageSynthesisServiceStub(object):
                 request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.ListModelsResponse.FromString,
                 )
+        self.GetJob = channel.unary_unary(
+                '/ldm.v1.ImageSynthesisService/GetJob',
+                request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.GetJobResponse.FromString,
+                )
+        self.WatchJob = channel.unary_stream(
+                '/ldm.v1.ImageSynthesisService/WatchJob',
+                request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.GenerateResponse.FromString,
+                )
+        self.CancelJob = channel.unary_unary(
+                '/ldm.v1.ImageSynthesisService/CancelJob',
+                request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.CancelJobResponse.FromString,
+                )
+        self.ListJobs = channel.unary_unary(
+                '/ldm.v1.ImageSynthesisService/ListJobs',
+                request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsResponse.FromString,
+                )
 
 
 class ImageSynthesisServiceServicer(object):
@@ -34,6 +54,7 @@ class ImageSynthesisServiceServicer(object):
     def Generate(self, request, context):
         """Runs one job and streams its progress; see the file comment for the event
         order and the status codes.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -41,6 +62,42 @@ class ImageSynthesisServiceServicer(object):
 
     def ListModels(self, request, context):
         """Lists the models this server serves and their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """A job's state, queue position, progress and, once it succeeded, its
+        result. NOT_FOUND for an unknown id or one past its retention.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Re-attaches to a job's event stream: first its current state (Queued,
+        or Started and the latest Progress), then its events as Generate sends
+        them, ending as the job ends (its Result then OK, or its status). Ending
+        a WatchJob call never cancels the job. Its events are Generate's, so
+        that one handler reads both.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Stops a queued or running job (CANCELLED); a job that already ended is
+        left as it is. Returns the job's state after the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """The queue, the running jobs and the recently finished ones.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -58,6 +115,26 @@ def add_ImageSynthesisServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.ListModelsRequest.FromString,
                     response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.GetJobRequest.FromString,
+                    response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.GetJobResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.WatchJobRequest.FromString,
+                    response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.GenerateResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.CancelJobRequest.FromString,
+                    response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsRequest.FromString,
+                    response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -101,5 +178,73 @@ class ImageSynthesisService(object):
         return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/ListModels',
             ldm_dot_v1_dot_image__synthesis__pb2.ListModelsRequest.SerializeToString,
             ldm_dot_v1_dot_image__synthesis__pb2.ListModelsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/GetJob',
+            ldm_dot_v1_dot_image__synthesis__pb2.GetJobRequest.SerializeToString,
+            ldm_dot_v1_dot_image__synthesis__pb2.GetJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/ldm.v1.ImageSynthesisService/WatchJob',
+            ldm_dot_v1_dot_image__synthesis__pb2.WatchJobRequest.SerializeToString,
+            ldm_dot_v1_dot_image__synthesis__pb2.GenerateResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/CancelJob',
+            ldm_dot_v1_dot_image__synthesis__pb2.CancelJobRequest.SerializeToString,
+            ldm_dot_v1_dot_image__synthesis__pb2.CancelJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/ListJobs',
+            ldm_dot_v1_dot_image__synthesis__pb2.ListJobsRequest.SerializeToString,
+            ldm_dot_v1_dot_image__synthesis__pb2.ListJobsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
