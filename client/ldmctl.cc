@@ -89,8 +89,15 @@ ABSL_FLAG(double, eta, -1,
           "DDIM eta in [0, 1]; -1 = the model's default (1 for "
           "super-resolution models, else 0)");
 ABSL_FLAG(std::string, sampler, "ddim",
-          "ddim | plms | ddpm | euler_a | dpmpp_2m");
+          "ddim | plms | ddpm | euler_a | dpmpp_2m | euler | heun | lms | "
+          "dpmpp_2m_sde");
+ABSL_FLAG(std::string, schedule, "",
+          "Euler-family samplers' noise levels: uniform (default) | karras | "
+          "exponential");
 ABSL_FLAG(uint64_t, seed, 0, "seed; 0 = server picks");
+ABSL_FLAG(int, clip_skip, 0,
+          "CLIP models: the encoder layer read (1 = last, 2 = penultimate); "
+          "0 = the model's own");
 ABSL_FLAG(int, priority, 0, "scheduling priority in [-10, 10]; higher first");
 ABSL_FLAG(int, n, 1, "number of images");
 ABSL_FLAG(int, width, 0, "width in pixels; 0 = model native");
@@ -245,8 +252,25 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL);
   } else if (kind == "dpmpp_2m") {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M);
+  } else if (kind == "euler") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_EULER);
+  } else if (kind == "heun") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_HEUN);
+  } else if (kind == "lms") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_LMS);
+  } else if (kind == "dpmpp_2m_sde") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE);
   } else {
     std::fprintf(stderr, "ldmctl: unknown --sampler %s\n", kind.c_str());
+    return false;
+  }
+  const std::string sigmas = absl::GetFlag(FLAGS_schedule);
+  if (sigmas == "karras") {
+    sampler->set_sigma_schedule(ldm::v1::SIGMA_SCHEDULE_KARRAS);
+  } else if (sigmas == "exponential") {
+    sampler->set_sigma_schedule(ldm::v1::SIGMA_SCHEDULE_EXPONENTIAL);
+  } else if (!sigmas.empty() && sigmas != "uniform") {
+    std::fprintf(stderr, "ldmctl: unknown --schedule %s\n", sigmas.c_str());
     return false;
   }
   const std::vector<int> steps = StepsList();
@@ -262,6 +286,14 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
   request->set_seed(absl::GetFlag(FLAGS_seed));
   request->set_num_images(absl::GetFlag(FLAGS_n));
   request->set_priority(absl::GetFlag(FLAGS_priority));
+  if (absl::GetFlag(FLAGS_clip_skip) < 0) {
+    std::fprintf(stderr, "ldmctl: --clip-skip: 0 or more\n");
+    return false;
+  }
+  if (absl::GetFlag(FLAGS_clip_skip) > 0) {
+    request->set_clip_skip(
+        static_cast<uint32_t>(absl::GetFlag(FLAGS_clip_skip)));
+  }
   return true;
 }
 
@@ -708,13 +740,15 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
 const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
   static const auto* const flags = [] {
     const std::vector<std::string> settings = {
-        "model", "steps", "cfg", "eta", "sampler", "seed", "n", "priority"};
+        "model", "steps", "cfg",      "eta",       "sampler",
+        "seed",  "n",     "priority", "clip_skip", "schedule"};
     const std::vector<std::string> output = {"out", "previews", "preview_every",
                                              "detach"};
-    auto join = [](std::vector<std::vector<std::string>> parts) {
+    auto join = [](const std::vector<std::vector<std::string>>& parts) {
       std::vector<std::string> all;
-      for (const auto& part : parts)
+      for (const auto& part : parts) {
         all.insert(all.end(), part.begin(), part.end());
+      }
       return all;
     };
     return new std::map<std::string, std::vector<std::string>>{

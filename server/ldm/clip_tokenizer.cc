@@ -237,16 +237,32 @@ std::vector<int64_t> ClipTokenizer::Encode(const std::string& text) const {
 
 ClipTokenizer::Padded ClipTokenizer::EncodePadded(
     const std::string& text) const {
+  Chunked chunked = EncodeChunked(text, 1);
+  return Padded{std::move(chunked.ids), chunked.truncated};
+}
+
+ClipTokenizer::Chunked ClipTokenizer::EncodeChunked(const std::string& text,
+                                                    int max_chunks) const {
   std::vector<int64_t> bpe = Encode(text);
-  Padded padded;
-  constexpr size_t kMaxBpe = kContextLength - 2;
-  padded.truncated = bpe.size() > kMaxBpe;
-  if (padded.truncated) bpe.resize(kMaxBpe);
-  padded.ids.push_back(kStartId);
-  padded.ids.insert(padded.ids.end(), bpe.begin(), bpe.end());
-  padded.ids.push_back(kEndId);
-  padded.ids.resize(kContextLength, kEndId);
-  return padded;
+  Chunked chunked;
+  const size_t max_ids = static_cast<size_t>(max_chunks) * kIdsPerChunk;
+  chunked.truncated = bpe.size() > max_ids;
+  if (chunked.truncated) bpe.resize(max_ids);
+  // An empty prompt is still one chunk: start, end, padding.
+  chunked.chunks = std::max<int>(
+      1, static_cast<int>((bpe.size() + kIdsPerChunk - 1) / kIdsPerChunk));
+  for (int chunk = 0; chunk < chunked.chunks; ++chunk) {
+    const size_t begin = static_cast<size_t>(chunk) * kIdsPerChunk;
+    const size_t end = std::min(bpe.size(), begin + kIdsPerChunk);
+    chunked.ids.push_back(kStartId);
+    if (begin < end) {
+      chunked.ids.insert(chunked.ids.end(), bpe.begin() + begin,
+                         bpe.begin() + end);
+    }
+    chunked.ids.push_back(kEndId);
+    chunked.ids.resize(static_cast<size_t>(chunk + 1) * kContextLength, kEndId);
+  }
+  return chunked;
 }
 
 }  // namespace ldm

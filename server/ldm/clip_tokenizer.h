@@ -42,6 +42,19 @@ class ClipTokenizer {
   };
   Padded EncodePadded(const std::string& text) const;
 
+  // Prompts longer than 75 ids as the common SD front ends encode them:
+  // chunks of 75 ids, each padded as EncodePadded pads one, so that each
+  // chunk is encoded alone and the contexts concatenated. A prompt of 75
+  // ids or fewer is one chunk, exactly EncodePadded's ids.
+  struct Chunked {
+    std::vector<int64_t> ids;  // chunks * kContextLength ids.
+    int chunks = 1;
+    bool truncated = false;  // More than max_chunks * 75 ids.
+  };
+  Chunked EncodeChunked(const std::string& text, int max_chunks) const;
+  // BPE ids one chunk holds.
+  static constexpr int kIdsPerChunk = kContextLength - 2;
+
   // The cleaned, split pieces (for debugging prompts).
   std::vector<std::string> PreTokenize(const std::string& text) const;
 

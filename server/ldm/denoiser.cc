@@ -92,28 +92,73 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
       }
       class_labels = at::cat(labels, 0).to(device_);
     }
-    at::Tensor context;
+    // Rows whose contexts have one length share a UNet call: runs of
+    // consecutive entries (a long prompt's chunks make its context longer).
+    std::vector<std::pair<int64_t, int64_t>> runs;
+    std::vector<at::Tensor> run_contexts;
+    {
+      int64_t row = 0;
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const int64_t rows = inputs[i].size(0);
+        const bool joins =
+            !runs.empty() && (contexts.empty() ||
+                              contexts[i].size(1) == contexts[i - 1].size(1));
+        if (joins) {
+          runs.back().second = row + rows;
+        } else {
+          runs.emplace_back(row, row + rows);
+        }
+        row += rows;
+      }
+    }
     if (!contexts.empty()) {
       if (contexts.size() != inputs.size()) {
         return absl::InvalidArgumentError(
             "denoise step: some tasks have a context and some do not");
       }
-      context = at::cat(contexts, 0);
+      const at::Tensor all =
+          runs.size() == 1 ? at::cat(contexts, 0) : at::Tensor();
+      size_t entry = 0;
+      for (const auto& [begin, end] : runs) {
+        if (all.defined()) {
+          run_contexts.push_back(all);
+          continue;
+        }
+        std::vector<at::Tensor> members;
+        for (int64_t row = begin; row < end; ++entry) {
+          row += contexts[entry].size(0);
+          members.push_back(contexts[entry]);
+        }
+        run_contexts.push_back(at::cat(members, 0));
+      }
     }
     at::Tensor t = at::tensor(timesteps).to(device_);
     // The sampler's float32 state in, the UNet's dtype through it, float32
     // out (no-ops for a float32 model).
     at::Tensor input = at::cat(inputs, 0).to(dtype_);
-    if (context.defined()) context = context.to(dtype_);
     auto rows_of = [](const at::Tensor& x, int64_t begin, int64_t end) {
       return x.defined() ? x.slice(0, begin, end) : x;
     };
-    at::Tensor out =
-        ForEachRowIfInvariant(input.size(0), [&](int64_t begin, int64_t end) {
-          return unet_->Forward(
-              rows_of(input, begin, end), rows_of(t, begin, end),
-              rows_of(context, begin, end), rows_of(class_labels, begin, end));
-        }).to(at::kFloat);
+    std::vector<at::Tensor> run_outputs;
+    for (size_t r = 0; r < runs.size(); ++r) {
+      // Plain names: lambdas may not capture structured bindings in C++17.
+      const int64_t run_begin = runs[r].first;
+      const int64_t run_end = runs[r].second;
+      const at::Tensor context =
+          run_contexts.empty() ? at::Tensor() : run_contexts[r].to(dtype_);
+      run_outputs.push_back(ForEachRowIfInvariant(
+          run_end - run_begin, [&](int64_t begin, int64_t end) {
+            const int64_t first = run_begin + begin;
+            const int64_t last = run_begin + end;
+            return unet_->Forward(rows_of(input, first, last),
+                                  rows_of(t, first, last),
+                                  rows_of(context, begin, end),
+                                  rows_of(class_labels, first, last));
+          }));
+    }
+    at::Tensor out = (run_outputs.size() == 1 ? run_outputs.front()
+                                              : at::cat(run_outputs, 0))
+                         .to(at::kFloat);
     std::vector<at::Tensor> guided;
     int64_t row = 0;
     for (ImageTask* task : tasks) {
@@ -139,6 +184,10 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
       task->sampler->Step(prediction);
     }
     if (trace != nullptr) {
+      // One context when every row shares its length (else none).
+      const at::Tensor context = run_contexts.size() == 1
+                                     ? run_contexts.front().to(dtype_)
+                                     : at::Tensor();
       *trace = StepTrace{input, t, context, out, at::cat(guided, 0)};
     }
     return absl::OkStatus();

@@ -157,6 +157,16 @@ absl::StatusOr<ImageGeometry> CheckRequest(const ModelCapabilities& model,
   if (request.num_images < 1) {
     return Invalid("num_images", "at least 1");
   }
+  if (request.clip_skip != 0) {
+    if (model.max_clip_skip == 0) {
+      return Invalid("clip_skip",
+                     "0 for this model (its text encoder is not CLIP)");
+    }
+    if (request.clip_skip < 1 || request.clip_skip > model.max_clip_skip) {
+      return Invalid("clip_skip", absl::StrCat("1..", model.max_clip_skip,
+                                               " (the text encoder's layers)"));
+    }
+  }
   return std::visit(GeometryOf{model}, request.task);
 }
 

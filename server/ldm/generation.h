@@ -92,6 +92,9 @@ struct GenerationRequest {
   SamplerOptions sampler;
   uint64_t seed = 1;  // Image i uses ImageSeed(seed, i).
   int num_images = 1;
+  // Which CLIP layer encodes the prompts (1 = the last, 2 = the
+  // penultimate); 0 = the model's own. CLIP models only.
+  int clip_skip = 0;
 };
 
 // The seed of image `index` of a job seeded `seed`.
@@ -116,6 +119,10 @@ struct ModelCapabilities {
   // The model's own defaults (0 = none): DDIM eta, guidance scale.
   double default_eta = 0.0;
   double default_guidance_scale = 0.0;
+  // CLIP text encoders: clip_skip's range 1..max_clip_skip (its layers) and
+  // the model's own; 0 and 0 for other text encoders.
+  int max_clip_skip = 0;
+  int default_clip_skip = 0;
 };
 
 // The size a job works at.

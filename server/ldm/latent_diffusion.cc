@@ -28,6 +28,10 @@ ModelCapabilities CapabilitiesOf(const ModelConfig& config) {
   model.latent_width = config.latent_width;
   model.default_eta = config.default_eta;
   model.default_guidance_scale = config.default_guidance_scale;
+  if (config.clip) {
+    model.max_clip_skip = static_cast<int>(config.clip->text.num_hidden_layers);
+    model.default_clip_skip = config.clip->clip_skip;
+  }
   return model;
 }
 
@@ -51,12 +55,12 @@ LatentDiffusion::LatentDiffusion(ModelConfig config, LoadOptions options,
 LatentDiffusion::~LatentDiffusion() = default;
 
 absl::StatusOr<TextConditioning> LatentDiffusion::EncodeText(
-    const std::vector<std::string>& prompts) const {
+    const std::vector<std::string>& prompts, int clip_skip) const {
   if (text_ == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", config_.name, " has no text encoder"));
   }
-  return text_->Encode(prompts, options_.device, precision_.unet);
+  return text_->Encode(prompts, options_.device, precision_.unet, clip_skip);
 }
 
 }  // namespace ldm

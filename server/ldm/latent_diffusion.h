@@ -118,10 +118,10 @@ class LatentDiffusion {
   const Denoiser& denoiser() const { return *denoiser_; }
   const FirstStage& first_stage() const { return *first_stage_; }
 
-  // The prompts' context [B, L, D] in the UNet's dtype;
-  // FAILED_PRECONDITION for a model without a text encoder.
+  // The prompts' context [B, L, D] in the UNet's dtype (`clip_skip` as in
+  // PromptGroup); FAILED_PRECONDITION for a model without a text encoder.
   absl::StatusOr<TextConditioning> EncodeText(
-      const std::vector<std::string>& prompts) const;
+      const std::vector<std::string>& prompts, int clip_skip = 0) const;
   // Denoiser::NewImageTask and Denoiser::Step, as the scheduler calls them.
   absl::StatusOr<ImageTask> NewImageTask(
       uint64_t seed, int64_t latent_height, int64_t latent_width,

@@ -212,24 +212,70 @@ void DdpmSampler::Step(const at::Tensor& eps) {
   ++steps_done_;
 }
 
+namespace {
+
+// Each sigma's timestep (the uniform ones exactly), then the sigmas.
+struct SigmaSteps {
+  std::vector<double> timesteps;
+  std::vector<double> sigmas;  // One more: the final 0.
+};
+
+SigmaSteps MakeSigmaSteps(const DiffusionSchedule& schedule, int steps,
+                          SigmaSchedule kind) {
+  SigmaSteps out;
+  const double t_max = static_cast<double>(schedule.timesteps() - 1);
+  const double sigma_max = schedule.sigma(schedule.timesteps() - 1);
+  const double sigma_min = schedule.sigma(0);
+  for (int i = 0; i < steps; ++i) {
+    // Position along the schedule: 0 at the noisiest step, 1 at the last.
+    const double ramp = steps == 1 ? 0.0 : static_cast<double>(i) / (steps - 1);
+    switch (kind) {
+      case SigmaSchedule::kUniform: {
+        const double t = t_max - ramp * t_max;
+        out.timesteps.push_back(t);
+        out.sigmas.push_back(schedule.SigmaForTimestep(t));
+        continue;
+      }
+      case SigmaSchedule::kKarras: {
+        constexpr double kRho = 7.0;
+        const double max_inv = std::pow(sigma_max, 1.0 / kRho);
+        const double min_inv = std::pow(sigma_min, 1.0 / kRho);
+        out.sigmas.push_back(
+            std::pow(max_inv + ramp * (min_inv - max_inv), kRho));
+        break;
+      }
+      case SigmaSchedule::kExponential:
+        out.sigmas.push_back(
+            std::exp(std::log(sigma_max) +
+                     ramp * (std::log(sigma_min) - std::log(sigma_max))));
+        break;
+    }
+    out.timesteps.push_back(schedule.TimestepForSigma(out.sigmas.back()));
+  }
+  out.sigmas.push_back(0.0);
+  return out;
+}
+
+}  // namespace
+
+std::vector<double> KarrasStyleSigmas(const DiffusionSchedule& schedule,
+                                      int steps, SigmaSchedule kind) {
+  return MakeSigmaSteps(schedule, steps, kind).sigmas;
+}
+
 KarrasStyleSampler::KarrasStyleSampler(const DiffusionSchedule& schedule,
                                        int steps, at::Tensor unit_noise,
                                        at::Generator generator,
                                        const at::Tensor& init_latent,
-                                       int first_steps)
+                                       int first_steps,
+                                       SigmaSchedule sigma_schedule)
     : Sampler(schedule, std::move(unit_noise), std::move(generator)) {
-  const double t_max = static_cast<double>(schedule.timesteps() - 1);
   const int skip = init_latent.defined() && first_steps > 0
                        ? std::max(0, steps - first_steps)
                        : 0;
-  for (int i = skip; i < steps; ++i) {
-    const double t = steps == 1
-                         ? t_max
-                         : t_max - static_cast<double>(i) * t_max / (steps - 1);
-    timesteps_.push_back(t);
-    sigmas_.push_back(schedule.SigmaForTimestep(t));
-  }
-  sigmas_.push_back(0.0);
+  SigmaSteps all = MakeSigmaSteps(schedule, steps, sigma_schedule);
+  timesteps_.assign(all.timesteps.begin() + skip, all.timesteps.end());
+  sigmas_.assign(all.sigmas.begin() + skip, all.sigmas.end());
   x_ = init_latent.defined() ? init_latent + x_ * sigmas_[0] : x_ * sigmas_[0];
   PrepareInput();
 }
@@ -246,8 +292,7 @@ void KarrasStyleSampler::ReplaceLatent(at::Tensor x) {
 
 void KarrasStyleSampler::PrepareInput() {
   if (done()) return;
-  const double sigma = sigmas_[steps_done_];
-  scaled_input_ = x_ * (1.0 / std::sqrt(sigma * sigma + 1.0));
+  scaled_input_ = ScaledInput(x_, sigmas_[steps_done_]);
 }
 
 void KarrasStyleSampler::Step(const at::Tensor& eps) {
@@ -289,6 +334,115 @@ void DpmSolverPP2MSampler::Advance(const at::Tensor& denoised, int i) {
   old_denoised_ = denoised;
 }
 
+void EulerSampler::Advance(const at::Tensor& denoised, int i) {
+  const at::Tensor slope = (x_ - denoised) / sigmas_[i];
+  x_ = x_ + slope * (sigmas_[i + 1] - sigmas_[i]);
+}
+
+void HeunSampler::Advance(const at::Tensor& denoised, int i) {
+  // The last step, to sigma 0: Euler (a second call there is undefined).
+  slope_ = (x_ - denoised) / sigmas_[i];
+  x_ = x_ + slope_ * (sigmas_[i + 1] - sigmas_[i]);
+}
+
+void HeunSampler::Step(const at::Tensor& eps) {
+  const int i = steps_done_;
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  if (!second_call_) {
+    pred_x0_ = x_ - eps * sigma;
+    if (sigma_next == 0.0) {
+      KarrasStyleSampler::Step(eps);
+      return;
+    }
+    slope_ = (x_ - pred_x0_) / sigma;
+    probe_ = x_ + slope_ * (sigma_next - sigma);
+    probe_input_ = ScaledInput(probe_, sigma_next);
+    second_call_ = true;
+    return;
+  }
+  // eps is the prediction at the probe: its slope there is eps itself.
+  x_ = x_ + (slope_ + eps) * (0.5 * (sigma_next - sigma));
+  second_call_ = false;
+  probe_ = at::Tensor();
+  probe_input_ = at::Tensor();
+  ++steps_done_;
+  if (!done()) scaled_input_ = ScaledInput(x_, sigmas_[steps_done_]);
+}
+
+namespace {
+
+// The integral over [sigmas[i], sigmas[i + 1]] of the Lagrange basis
+// polynomial of sigmas[i - j] over sigmas[i], ..., sigmas[i - order + 1]
+// (k-diffusion's linear_multistep_coeff). The polynomial has degree
+// order - 1 <= 3, which 3-point Gauss-Legendre integrates exactly.
+double LinearMultistepCoefficient(const std::vector<double>& sigmas, int order,
+                                  int i, int j) {
+  auto basis = [&](double tau) {
+    double product = 1.0;
+    for (int k = 0; k < order; ++k) {
+      if (k == j) continue;
+      product *= (tau - sigmas[i - k]) / (sigmas[i - j] - sigmas[i - k]);
+    }
+    return product;
+  };
+  const double a = sigmas[i], b = sigmas[i + 1];
+  const double half = 0.5 * (b - a), middle = 0.5 * (a + b);
+  const double node = std::sqrt(3.0 / 5.0);
+  return half *
+         (5.0 / 9.0 * basis(middle - half * node) + 8.0 / 9.0 * basis(middle) +
+          5.0 / 9.0 * basis(middle + half * node));
+}
+
+}  // namespace
+
+void LmsSampler::Advance(const at::Tensor& denoised, int i) {
+  constexpr int kOrder = 4;
+  slopes_.push_back((x_ - denoised) / sigmas_[i]);
+  if (slopes_.size() > kOrder) slopes_.pop_front();
+  const int order = std::min(i + 1, kOrder);
+  for (int j = 0; j < order; ++j) {
+    // slopes_ newest last: j steps back.
+    x_ = x_ + LinearMultistepCoefficient(sigmas_, order, i, j) *
+                  slopes_[slopes_.size() - 1 - static_cast<size_t>(j)];
+  }
+}
+
+void DpmSolverPP2MSdeSampler::Advance(const at::Tensor& denoised, int i) {
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  if (sigma_next == 0.0) {
+    x_ = denoised;
+  } else {
+    // eta = 1: h in log-sigma time, as much noise as the step removes.
+    const double h = std::log(sigma) - std::log(sigma_next);
+    const double decay = -std::expm1(-2.0 * h);
+    x_ = (sigma_next / sigma) * std::exp(-h) * x_ + decay * denoised;
+    if (old_denoised_.defined()) {
+      const double r = h_last_ / h;
+      x_ = x_ + (0.5 * decay / r) * (denoised - old_denoised_);
+    }
+    x_ = x_ + DrawNoise() * (sigma_next * std::sqrt(decay));
+    h_last_ = h;
+  }
+  old_denoised_ = denoised;
+}
+
+namespace {
+
+template <typename KarrasStyle>
+std::unique_ptr<Sampler> MakeKarrasStyle(const SamplerOptions& options,
+                                         const DiffusionSchedule& schedule,
+                                         at::Tensor& noise,
+                                         at::Generator& generator,
+                                         const at::Tensor& init_latent,
+                                         bool partial, int first_steps) {
+  return std::make_unique<KarrasStyle>(schedule, options.steps,
+                                       std::move(noise), std::move(generator),
+                                       partial ? init_latent : at::Tensor(),
+                                       first_steps, options.sigma_schedule);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
     const SamplerOptions& options, const DiffusionSchedule& schedule,
     at::Tensor noise, at::Generator generator, const at::Tensor& init_latent) {
@@ -297,6 +451,13 @@ absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
   }
   if (!(options.strength > 0.0 && options.strength <= 1.0)) {
     return absl::InvalidArgumentError("sampler: strength must be in (0, 1]");
+  }
+  const bool karras_style = options.kind != SamplerKind::kDdim &&
+                            options.kind != SamplerKind::kPlms &&
+                            options.kind != SamplerKind::kDdpm;
+  if (!karras_style && options.sigma_schedule != SigmaSchedule::kUniform) {
+    return absl::InvalidArgumentError(
+        "sampler: DDIM, PLMS and DDPM take the uniform schedule only");
   }
   std::vector<int64_t> uniform = DdimTimesteps(
       schedule.timesteps(), options.steps, options.quadratic_timesteps);
@@ -342,13 +503,23 @@ absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
           std::move(noise), std::move(generator));
     }
     case SamplerKind::kEulerAncestral:
-      return std::make_unique<EulerAncestralSampler>(
-          schedule, options.steps, std::move(noise), std::move(generator),
-          partial ? init_latent : at::Tensor(), t_enc);
+      return MakeKarrasStyle<EulerAncestralSampler>(
+          options, schedule, noise, generator, init_latent, partial, t_enc);
     case SamplerKind::kDpmSolverPP2M:
-      return std::make_unique<DpmSolverPP2MSampler>(
-          schedule, options.steps, std::move(noise), std::move(generator),
-          partial ? init_latent : at::Tensor(), t_enc);
+      return MakeKarrasStyle<DpmSolverPP2MSampler>(
+          options, schedule, noise, generator, init_latent, partial, t_enc);
+    case SamplerKind::kEuler:
+      return MakeKarrasStyle<EulerSampler>(options, schedule, noise, generator,
+                                           init_latent, partial, t_enc);
+    case SamplerKind::kHeun:
+      return MakeKarrasStyle<HeunSampler>(options, schedule, noise, generator,
+                                          init_latent, partial, t_enc);
+    case SamplerKind::kLms:
+      return MakeKarrasStyle<LmsSampler>(options, schedule, noise, generator,
+                                         init_latent, partial, t_enc);
+    case SamplerKind::kDpmSolverPP2MSde:
+      return MakeKarrasStyle<DpmSolverPP2MSdeSampler>(
+          options, schedule, noise, generator, init_latent, partial, t_enc);
   }
   return absl::InvalidArgumentError("sampler: unknown kind");
 }

@@ -21,6 +21,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -189,13 +190,18 @@ class DdpmSampler : public Sampler {
 // the model sees x_k * c_in with c_in = 1 / sqrt(sigma^2 + 1), which is the
 // LDM latent, at the timestep whose sigma that is. Sigmas are
 // sigma(linspace(T - 1, 0, steps)) then 0.
+// The sigmas of `kind` for `steps` steps, descending, then 0.
+std::vector<double> KarrasStyleSigmas(const DiffusionSchedule& schedule,
+                                      int steps, SigmaSchedule kind);
+
 class KarrasStyleSampler : public Sampler {
  public:
   // With `init_latent`, only the last `first_steps` of the `steps` sigmas
   // run, from init_latent + sigma * unit_noise.
   KarrasStyleSampler(const DiffusionSchedule& schedule, int steps,
                      at::Tensor unit_noise, at::Generator generator,
-                     const at::Tensor& init_latent = {}, int first_steps = 0);
+                     const at::Tensor& init_latent = {}, int first_steps = 0,
+                     SigmaSchedule sigma_schedule = SigmaSchedule::kUniform);
   int total_steps() const override {
     return static_cast<int>(sigmas_.size()) - 1;
   }
@@ -205,16 +211,21 @@ class KarrasStyleSampler : public Sampler {
   at::Tensor NoisedToCurrentLevel(const at::Tensor& x0,
                                   const at::Tensor& noise) const override;
   void ReplaceLatent(at::Tensor x) override;
+  const std::vector<double>& sigmas() const { return sigmas_; }
 
  protected:
   // Advances x_ from sigmas_[i] to sigmas_[i + 1] given `denoised`.
   virtual void Advance(const at::Tensor& denoised, int i) = 0;
+  // The model's input for latent `x` at noise level `sigma`.
+  static at::Tensor ScaledInput(const at::Tensor& x, double sigma) {
+    return x * (1.0 / std::sqrt(sigma * sigma + 1.0));
+  }
   std::vector<double> sigmas_;
+  std::vector<double> timesteps_;  // The timestep of each sigma but the 0.
+  at::Tensor scaled_input_;
 
  private:
   void PrepareInput();
-  std::vector<double> timesteps_;
-  at::Tensor scaled_input_;
 };
 
 class EulerAncestralSampler : public KarrasStyleSampler {
@@ -232,6 +243,62 @@ class DpmSolverPP2MSampler : public KarrasStyleSampler {
  private:
   void Advance(const at::Tensor& denoised, int i) override;
   at::Tensor old_denoised_;
+};
+
+// Euler on the probability-flow ODE (k-diffusion's sample_euler, s_churn 0).
+class EulerSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+};
+
+// Heun's second-order method (k-diffusion's sample_heun, s_churn 0): an
+// Euler step to sigma_next, a second model call there, the average slope.
+// Two model calls a step but the last (plain Euler to sigma 0).
+class HeunSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+  const at::Tensor& model_input() const override {
+    return second_call_ ? probe_input_ : scaled_input_;
+  }
+  double timestep() const override {
+    return timesteps_[steps_done_ + (second_call_ ? 1 : 0)];
+  }
+  bool at_step_start() const override { return !second_call_; }
+  void Step(const at::Tensor& eps) override;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+  bool second_call_ = false;
+  at::Tensor probe_;        // The Euler step's end, at sigma_next.
+  at::Tensor probe_input_;  // Its scaled model input.
+  at::Tensor slope_;        // dx/dsigma at the step's start.
+};
+
+// Linear multistep (k-diffusion's sample_lms, order 4): the slopes of the
+// last four steps, each weighted by its Lagrange basis polynomial integrated
+// over the step in sigma.
+class LmsSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+  std::deque<at::Tensor> slopes_;  // Newest last.
+};
+
+// DPM-Solver++(2M) SDE (k-diffusion's sample_dpmpp_2m_sde, eta 1, midpoint
+// solver), its noise from the job's generator step by step.
+class DpmSolverPP2MSdeSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+  at::Tensor old_denoised_;
+  double h_last_ = 0.0;
 };
 
 // The sampler `options` ask for, starting from unit Gaussian `noise`, or,

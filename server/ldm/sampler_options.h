@@ -5,7 +5,25 @@
 
 namespace ldm {
 
-enum class SamplerKind { kDdim, kPlms, kDdpm, kEulerAncestral, kDpmSolverPP2M };
+enum class SamplerKind {
+  kDdim,
+  kPlms,
+  kDdpm,
+  kEulerAncestral,
+  kDpmSolverPP2M,
+  kEuler,
+  kHeun,
+  kLms,
+  kDpmSolverPP2MSde,
+};
+
+// The noise levels the k-diffusion samplers (Euler, Heun, LMS, DPM++) step
+// through; DDIM, PLMS and DDPM have their own timesteps.
+enum class SigmaSchedule {
+  kUniform,      // sigma(linspace(T - 1, 0, steps)): the model's own.
+  kKarras,       // Karras et al. 2022, rho = 7, between the model's extremes.
+  kExponential,  // Evenly spaced in log sigma.
+};
 
 struct SamplerOptions {
   SamplerKind kind = SamplerKind::kDdim;
@@ -18,6 +36,7 @@ struct SamplerOptions {
   // DDIM/PLMS/DDPM timesteps: the reference's "quad" discretisation instead
   // of "uniform".
   bool quadratic_timesteps = false;
+  SigmaSchedule sigma_schedule = SigmaSchedule::kUniform;
 };
 
 }  // namespace ldm

@@ -94,25 +94,20 @@ std::vector<absl::StatusOr<PreparedJob>> LatentDiffusion::PrepareJobs(
     }
     return prepared;
   }
-  std::vector<std::string> prompts;
+  // Each job's two rows, [uncond; cond], in one encoder call for all.
+  std::vector<PromptGroup> groups;
   for (const GenerationRequest* request : requests) {
-    prompts.push_back(request->negative_prompt);
-    prompts.push_back(request->prompt);
+    groups.push_back(PromptGroup{{request->negative_prompt, request->prompt},
+                                 request->clip_skip});
   }
-  const absl::StatusOr<TextConditioning> text = EncodeText(prompts);
+  const absl::StatusOr<std::vector<TextConditioning>> text =
+      text_->EncodeGroups(groups, options_.device, precision_.unet);
   for (size_t i = 0; i < requests.size(); ++i) {
     if (!text.ok()) {
       prepared.push_back(text.status());
       continue;
     }
-    // This job's two rows, [uncond; cond], and their warnings.
-    const auto row = static_cast<int64_t>(2 * i);
-    TextConditioning rows{text->context.slice(0, row, row + 2), {}, {}};
-    for (size_t r = 2 * i; r < 2 * i + 2; ++r) {
-      rows.warnings.insert(rows.warnings.end(), text->row_warnings[r].begin(),
-                           text->row_warnings[r].end());
-    }
-    prepared.push_back(PrepareJobWithText(*requests[i], &rows));
+    prepared.push_back(PrepareJobWithText(*requests[i], &(*text)[i]));
   }
   return prepared;
 }
@@ -124,8 +119,9 @@ absl::StatusOr<PreparedJob> LatentDiffusion::PrepareJobWithText(
   TextConditioning encoded;
   if (has_text_encoder()) {
     if (text == nullptr) {
-      LDM_ASSIGN_OR_RETURN(
-          encoded, EncodeText({request.negative_prompt, request.prompt}));
+      LDM_ASSIGN_OR_RETURN(encoded,
+                           EncodeText({request.negative_prompt, request.prompt},
+                                      request.clip_skip));
       text = &encoded;
     }
     job.warnings = text->warnings;

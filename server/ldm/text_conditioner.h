@@ -12,8 +12,13 @@
 // text_conditioner.cc behind MakeTextConditioner.
 //
 // Prompt weights ("(word:1.3)", prompt_weights.h) are applied here, once for
-// all families. Encode() is const and thread-safe; every LibTorch error
-// comes back as a status.
+// all families. A family may split a long prompt into chunks (CLIP: 75
+// tokens each, as the common SD front ends do), each encoded alone and the
+// contexts concatenated along L; the prompts of one group (one job's
+// negative and positive prompt) are padded with empty chunks to the same
+// length, and groups never pad each other, so a job's context does not
+// depend on what else is encoded with it. Encode() is const and
+// thread-safe; every LibTorch error comes back as a status.
 #ifndef LDMSERVE_SERVER_LDM_TEXT_CONDITIONER_H_
 #define LDMSERVE_SERVER_LDM_TEXT_CONDITIONER_H_
 
@@ -40,6 +45,14 @@ struct TextConditioning {
   std::vector<std::vector<std::string>> row_warnings;  // Per prompt (row).
 };
 
+// Prompts encoded to one context: rows of one length.
+struct PromptGroup {
+  std::vector<std::string> prompts;
+  // Which CLIP layer's output (1 = the last, 2 = the penultimate); 0 = the
+  // model's own. Other families have one output and take 0 only.
+  int clip_skip = 0;
+};
+
 class TextConditioner {
  public:
   virtual ~TextConditioner();
@@ -52,12 +65,19 @@ class TextConditioner {
   // UNet's: what its cross-attention reads).
   absl::StatusOr<TextConditioning> Encode(
       const std::vector<std::string>& prompts, at::Device device,
+      at::ScalarType context_dtype, int clip_skip = 0) const;
+  // One context per group, the groups' prompts encoded together (one
+  // encoder call per distinct row length and clip_skip).
+  absl::StatusOr<std::vector<TextConditioning>> EncodeGroups(
+      const std::vector<PromptGroup>& groups, at::Device device,
       at::ScalarType context_dtype) const;
 
  protected:
   struct Tokens {
-    std::vector<int64_t> ids;  // Padded to the encoder's length.
+    // One or more chunks of `chunk_length` ids, each padded to it.
+    std::vector<int64_t> ids;
     std::vector<std::string> warnings;
+    size_t chunk_length = 0;  // 0: the whole row is one chunk.
   };
   // The padded ids of one prompt (weights already stripped from it);
   // FAILED_PRECONDITION where the tokenizer's files were not loaded.
@@ -67,8 +87,14 @@ class TextConditioner {
   virtual size_t CountTokens(const std::string& text) const = 0;
   // The row position of the first text token (1 after a start token).
   virtual size_t FirstTextPosition() const = 0;
-  // ids [B, L] int64 on the device -> [B, L, D].
-  virtual at::Tensor Forward(const at::Tensor& ids) const = 0;
+  // The row position of the `index`th text token: after the first, in
+  // order, unless the family splits prompts into chunks.
+  virtual size_t TextPosition(size_t index) const {
+    return FirstTextPosition() + index;
+  }
+  // ids [B, L] int64 on the device -> [B, L, D]; one chunk per row.
+  // `clip_skip` as in PromptGroup (0 = the model's own).
+  virtual at::Tensor Forward(const at::Tensor& ids, int clip_skip) const = 0;
 };
 
 // The family `config` names, its parameters declared under `scope` (the
@@ -90,7 +116,7 @@ class WordConditioner : public TextConditioner {
   absl::StatusOr<Tokens> Tokenize(const std::string& text) const override;
   size_t CountTokens(const std::string& text) const override;
   size_t FirstTextPosition() const override { return 0; }
-  at::Tensor Forward(const at::Tensor& ids) const override;
+  at::Tensor Forward(const at::Tensor& ids, int clip_skip) const override;
 
  private:
   TextEncoderConfig config_;

@@ -200,9 +200,43 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
     case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M:
       job.sampler.kind = ldm::SamplerKind::kDpmSolverPP2M;
       break;
+    case ldm::v1::SAMPLER_KIND_EULER:
+      job.sampler.kind = ldm::SamplerKind::kEuler;
+      break;
+    case ldm::v1::SAMPLER_KIND_HEUN:
+      job.sampler.kind = ldm::SamplerKind::kHeun;
+      break;
+    case ldm::v1::SAMPLER_KIND_LMS:
+      job.sampler.kind = ldm::SamplerKind::kLms;
+      break;
+    case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE:
+      job.sampler.kind = ldm::SamplerKind::kDpmSolverPP2MSde;
+      break;
     default:
       return Invalid("sampler.kind",
                      absl::StrCat("unknown value ", sampler.kind()));
+  }
+  switch (sampler.sigma_schedule()) {
+    case ldm::v1::SIGMA_SCHEDULE_UNSPECIFIED:
+      job.sampler.sigma_schedule = ldm::SigmaSchedule::kUniform;
+      break;
+    case ldm::v1::SIGMA_SCHEDULE_KARRAS:
+      job.sampler.sigma_schedule = ldm::SigmaSchedule::kKarras;
+      break;
+    case ldm::v1::SIGMA_SCHEDULE_EXPONENTIAL:
+      job.sampler.sigma_schedule = ldm::SigmaSchedule::kExponential;
+      break;
+    default:
+      return Invalid("sampler.sigma_schedule",
+                     absl::StrCat("unknown value ", sampler.sigma_schedule()));
+  }
+  if (job.sampler.sigma_schedule != ldm::SigmaSchedule::kUniform &&
+      (job.sampler.kind == ldm::SamplerKind::kDdim ||
+       job.sampler.kind == ldm::SamplerKind::kPlms ||
+       job.sampler.kind == ldm::SamplerKind::kDdpm)) {
+    return Invalid("sampler.sigma_schedule",
+                   "UNSPECIFIED for DDIM, PLMS and DDPM (they have their own "
+                   "timesteps)");
   }
   if (sampler.steps() > limits.max_steps) {
     return Invalid("sampler.steps",
@@ -241,6 +275,16 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   job.num_images =
       request.num_images() == 0 ? 1 : static_cast<int>(request.num_images());
   job.seed = request.seed() == 0 ? random_seed : request.seed();
+  if (request.has_clip_skip()) {
+    // Bounded here so that the cast is exact; the model checks its range.
+    job.clip_skip =
+        static_cast<int>(std::min<uint32_t>(request.clip_skip(), 1000));
+    if (job.clip_skip == 0) {
+      return Invalid("clip_skip", "1 or more when set (unset = the model's)");
+    }
+  } else {
+    job.clip_skip = model.default_clip_skip;
+  }
   spec.preview_every = static_cast<int>(
       std::min<uint32_t>(request.preview_every(), limits.max_steps));
   spec.progress_every = static_cast<int>(std::max<uint32_t>(
@@ -289,6 +333,14 @@ SamplerNames NamesOf(ldm::SamplerKind kind) {
       return {ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL, "Euler a"};
     case ldm::SamplerKind::kDpmSolverPP2M:
       return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M, "DPM++ 2M"};
+    case ldm::SamplerKind::kEuler:
+      return {ldm::v1::SAMPLER_KIND_EULER, "Euler"};
+    case ldm::SamplerKind::kHeun:
+      return {ldm::v1::SAMPLER_KIND_HEUN, "Heun"};
+    case ldm::SamplerKind::kLms:
+      return {ldm::v1::SAMPLER_KIND_LMS, "LMS"};
+    case ldm::SamplerKind::kDpmSolverPP2MSde:
+      return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE, "DPM++ 2M SDE"};
   }
   return {ldm::v1::SAMPLER_KIND_UNSPECIFIED, "?"};
 }
@@ -311,6 +363,17 @@ ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec) {
   settings.set_height(static_cast<uint32_t>(spec.geometry.height));
   settings.set_seed(job.seed);
   settings.set_num_images(static_cast<uint32_t>(job.num_images));
+  settings.set_clip_skip(static_cast<uint32_t>(job.clip_skip));
+  switch (job.sampler.sigma_schedule) {
+    case ldm::SigmaSchedule::kUniform:
+      break;
+    case ldm::SigmaSchedule::kKarras:
+      settings.set_sigma_schedule(ldm::v1::SIGMA_SCHEDULE_KARRAS);
+      break;
+    case ldm::SigmaSchedule::kExponential:
+      settings.set_sigma_schedule(ldm::v1::SIGMA_SCHEDULE_EXPONENTIAL);
+      break;
+  }
   return settings;
 }
 
@@ -320,20 +383,32 @@ std::string ParametersText(const ldm::v1::ResolvedSettings& settings,
   if (!settings.negative_prompt().empty()) {
     absl::StrAppend(&text, "\nNegative prompt: ", settings.negative_prompt());
   }
-  const char* sampler = "?";
+  std::string sampler = "?";
   for (ldm::SamplerKind kind :
        {ldm::SamplerKind::kDdim, ldm::SamplerKind::kPlms,
         ldm::SamplerKind::kDdpm, ldm::SamplerKind::kEulerAncestral,
-        ldm::SamplerKind::kDpmSolverPP2M}) {
+        ldm::SamplerKind::kDpmSolverPP2M, ldm::SamplerKind::kEuler,
+        ldm::SamplerKind::kHeun, ldm::SamplerKind::kLms,
+        ldm::SamplerKind::kDpmSolverPP2MSde}) {
     if (NamesOf(kind).proto == settings.sampler()) {
       sampler = NamesOf(kind).display;
     }
+  }
+  // As AUTOMATIC1111 names them: "DPM++ 2M Karras".
+  if (settings.sigma_schedule() == ldm::v1::SIGMA_SCHEDULE_KARRAS) {
+    sampler += " Karras";
+  } else if (settings.sigma_schedule() == ldm::v1::SIGMA_SCHEDULE_EXPONENTIAL) {
+    sampler += " Exponential";
   }
   absl::StrAppend(&text, "\nSteps: ", settings.steps(), ", Sampler: ", sampler,
                   ", CFG scale: ", settings.guidance_scale(), ", Seed: ", seed,
                   ", Size: ", settings.width(), "x", settings.height(),
                   ", Model: ", settings.model());
   if (settings.eta() != 0.0f) absl::StrAppend(&text, ", Eta: ", settings.eta());
+  // As AUTOMATIC1111: only when not the last layer.
+  if (settings.clip_skip() > 1) {
+    absl::StrAppend(&text, ", Clip skip: ", settings.clip_skip());
+  }
   if (settings.task() == ldm::v1::TASK_IMAGE_TO_IMAGE) {
     absl::StrAppend(&text, ", Denoising strength: ", settings.strength());
   }

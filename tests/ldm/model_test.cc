@@ -670,8 +670,9 @@ TEST(BatchInvarianceTest, JobsPreparedTogetherEqualJobsPreparedAlone) {
   SetBatchInvariant(false);
 }
 
-TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
-  // The BPE files the SD configs ship with.
+// A tiny random text-to-image model read by a 2-layer CLIP text encoder
+// with SD's own BPE files.
+std::unique_ptr<LatentDiffusion> TinyClipModel() {
   const std::string tokenizer =
       std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/tokenizer";
   ModelConfig config = testing::TinyTextToImageConfig();
@@ -685,26 +686,150 @@ TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
   config.clip = clip;
   config.ctx_len = 77;
   auto model = LatentDiffusion::CreateRandom(config, 4);
-  ASSERT_TRUE(model.ok()) << model.status();
-  std::string long_prompt;
-  for (int i = 0; i < 100; ++i) long_prompt += "cat ";
-  auto text = (*model)->EncodeText({"", long_prompt});
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(model).value() : nullptr;
+}
+
+std::string Repeated(const std::string& word, int times) {
+  std::string text;
+  for (int i = 0; i < times; ++i) text += word + " ";
+  return text;
+}
+
+TEST(LatentDiffusionTest, ClipConditionedModelEncodesWithTheClipTokenizer) {
+  std::unique_ptr<LatentDiffusion> model = TinyClipModel();
+  ASSERT_NE(model, nullptr);
+  auto text = model->EncodeText({"", "a red circle"});
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(text->context.sizes(), (at::IntArrayRef{2, 77, 16}));
-  ASSERT_EQ(text->warnings.size(), 1u);  // The long prompt.
+  EXPECT_TRUE(text->warnings.empty());
   // A whole job runs, and saving/loading keeps the text encoder.
   GenerationRequest request;
   request.prompt = "an astronaut riding a horse on mars";
   request.sampler.steps = 2;
-  auto images = testing::RunToTensor(**model, request);
+  auto images = testing::RunToTensor(*model, request);
   ASSERT_TRUE(images.ok()) << images.status();
   const std::string dir = ::testing::TempDir();
-  ASSERT_TRUE((*model)->Save(dir + "/clip.safetensors").ok());
-  std::ofstream(dir + "/clip.json") << ModelConfigToJson((*model)->config());
+  ASSERT_TRUE(model->Save(dir + "/clip.safetensors").ok());
+  std::ofstream(dir + "/clip.json") << ModelConfigToJson(model->config());
   auto loaded =
       LatentDiffusion::Load(dir + "/clip.json", dir + "/clip.safetensors");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(at::equal(*images, *testing::RunToTensor(**loaded, request)));
+}
+
+TEST(LongPromptTest, ClipReadsLongPromptsInChunksOf75Tokens) {
+  // Bit-exact comparisons of chunks encoded in different calls.
+  SetBatchInvariant(true);
+  std::unique_ptr<LatentDiffusion> model = TinyClipModel();
+  ASSERT_NE(model, nullptr);
+  // "cat" is one BPE token: 100 of them are a chunk of 75 and one of 25.
+  auto text = model->EncodeText({"", Repeated("cat", 100)});
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(text->context.sizes(), (at::IntArrayRef{2, 154, 16}));
+  EXPECT_TRUE(text->warnings.empty());
+  // Each chunk is what its tokens give as a prompt of their own, and the
+  // shorter prompt (the empty negative one) is padded with empty chunks.
+  auto first = model->EncodeText({Repeated("cat", 75)});
+  auto second = model->EncodeText({Repeated("cat", 25)});
+  auto empty = model->EncodeText({""});
+  ASSERT_TRUE(first.ok() && second.ok() && empty.ok());
+  const at::Tensor long_row = text->context[1];
+  EXPECT_TRUE(at::equal(long_row.slice(0, 0, 77), first->context[0]));
+  EXPECT_TRUE(at::equal(long_row.slice(0, 77, 154), second->context[0]));
+  EXPECT_TRUE(at::equal(text->context[0].slice(0, 0, 77), empty->context[0]));
+  EXPECT_TRUE(at::equal(text->context[0].slice(0, 77, 154), empty->context[0]));
+  // 75 tokens are one chunk, as before chunks existed.
+  EXPECT_EQ(first->context.size(1), 77);
+  // At most 8 chunks, then truncated with a warning.
+  auto longest = model->EncodeText({Repeated("cat", 700)});
+  ASSERT_TRUE(longest.ok());
+  EXPECT_EQ(longest->context.size(1), 8 * 77);
+  ASSERT_EQ(longest->warnings.size(), 1u);
+  EXPECT_THAT(longest->warnings[0], ::testing::HasSubstr("600 CLIP tokens"));
+  // A weight in the second chunk lands on its token there.
+  auto weighted = model->EncodeText(
+      {Repeated("cat", 80) + "(dog:1.5)", Repeated("cat", 80) + "dog"});
+  ASSERT_TRUE(weighted.ok());
+  const at::Tensor difference =
+      (weighted->context[0] - weighted->context[1]).abs().amax(1);
+  // Every position moves a little (the mean is restored), the weighted
+  // token's (second chunk, after its start token and 5 cats) the most.
+  EXPECT_EQ(difference.argmax().item<int64_t>(), 77 + 1 + 5);
+  SetBatchInvariant(false);
+}
+
+TEST(LongPromptTest, ClipSkipPicksTheEncodersLayerPerRequest) {
+  std::unique_ptr<LatentDiffusion> model = TinyClipModel();
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->capabilities().max_clip_skip, 2);
+  EXPECT_EQ(model->capabilities().default_clip_skip, 1);
+  auto own = model->EncodeText({"a red circle"});
+  auto last = model->EncodeText({"a red circle"}, 1);
+  auto penultimate = model->EncodeText({"a red circle"}, 2);
+  ASSERT_TRUE(own.ok() && last.ok() && penultimate.ok());
+  EXPECT_TRUE(at::equal(own->context, last->context));
+  EXPECT_FALSE(at::allclose(last->context, penultimate->context));
+  GenerationRequest request;
+  request.prompt = "a red circle";
+  request.clip_skip = 3;
+  EXPECT_EQ(CheckRequest(model->capabilities(), request).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  request.clip_skip = 2;
+  EXPECT_TRUE(CheckRequest(model->capabilities(), request).ok());
+  // A model whose text encoder is not CLIP takes none.
+  EXPECT_THAT(
+      CheckRequest(TinyModel()->capabilities(), request).status().message(),
+      ::testing::HasSubstr("clip_skip"));
+}
+
+TEST(BatchInvarianceTest, LongAndShortPromptsBatchedEqualThemAlone) {
+  // Contexts of different lengths cannot share one UNet call: the step runs
+  // each length's rows together, so every job gets what it gets alone.
+  SetBatchInvariant(true);
+  std::unique_ptr<LatentDiffusion> model = TinyClipModel();
+  ASSERT_NE(model, nullptr);
+  std::vector<GenerationRequest> requests(3);
+  requests[0].prompt = "a red circle";
+  requests[1].prompt = Repeated("cat", 100);
+  requests[1].negative_prompt = "blurry";
+  requests[2].prompt = Repeated("(dog:1.2)", 90);
+  requests[2].clip_skip = 2;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    requests[i].seed = i + 1;
+    requests[i].sampler.steps = 3;
+  }
+  std::vector<const GenerationRequest*> pointers;
+  for (const GenerationRequest& request : requests) {
+    pointers.push_back(&request);
+  }
+  std::vector<absl::StatusOr<PreparedJob>> together =
+      model->PrepareJobs(pointers);
+  for (bool running = true; running;) {
+    std::vector<ImageTask*> batch;
+    for (absl::StatusOr<PreparedJob>& job : together) {
+      ASSERT_TRUE(job.ok()) << job.status();
+      if (!job->images[0].sampler->done()) batch.push_back(&job->images[0]);
+    }
+    running = !batch.empty();
+    if (running) ASSERT_TRUE(model->DenoiseStep(batch).ok());
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<PreparedJob> alone = model->PrepareJob(requests[i]);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_TRUE(at::equal(alone->images[0].cond, together[i]->images[0].cond))
+        << i;
+    while (!alone->images[0].sampler->done()) {
+      ImageTask* task = &alone->images[0];
+      ASSERT_TRUE(model->DenoiseStep({&task, 1}).ok());
+    }
+    EXPECT_TRUE(at::equal(alone->images[0].sampler->latent(),
+                          together[i]->images[0].sampler->latent()))
+        << i;
+  }
+  EXPECT_EQ(together[1]->images[0].cond.size(1), 154);
+  EXPECT_EQ(together[1]->images[0].uncond.size(1), 154);
+  SetBatchInvariant(false);
 }
 
 TEST(LatentDiffusionTest, TheConfigsBetaScheduleIsUsed) {

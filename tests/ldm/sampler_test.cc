@@ -162,6 +162,7 @@ struct ConvergenceCase {
   int few_steps;
   int many_steps;
   double std_tolerance;  // |std - s| allowed at many_steps.
+  SigmaSchedule sigma_schedule = SigmaSchedule::kUniform;
 };
 
 class SamplerConvergenceTest
@@ -169,7 +170,8 @@ class SamplerConvergenceTest
  protected:
   // The final samples' (mean, std) after `steps` steps with the optimal
   // noise prediction.
-  std::pair<double, double> Sample(SamplerKind kind, int steps) {
+  std::pair<double, double> Sample(SamplerKind kind, int steps,
+                                   SigmaSchedule sigma_schedule) {
     DiffusionSchedule schedule = SdSchedule();
     at::Generator generator = MakeGenerator(1234);
     at::Tensor noise =
@@ -177,6 +179,7 @@ class SamplerConvergenceTest
     SamplerOptions options;
     options.kind = kind;
     options.steps = steps;
+    options.sigma_schedule = sigma_schedule;
     auto sampler = MakeSampler(options, schedule, noise, generator);
     EXPECT_TRUE(sampler.ok()) << sampler.status();
     while (!(*sampler)->done()) {
@@ -195,14 +198,20 @@ class SamplerConvergenceTest
 // biases deterministic samplers' mean by about mu * sqrt(a_T) * s = 0.01.)
 TEST_P(SamplerConvergenceTest, ErrorShrinksWithStepsAndEndsSmall) {
   const ConvergenceCase& c = GetParam();
-  const auto [few_mean, few_std] = Sample(c.kind, c.few_steps);
-  const auto [many_mean, many_std] = Sample(c.kind, c.many_steps);
+  const auto [few_mean, few_std] =
+      Sample(c.kind, c.few_steps, c.sigma_schedule);
+  const auto [many_mean, many_std] =
+      Sample(c.kind, c.many_steps, c.sigma_schedule);
   EXPECT_LT(std::abs(many_std - data_.s), std::abs(few_std - data_.s));
   EXPECT_LT(std::abs(many_std - data_.s), c.std_tolerance);
   EXPECT_NEAR(many_mean, data_.mu, 0.015);
 }
 
 std::string KindName(const ::testing::TestParamInfo<ConvergenceCase>& info) {
+  const std::string schedule =
+      info.param.sigma_schedule == SigmaSchedule::kKarras        ? "Karras"
+      : info.param.sigma_schedule == SigmaSchedule::kExponential ? "Exponential"
+                                                                 : "";
   switch (info.param.kind) {
     case SamplerKind::kDdim:
       return "Ddim";
@@ -213,7 +222,15 @@ std::string KindName(const ::testing::TestParamInfo<ConvergenceCase>& info) {
     case SamplerKind::kEulerAncestral:
       return "EulerAncestral";
     case SamplerKind::kDpmSolverPP2M:
-      return "DpmSolverPP2M";
+      return "DpmSolverPP2M" + schedule;
+    case SamplerKind::kEuler:
+      return "Euler" + schedule;
+    case SamplerKind::kHeun:
+      return "Heun" + schedule;
+    case SamplerKind::kLms:
+      return "Lms" + schedule;
+    case SamplerKind::kDpmSolverPP2MSde:
+      return "DpmSolverPP2MSde" + schedule;
   }
   return "Unknown";
 }
@@ -225,7 +242,97 @@ INSTANTIATE_TEST_SUITE_P(
         ConvergenceCase{SamplerKind::kPlms, 10, 100, 0.006},
         ConvergenceCase{SamplerKind::kDdpm, 25, 500, 0.013},
         ConvergenceCase{SamplerKind::kEulerAncestral, 25, 500, 0.013},
-        ConvergenceCase{SamplerKind::kDpmSolverPP2M, 10, 100, 0.013}));
+        ConvergenceCase{SamplerKind::kDpmSolverPP2M, 10, 100, 0.013},
+        ConvergenceCase{SamplerKind::kDpmSolverPP2M, 10, 100, 0.013,
+                        SigmaSchedule::kKarras},
+        ConvergenceCase{SamplerKind::kEuler, 10, 200, 0.013},
+        ConvergenceCase{SamplerKind::kEuler, 10, 200, 0.013,
+                        SigmaSchedule::kExponential},
+        ConvergenceCase{SamplerKind::kHeun, 5, 50, 0.013},
+        ConvergenceCase{SamplerKind::kHeun, 5, 50, 0.013,
+                        SigmaSchedule::kKarras},
+        ConvergenceCase{SamplerKind::kLms, 10, 100, 0.013},
+        ConvergenceCase{SamplerKind::kDpmSolverPP2MSde, 25, 500, 0.013},
+        ConvergenceCase{SamplerKind::kDpmSolverPP2MSde, 25, 500, 0.013,
+                        SigmaSchedule::kKarras}),
+    KindName);
+
+TEST(SigmaScheduleTest, KarrasAndExponentialSpanTheModelsSigmas) {
+  const DiffusionSchedule schedule = SdSchedule();
+  const double sigma_max = schedule.sigma(999), sigma_min = schedule.sigma(0);
+  for (SigmaSchedule kind : {SigmaSchedule::kUniform, SigmaSchedule::kKarras,
+                             SigmaSchedule::kExponential}) {
+    const std::vector<double> sigmas = KarrasStyleSigmas(schedule, 10, kind);
+    ASSERT_EQ(sigmas.size(), 11u);
+    EXPECT_NEAR(sigmas.front(), sigma_max, 1e-9 * sigma_max);
+    EXPECT_NEAR(sigmas[9], sigma_min, 1e-9);
+    EXPECT_EQ(sigmas.back(), 0.0);
+    for (size_t i = 1; i < sigmas.size(); ++i) {
+      EXPECT_LT(sigmas[i], sigmas[i - 1]);
+    }
+  }
+  // Exponential: one ratio between neighbours; Karras: sigma^(1/7) evenly
+  // spaced, so more of its steps at low noise than exponential's.
+  const std::vector<double> exponential =
+      KarrasStyleSigmas(schedule, 10, SigmaSchedule::kExponential);
+  const std::vector<double> karras =
+      KarrasStyleSigmas(schedule, 10, SigmaSchedule::kKarras);
+  for (size_t i = 1; i < 9; ++i) {
+    EXPECT_NEAR(exponential[i + 1] / exponential[i],
+                exponential[1] / exponential[0], 1e-9);
+    EXPECT_NEAR(std::pow(karras[i + 1], 1 / 7.0) - std::pow(karras[i], 1 / 7.0),
+                std::pow(karras[1], 1 / 7.0) - std::pow(karras[0], 1 / 7.0),
+                1e-9);
+  }
+  EXPECT_GT(karras[5], exponential[5]);
+}
+
+// The probability-flow ODE of N(mu, s^2) data has a closed-form solution:
+// x(sigma) = mu + (x(sigma_max) - mu) * sqrt(s^2 + sigma^2) /
+// sqrt(s^2 + sigma_max^2) in k-diffusion's space. A deterministic sampler's
+// error against it shrinks as its order says when the steps double.
+double OdeError(SamplerKind kind, int steps) {
+  const DiffusionSchedule schedule = SdSchedule();
+  const GaussianData data;
+  at::Generator generator = MakeGenerator(7);
+  const at::Tensor noise =
+      StandardNormal({1, 1, 16, 16}, generator, at::TensorOptions());
+  SamplerOptions options;
+  options.kind = kind;
+  options.steps = steps;
+  auto sampler = MakeSampler(options, schedule, noise, generator);
+  EXPECT_TRUE(sampler.ok()) << sampler.status();
+  const double sigma_max = schedule.SigmaForTimestep(999);
+  // The start in k-diffusion's space (x_k = x / sqrt(a)), its closed-form
+  // end at sigma 0, in the same space (a = 1 there).
+  const at::Tensor start = noise.to(at::kDouble) * sigma_max;
+  const at::Tensor exact =
+      data.mu + (start - data.mu) * data.s /
+                    std::sqrt(data.s * data.s + sigma_max * sigma_max);
+  while (!(*sampler)->done()) {
+    const double a = schedule.AlphaCumprodAt((*sampler)->timestep());
+    (*sampler)->Step(data.OptimalEps((*sampler)->model_input(), a));
+  }
+  return ((*sampler)->latent().to(at::kDouble) - exact)
+      .abs()
+      .max()
+      .item<double>();
+}
+
+TEST(SamplerOrderTest, EulerIsFirstOrderHeunAndLmsHigher) {
+  const double euler_20 = OdeError(SamplerKind::kEuler, 20);
+  const double euler_40 = OdeError(SamplerKind::kEuler, 40);
+  const double heun_20 = OdeError(SamplerKind::kHeun, 20);
+  const double heun_40 = OdeError(SamplerKind::kHeun, 40);
+  const double lms_40 = OdeError(SamplerKind::kLms, 40);
+  // First order: doubling the steps about halves the error.
+  EXPECT_GT(euler_20 / euler_40, 1.5);
+  EXPECT_LT(euler_20 / euler_40, 2.6);
+  // Second order (but its last step, to sigma 0, is Euler's).
+  EXPECT_GT(heun_20 / heun_40, 2.8);
+  EXPECT_LT(heun_40, euler_40 / 4);
+  EXPECT_LT(lms_40, euler_40 / 4);
+}
 
 TEST(MakeSamplerTest, RefusesPlmsWithEta) {
   SamplerOptions options;

@@ -151,6 +151,12 @@ code=0
 [[ $code -eq 15 ]] && grep -q NOT_FOUND "$work/cancel.txt" \
   || fail "job cancel of an unknown id: exit $code, $(cat "$work/cancel.txt")"
 
+# A newer sampler on Karras sigmas, named as other front ends name it.
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 3 \
+  --sampler heun --schedule karras --out "$work/heun.png" 2>"$work/heun.txt" \
+  || fail "--sampler heun --schedule karras: $(cat "$work/heun.txt")"
+grep -aq "Sampler: Heun Karras" "$work/heun.png" || fail "heun.png lacks its parameters"
+
 # Over --max-steps (1000 above; the default is 200): refused, naming the
 # field and the limit.
 if "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 1001 \

@@ -234,6 +234,10 @@ TEST_F(IntegrationTest, ConcurrentClientsGetExactlyTheirAloneResults) {
        ldm::SamplerKind::kDpmSolverPP2M},
       {6, 105, ldm::v1::SAMPLER_KIND_PLMS, ldm::SamplerKind::kPlms},
       {2, 106, ldm::v1::SAMPLER_KIND_DDPM, ldm::SamplerKind::kDdpm},
+      // Within the queue's 8 places, whatever runs first.
+      {3, 108, ldm::v1::SAMPLER_KIND_HEUN, ldm::SamplerKind::kHeun},
+      {4, 110, ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE,
+       ldm::SamplerKind::kDpmSolverPP2MSde},
   };
   std::vector<CallResult> results(cases.size());
   std::vector<std::thread> clients;
@@ -279,7 +283,9 @@ TEST_F(IntegrationTest, EverySamplerServes) {
   for (ldm::v1::SamplerKind kind :
        {ldm::v1::SAMPLER_KIND_DDIM, ldm::v1::SAMPLER_KIND_PLMS,
         ldm::v1::SAMPLER_KIND_DDPM, ldm::v1::SAMPLER_KIND_EULER_ANCESTRAL,
-        ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M}) {
+        ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M, ldm::v1::SAMPLER_KIND_EULER,
+        ldm::v1::SAMPLER_KIND_HEUN, ldm::v1::SAMPLER_KIND_LMS,
+        ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE}) {
     SCOPED_TRACE(ldm::v1::SamplerKind_Name(kind));
     GenerateRequest request = TextRequest("a red circle", 4, 9);
     request.mutable_sampler()->set_kind(kind);
@@ -292,6 +298,21 @@ TEST_F(IntegrationTest, EverySamplerServes) {
     EXPECT_EQ(last_progress.progress().total_steps(), 4u);
     EXPECT_EQ(call.events.back().result().images_size(), 1);
   }
+  // A Karras schedule runs, and is named as other front ends name it.
+  GenerateRequest karras = TextRequest("a red circle", 4, 9);
+  karras.mutable_sampler()->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M);
+  karras.mutable_sampler()->set_sigma_schedule(ldm::v1::SIGMA_SCHEDULE_KARRAS);
+  CallResult karras_call = Call(karras);
+  ASSERT_TRUE(karras_call.status.ok()) << karras_call.status.error_message();
+  EXPECT_THAT(karras_call.events.back().result().images(0).parameters(),
+              HasSubstr("Sampler: DPM++ 2M Karras,"));
+  karras.mutable_sampler()->set_kind(ldm::v1::SAMPLER_KIND_DDIM);
+  CallResult ddim_karras = Call(karras);
+  EXPECT_EQ(ddim_karras.status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(ddim_karras.status.error_message(),
+              HasSubstr("sampler.sigma_schedule"));
+
   GenerateRequest plms_with_eta = TextRequest("a red circle", 4, 9);
   plms_with_eta.mutable_sampler()->set_kind(ldm::v1::SAMPLER_KIND_PLMS);
   plms_with_eta.mutable_sampler()->set_eta(0.5f);
@@ -649,6 +670,17 @@ TEST_F(IntegrationTest, BadRequestsGetClearStatuses) {
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(call.status.error_message(), HasSubstr("sampler.steps"));
   EXPECT_THAT(call.status.error_message(), HasSubstr("200"));
+
+  // The tiny model reads prompts with a word-level encoder, not CLIP.
+  GenerateRequest clip_skip = TextRequest("a red circle", 5, 1);
+  clip_skip.set_clip_skip(2);
+  call = Call(clip_skip);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("clip_skip: 0"));
+  clip_skip.set_clip_skip(0);
+  call = Call(clip_skip);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("clip_skip: 1 or more"));
 
   GenerateRequest no_task;
   call = Call(no_task);

@@ -15,6 +15,15 @@ _SAMPLERS = {
     "ddpm": pb.SAMPLER_KIND_DDPM,
     "euler_a": pb.SAMPLER_KIND_EULER_ANCESTRAL,
     "dpmpp_2m": pb.SAMPLER_KIND_DPM_SOLVER_PP_2M,
+    "euler": pb.SAMPLER_KIND_EULER,
+    "heun": pb.SAMPLER_KIND_HEUN,
+    "lms": pb.SAMPLER_KIND_LMS,
+    "dpmpp_2m_sde": pb.SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE,
+}
+_SCHEDULES = {
+    "uniform": pb.SIGMA_SCHEDULE_UNSPECIFIED,
+    "karras": pb.SIGMA_SCHEDULE_KARRAS,
+    "exponential": pb.SIGMA_SCHEDULE_EXPONENTIAL,
 }
 
 
@@ -46,7 +55,7 @@ class Result:
     timings_ms: Dict[str, int]  # queue, encode, denoise, decode, total
     # What the job ran with, defaults resolved: model, task, prompt,
     # negative_prompt, sampler, steps, guidance_scale, eta, strength,
-    # width, height, seed, num_images.
+    # width, height, seed, num_images, clip_skip (0: not CLIP).
     settings: Dict[str, object] = dataclasses.field(default_factory=dict)
 
 
@@ -115,7 +124,8 @@ def _settings(s) -> Dict[str, object]:
             "guidance_scale": s.guidance_scale, "eta": s.eta,
             "strength": s.strength, "width": s.width,
             "height": s.height, "seed": s.seed,
-            "num_images": s.num_images}
+            "num_images": s.num_images, "clip_skip": s.clip_skip,
+            "sigma_schedule": pb.SigmaSchedule.Name(s.sigma_schedule)}
 
 
 def _job(message) -> Job:
@@ -191,21 +201,27 @@ def _error(error: grpc.RpcError) -> LdmError:
 
 def _request(task: str, *, model: str = "", steps: int = 0,
              guidance_scale: float = 0.0, sampler: str = "ddim",
+             schedule: str = "uniform",
              eta: Optional[float] = None, seed: int = 0, num_images: int = 1,
              preview_every: int = 0, priority: int = 0,
              cancel_on_disconnect: Optional[bool] = None,
-             client_request_id: str = "",
+             client_request_id: str = "", clip_skip: Optional[int] = None,
              **fields) -> pb.GenerateRequest:
     if sampler not in _SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(_SAMPLERS)}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(_SCHEDULES)}")
     settings = pb.SamplerSettings(kind=_SAMPLERS[sampler], steps=steps,
-                                  guidance_scale=guidance_scale)
+                                  guidance_scale=guidance_scale,
+                                  sigma_schedule=_SCHEDULES[schedule])
     if eta is not None:  # Unset: the model's default (1 for SR models).
         settings.eta = eta
     request = pb.GenerateRequest(
         model=model, seed=seed, num_images=num_images,
         preview_every=preview_every, priority=priority, sampler=settings,
         client_request_id=client_request_id)
+    if clip_skip is not None:  # CLIP models: 2 = the penultimate layer.
+        request.clip_skip = clip_skip
     if cancel_on_disconnect is not None:
         # False: the job runs on when this call ends (watch_job, get_job).
         request.cancel_on_disconnect = cancel_on_disconnect

@@ -178,6 +178,22 @@ class ClientTest(unittest.TestCase):
             generation.result()
         self.assertEqual(raised.exception.code, "CANCELLED")
 
+    def test_samplers_and_schedules(self):
+        result = self.client.txt2img("a red circle", steps=3, seed=4,
+                                     sampler="dpmpp_2m", schedule="karras")
+        self.assertEqual(result.settings["sampler"],
+                         "SAMPLER_KIND_DPM_SOLVER_PP_2M")
+        self.assertEqual(result.settings["sigma_schedule"],
+                         "SIGMA_SCHEDULE_KARRAS")
+        self.assertIn("Sampler: DPM++ 2M Karras", result.images[0].parameters)
+        # The shapes models read prompts with a word-level encoder.
+        self.assertEqual(result.settings["clip_skip"], 0)
+        with self.assertRaises(LdmError) as raised:
+            self.client.txt2img("a red circle", clip_skip=2)
+        self.assertEqual(raised.exception.code, "INVALID_ARGUMENT")
+        with self.assertRaises(ValueError):
+            self.client.txt2img("a red circle", schedule="cosine")
+
     def test_health(self):
         self.assertEqual(self.client.health(), "SERVING")
 
