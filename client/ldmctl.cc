@@ -90,7 +90,7 @@ ABSL_FLAG(double, eta, -1,
           "super-resolution models, else 0)");
 ABSL_FLAG(std::string, sampler, "ddim",
           "ddim | plms | ddpm | euler_a | dpmpp_2m | euler | heun | lms | "
-          "dpmpp_2m_sde");
+          "dpmpp_2m_sde | dpmpp_2s_a");
 ABSL_FLAG(std::string, schedule, "",
           "Euler-family samplers' noise levels: uniform (default) | karras | "
           "exponential");
@@ -260,6 +260,8 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_LMS);
   } else if (kind == "dpmpp_2m_sde") {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE);
+  } else if (kind == "dpmpp_2s_a") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL);
   } else {
     std::fprintf(stderr, "ldmctl: unknown --sampler %s\n", kind.c_str());
     return false;

@@ -303,17 +303,22 @@ void KarrasStyleSampler::Step(const at::Tensor& eps) {
   PrepareInput();
 }
 
-void EulerAncestralSampler::Advance(const at::Tensor& denoised, int i) {
-  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
-  const double sigma_up =
+AncestralSigmas AncestralStep(double sigma, double sigma_next) {
+  AncestralSigmas out;
+  out.up =
       std::min(sigma_next, std::sqrt(sigma_next * sigma_next *
                                      (sigma * sigma - sigma_next * sigma_next) /
                                      (sigma * sigma)));
-  const double sigma_down =
-      std::sqrt(sigma_next * sigma_next - sigma_up * sigma_up);
+  out.down = std::sqrt(sigma_next * sigma_next - out.up * out.up);
+  return out;
+}
+
+void EulerAncestralSampler::Advance(const at::Tensor& denoised, int i) {
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  const AncestralSigmas step = AncestralStep(sigma, sigma_next);
   const at::Tensor d = (x_ - denoised) / sigma;
-  x_ = x_ + d * (sigma_down - sigma);
-  if (sigma_next > 0) x_ = x_ + DrawNoise() * sigma_up;
+  x_ = x_ + d * (step.down - sigma);
+  if (sigma_next > 0) x_ = x_ + DrawNoise() * step.up;
 }
 
 void DpmSolverPP2MSampler::Advance(const at::Tensor& denoised, int i) {
@@ -339,34 +344,77 @@ void EulerSampler::Advance(const at::Tensor& denoised, int i) {
   x_ = x_ + slope * (sigmas_[i + 1] - sigmas_[i]);
 }
 
-void HeunSampler::Advance(const at::Tensor& denoised, int i) {
-  // The last step, to sigma 0: Euler (a second call there is undefined).
-  slope_ = (x_ - denoised) / sigmas_[i];
-  x_ = x_ + slope_ * (sigmas_[i + 1] - sigmas_[i]);
-}
-
-void HeunSampler::Step(const at::Tensor& eps) {
+void TwoCallSampler::Step(const at::Tensor& eps) {
   const int i = steps_done_;
-  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
   if (!second_call_) {
-    pred_x0_ = x_ - eps * sigma;
-    if (sigma_next == 0.0) {
-      KarrasStyleSampler::Step(eps);
+    pred_x0_ = x_ - eps * sigmas_[i];
+    std::optional<Probe> probe = FirstCall(pred_x0_, i);
+    if (probe.has_value()) {
+      probe_ = *std::move(probe);
+      probe_input_ = ScaledInput(probe_.x, probe_.sigma);
+      probe_timestep_ = probe_.timestep;
+      second_call_ = true;
       return;
     }
-    slope_ = (x_ - pred_x0_) / sigma;
-    probe_ = x_ + slope_ * (sigma_next - sigma);
-    probe_input_ = ScaledInput(probe_, sigma_next);
-    second_call_ = true;
-    return;
+  } else {
+    SecondCall(probe_.x - eps * probe_.sigma, i);
+    second_call_ = false;
+    probe_ = Probe();
+    probe_input_ = at::Tensor();
   }
-  // eps is the prediction at the probe: its slope there is eps itself.
-  x_ = x_ + (slope_ + eps) * (0.5 * (sigma_next - sigma));
-  second_call_ = false;
-  probe_ = at::Tensor();
-  probe_input_ = at::Tensor();
   ++steps_done_;
   if (!done()) scaled_input_ = ScaledInput(x_, sigmas_[steps_done_]);
+}
+
+std::optional<TwoCallSampler::Probe> HeunSampler::FirstCall(
+    const at::Tensor& denoised, int i) {
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  slope_ = (x_ - denoised) / sigma;
+  const at::Tensor euler = x_ + slope_ * (sigma_next - sigma);
+  // The last step, to sigma 0: Euler (a second call there is undefined).
+  if (sigma_next == 0.0) {
+    x_ = euler;
+    return std::nullopt;
+  }
+  return Probe{euler, sigma_next, timesteps_[i + 1]};
+}
+
+void HeunSampler::SecondCall(const at::Tensor& probe_denoised, int i) {
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  const at::Tensor probe_slope = (probe().x - probe_denoised) / sigma_next;
+  x_ = x_ + (slope_ + probe_slope) * (0.5 * (sigma_next - sigma));
+}
+
+std::optional<TwoCallSampler::Probe> DpmSolverPP2SAncestralSampler::FirstCall(
+    const at::Tensor& denoised, int i) {
+  const double sigma = sigmas_[i];
+  sigma_down_ = AncestralStep(sigma, sigmas_[i + 1]).down;
+  if (sigma_down_ == 0.0) {
+    // Euler to sigma 0.
+    x_ = x_ + (x_ - denoised) / sigma * (sigma_down_ - sigma);
+    AddNoise(i);
+    return std::nullopt;
+  }
+  // Half way from sigma to sigma_down in log sigma (r = 1/2).
+  const double h = std::log(sigma) - std::log(sigma_down_);
+  const double sigma_mid = std::exp(std::log(sigma) - 0.5 * h);
+  const at::Tensor x_mid =
+      (sigma_mid / sigma) * x_ - std::expm1(-0.5 * h) * denoised;
+  return Probe{x_mid, sigma_mid, schedule_->TimestepForSigma(sigma_mid)};
+}
+
+void DpmSolverPP2SAncestralSampler::SecondCall(const at::Tensor& probe_denoised,
+                                               int i) {
+  const double sigma = sigmas_[i];
+  const double h = std::log(sigma) - std::log(sigma_down_);
+  x_ = (sigma_down_ / sigma) * x_ - std::expm1(-h) * probe_denoised;
+  AddNoise(i);
+}
+
+void DpmSolverPP2SAncestralSampler::AddNoise(int i) {
+  if (sigmas_[i + 1] > 0.0) {
+    x_ = x_ + DrawNoise() * AncestralStep(sigmas_[i], sigmas_[i + 1]).up;
+  }
 }
 
 namespace {
@@ -519,6 +567,9 @@ absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
                                          init_latent, partial, t_enc);
     case SamplerKind::kDpmSolverPP2MSde:
       return MakeKarrasStyle<DpmSolverPP2MSdeSampler>(
+          options, schedule, noise, generator, init_latent, partial, t_enc);
+    case SamplerKind::kDpmSolverPP2SAncestral:
+      return MakeKarrasStyle<DpmSolverPP2SAncestralSampler>(
           options, schedule, noise, generator, init_latent, partial, t_enc);
   }
   return absl::InvalidArgumentError("sampler: unknown kind");

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -190,6 +191,15 @@ class DdpmSampler : public Sampler {
 // the model sees x_k * c_in with c_in = 1 / sqrt(sigma^2 + 1), which is the
 // LDM latent, at the timestep whose sigma that is. Sigmas are
 // sigma(linspace(T - 1, 0, steps)) then 0.
+// An ancestral step from sigma to sigma_next (k-diffusion's
+// get_ancestral_step, eta 1): deterministically down to `down`, then fresh
+// noise of std `up`, so that down^2 + up^2 = sigma_next^2.
+struct AncestralSigmas {
+  double down = 0.0;
+  double up = 0.0;
+};
+AncestralSigmas AncestralStep(double sigma, double sigma_next);
+
 // The sigmas of `kind` for `steps` steps, descending, then 0.
 std::vector<double> KarrasStyleSigmas(const DiffusionSchedule& schedule,
                                       int steps, SigmaSchedule kind);
@@ -254,27 +264,69 @@ class EulerSampler : public KarrasStyleSampler {
   void Advance(const at::Tensor& denoised, int i) override;
 };
 
-// Heun's second-order method (k-diffusion's sample_heun, s_churn 0): an
-// Euler step to sigma_next, a second model call there, the average slope.
-// Two model calls a step but the last (plain Euler to sigma 0).
-class HeunSampler : public KarrasStyleSampler {
+// A k-diffusion sampler that may call the model twice in a step: first at
+// the step's sigma, then at a probe point the first call leads to. One step
+// either way (as PLMS's first), so progress counts steps, not calls.
+class TwoCallSampler : public KarrasStyleSampler {
  public:
   using KarrasStyleSampler::KarrasStyleSampler;
   const at::Tensor& model_input() const override {
     return second_call_ ? probe_input_ : scaled_input_;
   }
   double timestep() const override {
-    return timesteps_[steps_done_ + (second_call_ ? 1 : 0)];
+    return second_call_ ? probe_timestep_ : timesteps_[steps_done_];
   }
   bool at_step_start() const override { return !second_call_; }
   void Step(const at::Tensor& eps) override;
 
+ protected:
+  struct Probe {
+    at::Tensor x;     // Where the second call looks, at...
+    double sigma;     // ...this noise level,
+    double timestep;  // ...which is this timestep.
+  };
+  // Step i's first call gave `denoised`: either finish the step (Advance's
+  // job; return nullopt) or ask for a second call at the returned probe.
+  virtual std::optional<Probe> FirstCall(const at::Tensor& denoised, int i) = 0;
+  // The second call's denoised estimate at the probe: finish step i.
+  virtual void SecondCall(const at::Tensor& probe_denoised, int i) = 0;
+  const Probe& probe() const { return probe_; }
+
  private:
-  void Advance(const at::Tensor& denoised, int i) override;
+  void Advance(const at::Tensor&, int) override {}
   bool second_call_ = false;
-  at::Tensor probe_;        // The Euler step's end, at sigma_next.
-  at::Tensor probe_input_;  // Its scaled model input.
-  at::Tensor slope_;        // dx/dsigma at the step's start.
+  Probe probe_;
+  at::Tensor probe_input_;
+  double probe_timestep_ = 0.0;
+};
+
+// Heun's second-order method (k-diffusion's sample_heun, s_churn 0): an
+// Euler step to sigma_next, a second model call there, the average slope.
+// Two model calls a step but the last (plain Euler to sigma 0).
+class HeunSampler : public TwoCallSampler {
+ public:
+  using TwoCallSampler::TwoCallSampler;
+
+ private:
+  std::optional<Probe> FirstCall(const at::Tensor& denoised, int i) override;
+  void SecondCall(const at::Tensor& probe_denoised, int i) override;
+  at::Tensor slope_;  // dx/dsigma at the step's start.
+};
+
+// DPM-Solver++(2S) ancestral (k-diffusion's sample_dpmpp_2s_ancestral, eta
+// 1): a second-order single step down to the ancestral sigma_down through a
+// model call at its midpoint in log sigma, then fresh noise up to
+// sigma_next. Two model calls a step but the last.
+class DpmSolverPP2SAncestralSampler : public TwoCallSampler {
+ public:
+  using TwoCallSampler::TwoCallSampler;
+
+ private:
+  std::optional<Probe> FirstCall(const at::Tensor& denoised, int i) override;
+  void SecondCall(const at::Tensor& probe_denoised, int i) override;
+  // Adds the ancestral noise of step i (none into sigma 0).
+  void AddNoise(int i);
+  double sigma_down_ = 0.0;
 };
 
 // Linear multistep (k-diffusion's sample_lms, order 4): the slopes of the

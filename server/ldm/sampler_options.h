@@ -15,6 +15,7 @@ enum class SamplerKind {
   kHeun,
   kLms,
   kDpmSolverPP2MSde,
+  kDpmSolverPP2SAncestral,
 };
 
 // The noise levels the k-diffusion samplers (Euler, Heun, LMS, DPM++) step

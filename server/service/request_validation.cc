@@ -212,6 +212,9 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
     case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE:
       job.sampler.kind = ldm::SamplerKind::kDpmSolverPP2MSde;
       break;
+    case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL:
+      job.sampler.kind = ldm::SamplerKind::kDpmSolverPP2SAncestral;
+      break;
     default:
       return Invalid("sampler.kind",
                      absl::StrCat("unknown value ", sampler.kind()));
@@ -341,6 +344,8 @@ SamplerNames NamesOf(ldm::SamplerKind kind) {
       return {ldm::v1::SAMPLER_KIND_LMS, "LMS"};
     case ldm::SamplerKind::kDpmSolverPP2MSde:
       return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE, "DPM++ 2M SDE"};
+    case ldm::SamplerKind::kDpmSolverPP2SAncestral:
+      return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL, "DPM++ 2S a"};
   }
   return {ldm::v1::SAMPLER_KIND_UNSPECIFIED, "?"};
 }
@@ -389,7 +394,8 @@ std::string ParametersText(const ldm::v1::ResolvedSettings& settings,
         ldm::SamplerKind::kDdpm, ldm::SamplerKind::kEulerAncestral,
         ldm::SamplerKind::kDpmSolverPP2M, ldm::SamplerKind::kEuler,
         ldm::SamplerKind::kHeun, ldm::SamplerKind::kLms,
-        ldm::SamplerKind::kDpmSolverPP2MSde}) {
+        ldm::SamplerKind::kDpmSolverPP2MSde,
+        ldm::SamplerKind::kDpmSolverPP2SAncestral}) {
     if (NamesOf(kind).proto == settings.sampler()) {
       sampler = NamesOf(kind).display;
     }

@@ -231,6 +231,8 @@ std::string KindName(const ::testing::TestParamInfo<ConvergenceCase>& info) {
       return "Lms" + schedule;
     case SamplerKind::kDpmSolverPP2MSde:
       return "DpmSolverPP2MSde" + schedule;
+    case SamplerKind::kDpmSolverPP2SAncestral:
+      return "DpmSolverPP2SAncestral" + schedule;
   }
   return "Unknown";
 }
@@ -254,6 +256,9 @@ INSTANTIATE_TEST_SUITE_P(
         ConvergenceCase{SamplerKind::kLms, 10, 100, 0.013},
         ConvergenceCase{SamplerKind::kDpmSolverPP2MSde, 25, 500, 0.013},
         ConvergenceCase{SamplerKind::kDpmSolverPP2MSde, 25, 500, 0.013,
+                        SigmaSchedule::kKarras},
+        ConvergenceCase{SamplerKind::kDpmSolverPP2SAncestral, 10, 200, 0.013},
+        ConvergenceCase{SamplerKind::kDpmSolverPP2SAncestral, 10, 200, 0.013,
                         SigmaSchedule::kKarras}),
     KindName);
 

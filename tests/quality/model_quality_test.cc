@@ -319,6 +319,9 @@ TEST(ModelQualityTest, EverySamplerDrawsThePromptIn15To25Steps) {
       {"DPM++ 2M SDE", SamplerKind::kDpmSolverPP2MSde, 20},
       {"DPM++ 2M SDE Karras", SamplerKind::kDpmSolverPP2MSde, 20,
        SigmaSchedule::kKarras},
+      {"DPM++ 2S a", SamplerKind::kDpmSolverPP2SAncestral, 15},
+      {"DPM++ 2S a Karras", SamplerKind::kDpmSolverPP2SAncestral, 15,
+       SigmaSchedule::kKarras},
   };
   for (const Case& c : cases) {
     ldm::SamplerOptions sampler;

@@ -19,6 +19,7 @@ _SAMPLERS = {
     "heun": pb.SAMPLER_KIND_HEUN,
     "lms": pb.SAMPLER_KIND_LMS,
     "dpmpp_2m_sde": pb.SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE,
+    "dpmpp_2s_a": pb.SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL,
 }
 _SCHEDULES = {
     "uniform": pb.SIGMA_SCHEDULE_UNSPECIFIED,
