@@ -33,8 +33,9 @@ uint64_t RandomSeed() {
   return seed;
 }
 
-// A job id prefix of this process: ids stay unique across restarts, so a
-// client holding an old id gets NOT_FOUND, never another job.
+// A job id prefix of this process, random: a client holding an id from
+// before a restart gets NOT_FOUND rather than another job (but for a 1 in
+// 2^32 chance).
 std::string ProcessJobIdPrefix() {
   std::mt19937_64 generator(std::random_device{}());
   return absl::StrFormat("job-%08x-", static_cast<uint32_t>(generator()));
@@ -117,8 +118,6 @@ class EventStream : public JobWatcher {
 // The server side of a Generate or WatchJob call.
 class JobStreamReactor : public grpc::ServerWriteReactor<GenerateResponse> {
  public:
-  // `cancel_job_on_disconnect`: whether the call's end cancels the job (a
-  // Generate call unless it asked otherwise) or only detaches from it.
   JobStreamReactor(grpc::CallbackServerContext* context, Scheduler* scheduler)
       : context_(context),
         scheduler_(scheduler),
@@ -126,6 +125,9 @@ class JobStreamReactor : public grpc::ServerWriteReactor<GenerateResponse> {
 
   const std::shared_ptr<EventStream>& stream() const { return stream_; }
 
+  // The call follows `job`. `cancel_job_on_disconnect`: whether the call's
+  // end cancels the job (a Generate call unless it asked otherwise) or only
+  // detaches from it (WatchJob).
   void Attach(std::shared_ptr<TrackedJob> job, bool cancel_job_on_disconnect) {
     absl::MutexLock lock(&mu_);
     job_ = std::move(job);
