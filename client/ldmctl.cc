@@ -5,6 +5,8 @@
 //   ldmctl img2img --image in.png --strength 0.6 --prompt "..." --out out.png
 //   ldmctl inpaint --image in.png --mask mask.png --prompt "..." --out out.png
 //   ldmctl upscale --image small.png --out big.png
+//   ldmctl txt2img --prompt "..." --format jpeg --quality 85   # out.jpg
+//   ldmctl img2img --image photo.jpg --resize scale --prompt "..."
 //   ldmctl models
 //   ldmctl health          # exit 0 only when SERVING
 //   ldmctl txt2img --detach --prompt "..."   # prints the job id, exits
@@ -103,8 +105,15 @@ ABSL_FLAG(int, n, 1, "number of images");
 ABSL_FLAG(int, width, 0, "width in pixels; 0 = model native");
 ABSL_FLAG(int, height, 0, "height in pixels; 0 = model native");
 ABSL_FLAG(double, timeout, 0, "deadline in seconds; 0 = none");
-ABSL_FLAG(std::string, image, "", "img2img/inpaint/upscale: the input PNG");
-ABSL_FLAG(std::string, mask, "", "inpaint: the mask PNG, white = repaint");
+ABSL_FLAG(std::string, image, "",
+          "img2img/inpaint/upscale: the input image (PNG, JPEG or WebP)");
+ABSL_FLAG(std::string, mask, "", "inpaint: the mask image, white = repaint");
+ABSL_FLAG(std::string, resize, "",
+          "img2img/inpaint/upscale: fit an input whose sides are not "
+          "multiples of the model's: scale, crop or pad; empty = refuse it");
+ABSL_FLAG(std::string, format, "png",
+          "result encoding: png, jpeg, webp or webp_lossless");
+ABSL_FLAG(int, quality, 0, "jpeg/webp: quality 1..100; 0 = the server's 90");
 ABSL_FLAG(double, strength, 0, "img2img: (0, 1]; 0 = server default 0.75");
 ABSL_FLAG(uint32_t, scale, 0, "upscale: factor; 0 = the model's");
 ABSL_FLAG(std::string, previews, "",
@@ -126,8 +135,9 @@ ABSL_FLAG(std::string, json, "", "bench: also write the summary as JSON here");
 ABSL_FLAG(bool, detach, false,
           "txt2img...: print the job id once queued and exit; the job runs "
           "on (ldmctl job watch|get|cancel JOB_ID)");
-ABSL_FLAG(std::string, out, "out.png",
-          "output file; with several images use {i} and/or {seed}");
+ABSL_FLAG(std::string, out, "",
+          "output file; with several images use {i} and/or {seed}; empty = "
+          "out.png, out.jpg or out.webp as the result is encoded");
 
 namespace {
 
@@ -296,7 +306,44 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
     request->set_clip_skip(
         static_cast<uint32_t>(absl::GetFlag(FLAGS_clip_skip)));
   }
+  const std::map<std::string, ldm::v1::ImageFormat> formats = {
+      {"png", ldm::v1::IMAGE_FORMAT_PNG},
+      {"jpeg", ldm::v1::IMAGE_FORMAT_JPEG},
+      {"jpg", ldm::v1::IMAGE_FORMAT_JPEG},
+      {"webp", ldm::v1::IMAGE_FORMAT_WEBP},
+      {"webp_lossless", ldm::v1::IMAGE_FORMAT_WEBP_LOSSLESS}};
+  const auto format = formats.find(absl::GetFlag(FLAGS_format));
+  if (format == formats.end()) {
+    std::fprintf(stderr,
+                 "ldmctl: --format: png, jpeg, webp or webp_lossless\n");
+    return false;
+  }
+  request->set_output_format(format->second);
+  if (absl::GetFlag(FLAGS_quality) < 0 || absl::GetFlag(FLAGS_quality) > 100) {
+    std::fprintf(stderr, "ldmctl: --quality: 0..100\n");
+    return false;
+  }
+  request->set_output_quality(
+      static_cast<uint32_t>(absl::GetFlag(FLAGS_quality)));
+  const std::map<std::string, ldm::v1::ResizeMode> resize_modes = {
+      {"", ldm::v1::RESIZE_MODE_UNSPECIFIED},
+      {"scale", ldm::v1::RESIZE_MODE_SCALE},
+      {"crop", ldm::v1::RESIZE_MODE_CROP},
+      {"pad", ldm::v1::RESIZE_MODE_PAD}};
+  const auto resize = resize_modes.find(absl::GetFlag(FLAGS_resize));
+  if (resize == resize_modes.end()) {
+    std::fprintf(stderr, "ldmctl: --resize: scale, crop or pad\n");
+    return false;
+  }
+  request->set_resize_mode(resize->second);
   return true;
+}
+
+// The file name extension of an encoded image, from its first bytes.
+const char* ExtensionOf(const std::string& data) {
+  if (absl::StartsWith(data, "\xFF\xD8\xFF")) return "jpg";
+  if (data.size() >= 12 && data.compare(8, 4, "WEBP") == 0) return "webp";
+  return "png";
 }
 
 // While alive, Ctrl-C cancels `context`'s call (the server frees the job's
@@ -410,9 +457,12 @@ int FollowJob(grpc::ClientReaderInterface<ldm::v1::GenerateResponse>& reader,
     return Fail(grpc::Status(grpc::StatusCode::INTERNAL,
                              "stream ended without a result"));
   }
-  const std::string pattern = absl::GetFlag(FLAGS_out);
   for (int i = 0; i < result.images_size(); ++i) {
     const ldm::v1::Image& image = result.images(i);
+    const std::string pattern =
+        absl::GetFlag(FLAGS_out).empty()
+            ? absl::StrCat("out.", ExtensionOf(image.data()))
+            : absl::GetFlag(FLAGS_out);
     const std::string path =
         OutputPath(pattern, i, image.seed(), result.images_size());
     std::ofstream out(path, std::ios::binary);
@@ -744,8 +794,8 @@ const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
     const std::vector<std::string> settings = {
         "model", "steps", "cfg",      "eta",       "sampler",
         "seed",  "n",     "priority", "clip_skip", "schedule"};
-    const std::vector<std::string> output = {"out", "previews", "preview_every",
-                                             "detach"};
+    const std::vector<std::string> output = {
+        "out", "format", "quality", "previews", "preview_every", "detach"};
     auto join = [](const std::vector<std::vector<std::string>>& parts) {
       std::vector<std::string> all;
       for (const auto& part : parts) {
@@ -756,11 +806,13 @@ const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
     return new std::map<std::string, std::vector<std::string>>{
         {"txt2img",
          join({{"prompt", "negative", "width", "height"}, settings, output})},
-        {"img2img",
-         join({{"prompt", "negative", "image", "strength"}, settings, output})},
-        {"inpaint",
-         join({{"prompt", "negative", "image", "mask"}, settings, output})},
-        {"upscale", join({{"image", "scale"}, settings, output})},
+        {"img2img", join({{"prompt", "negative", "image", "strength", "resize"},
+                          settings,
+                          output})},
+        {"inpaint", join({{"prompt", "negative", "image", "mask", "resize"},
+                          settings,
+                          output})},
+        {"upscale", join({{"image", "scale", "resize"}, settings, output})},
         {"models", {}},
         {"health", {}},
         {"jobs", {}},

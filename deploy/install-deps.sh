@@ -19,6 +19,9 @@ RUNTIME_PACKAGES=(
   libabsl20220623
   libprometheus-cpp-core1.0
   libspng0
+  libturbojpeg0
+  libwebp7
+  libwebpmux3
   libgoogle-glog0v6
   libicu72
   ca-certificates
@@ -37,6 +40,8 @@ BUILD_PACKAGES=(
   libabsl-dev
   prometheus-cpp-dev
   libspng-dev
+  libturbojpeg0-dev
+  libwebp-dev
   libgoogle-glog-dev
   nlohmann-json3-dev
   libicu-dev
@@ -53,6 +58,9 @@ BUILD_PACKAGES=(
   python3-grpcio
   python3-protobuf
   python3-yaml
+  # python3-pil: the Python tests read the JPEG/WebP metadata with an
+  # independent reader.
+  python3-pil
   python3-pip
   python3-venv
   python3-setuptools

@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/common/image_file.h"
 #include "server/ldm/generation.h"
 
 namespace ldm {
@@ -45,7 +46,10 @@ struct JobSpec {
   int preview_every = 0;        // 0 = no previews.
   int progress_every = 1;       // The last step is always reported.
   std::string client_request_id;
-  int priority = 0;  // Higher starts sooner (Scheduler: FIFO within one).
+  int priority = 0;        // Higher starts sooner (Scheduler: FIFO within one).
+  ImageEncoding encoding;  // Of the result images (the service's).
+  // What was done to the input image to fit the model; nullopt = nothing.
+  std::optional<InputFit> input_fit;
 
   ldm::Task task() const { return ldm::TaskOf(request.task); }
 };

@@ -352,7 +352,8 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   }
   spec->model_name = (*model)->entry.name;
   tracked->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
-  tracked->SetSettings(ResolvedSettingsOf(*spec), spec->priority);
+  tracked->SetSettings(ResolvedSettingsOf(*spec), spec->priority,
+                       spec->encoding);
   auto job =
       std::make_shared<Job>(job_id, *std::move(spec), (*model)->Copies(),
                             tracked, absl::FromChrono(context->deadline()));

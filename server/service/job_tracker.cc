@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/service/image_codec.h"
 #include "server/service/png_codec.h"
 #include "server/service/request_validation.h"
 
@@ -43,10 +44,12 @@ void TrackedJob::SetLabels(std::string model, std::string task) {
   task_label_ = std::move(task);
 }
 
-void TrackedJob::SetSettings(ldm::v1::ResolvedSettings settings, int priority) {
+void TrackedJob::SetSettings(ldm::v1::ResolvedSettings settings, int priority,
+                             ImageEncoding encoding) {
   absl::MutexLock lock(&mu_);
   settings_ = std::move(settings);
   priority_ = priority;
+  encoding_ = encoding;
 }
 
 void TrackedJob::SetRuntimeJob(const std::shared_ptr<Job>& job) {
@@ -177,21 +180,22 @@ void TrackedJob::OnResult(JobResult result) {
   GenerateResponse last = NewEvent();
   ldm::v1::Result* out = last.mutable_result();
   out->set_model(result.model_name);
+  ImageEncoding encoding;
   {
     absl::MutexLock lock(&mu_);
     *out->mutable_settings() = settings_;
+    encoding = encoding_;
   }
   for (size_t i = 0; i < result.images.size(); ++i) {
     const RgbImage& image = result.images[i];
     std::string parameters = ParametersText(out->settings(), result.seeds[i]);
-    absl::StatusOr<std::string> png =
-        EncodePng(image, {{"parameters", parameters}});
-    if (!png.ok()) {
-      OnError(png.status());
+    absl::StatusOr<std::string> file = EncodeImage(image, encoding, parameters);
+    if (!file.ok()) {
+      OnError(file.status());
       return;
     }
     ldm::v1::Image* entry = out->add_images();
-    entry->set_data(std::move(png).value());
+    entry->set_data(std::move(file).value());
     entry->set_width(static_cast<uint32_t>(image.width));
     entry->set_height(static_cast<uint32_t>(image.height));
     entry->set_seed(result.seeds[i]);

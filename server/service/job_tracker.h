@@ -61,8 +61,8 @@ class TrackedJob : public JobSink {
       ABSL_LOCKS_EXCLUDED(mu_);
   // The labels of its metrics: only names the server serves.
   void SetLabels(std::string model, std::string task) ABSL_LOCKS_EXCLUDED(mu_);
-  void SetSettings(ldm::v1::ResolvedSettings settings, int priority)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void SetSettings(ldm::v1::ResolvedSettings settings, int priority,
+                   ImageEncoding encoding) ABSL_LOCKS_EXCLUDED(mu_);
   void SetRuntimeJob(const std::shared_ptr<Job>& job) ABSL_LOCKS_EXCLUDED(mu_);
   // Ends a job that was never admitted.
   void Reject(const absl::Status& status) { OnError(status); }
@@ -118,6 +118,7 @@ class TrackedJob : public JobSink {
   std::string model_label_ ABSL_GUARDED_BY(mu_);
   std::string task_label_ ABSL_GUARDED_BY(mu_);
   ldm::v1::ResolvedSettings settings_ ABSL_GUARDED_BY(mu_);
+  ImageEncoding encoding_ ABSL_GUARDED_BY(mu_);
   int priority_ ABSL_GUARDED_BY(mu_) = 0;
   int queue_position_ ABSL_GUARDED_BY(mu_) = -1;
   absl::Time started_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -113,7 +113,7 @@ absl::StatusOr<PngText> ReadPngText(absl::string_view bytes) {
 
 absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes,
                                    absl::string_view field,
-                                   const PngLimits& limits) {
+                                   const ImageLimits& limits) {
   SpngContext ctx(spng_ctx_new(0));
   if (!ctx) return absl::ResourceExhaustedError("png: cannot allocate");
   spng_set_image_limits(ctx.get(), limits.max_width, limits.max_height);

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "server/ldm/generation.h"
+#include "server/service/image_codec.h"
 
 namespace ldmserve {
 
@@ -31,21 +32,11 @@ absl::StatusOr<std::string> EncodePng(const RgbImage& image,
 // when it does not parse.
 absl::StatusOr<PngText> ReadPngText(absl::string_view bytes);
 
-struct PngLimits {
-  uint32_t max_width = 4096;
-  uint32_t max_height = 4096;
-  // width * height; 0 = only the side limits. Checked from the header,
-  // before any pixel is decoded or any memory for them allocated.
-  uint64_t max_pixels = 0;
-  size_t max_chunk_bytes = 8 << 20;
-  size_t max_cache_bytes = 32 << 20;
-};
-
 // Decodes any PNG (grey, palette, alpha, 16-bit) to 8-bit RGB. `field` names
 // the request field in error messages.
 absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes,
                                    absl::string_view field,
-                                   const PngLimits& limits = {});
+                                   const ImageLimits& limits = {});
 
 }  // namespace ldmserve
 

@@ -4,7 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
-#include "server/service/png_codec.h"
+#include "server/service/image_codec.h"
+#include "server/service/image_fit.h"
 
 namespace ldmserve {
 namespace {
@@ -47,20 +48,97 @@ absl::Status CheckPixels(const std::string& field, int64_t width,
   return absl::OkStatus();
 }
 
-// A PNG field decoded to RGB, within the byte and pixel limits.
+// An image field decoded to RGB, within the byte and pixel limits.
 absl::StatusOr<RgbImage> DecodeImageField(const std::string& field,
                                           const std::string& bytes,
                                           const ServiceLimits& limits) {
-  if (bytes.empty()) return Invalid(field, "required (a PNG image)");
+  if (bytes.empty()) {
+    return Invalid(field, "required (a PNG, JPEG or WebP image)");
+  }
   if (bytes.size() > limits.max_image_bytes) {
     return Invalid(field, absl::StrCat("at most ", limits.max_image_bytes,
                                        " bytes (got ", bytes.size(), ")"));
   }
-  PngLimits png_limits;
-  png_limits.max_width = limits.max_image_side;
-  png_limits.max_height = limits.max_image_side;
-  png_limits.max_pixels = limits.max_pixels;
-  return DecodePng(bytes, field, png_limits);
+  ImageLimits image_limits;
+  image_limits.max_width = limits.max_image_side;
+  image_limits.max_height = limits.max_image_side;
+  image_limits.max_pixels = limits.max_pixels;
+  return DecodeImage(bytes, field, image_limits);
+}
+
+// The input images of a task, fitted to the model's multiple as the
+// request's resize_mode says (the mask exactly as its image).
+struct InputFitter {
+  ResizeMode mode = ResizeMode::kExact;
+  int64_t multiple = 1;
+  std::optional<InputFit>* fit;
+
+  absl::Status Fit(const std::string& field, RgbImage& image,
+                   RgbImage* mask = nullptr) const {
+    LDM_ASSIGN_OR_RETURN(InputFit plan, PlanFit(image.width, image.height, mode,
+                                                multiple, field));
+    if (plan.width == image.width && plan.height == image.height) {
+      return absl::OkStatus();
+    }
+    image = ApplyFit(image, plan);
+    if (mask != nullptr) *mask = ApplyFit(*mask, plan);
+    *fit = plan;
+    return absl::OkStatus();
+  }
+};
+
+absl::StatusOr<ResizeMode> ResizeModeOf(ldm::v1::ResizeMode mode) {
+  switch (mode) {
+    case ldm::v1::RESIZE_MODE_UNSPECIFIED:
+      return ResizeMode::kExact;
+    case ldm::v1::RESIZE_MODE_SCALE:
+      return ResizeMode::kScale;
+    case ldm::v1::RESIZE_MODE_CROP:
+      return ResizeMode::kCrop;
+    case ldm::v1::RESIZE_MODE_PAD:
+      return ResizeMode::kPad;
+    default:
+      break;
+  }
+  return Invalid("resize_mode", absl::StrCat("unknown value ", mode));
+}
+
+// GenerateRequest's output_format and output_quality.
+absl::StatusOr<ImageEncoding> EncodingOf(const GenerateRequest& request) {
+  ImageEncoding encoding;
+  switch (request.output_format()) {
+    case ldm::v1::IMAGE_FORMAT_UNSPECIFIED:
+    case ldm::v1::IMAGE_FORMAT_PNG:
+      encoding.format = ImageFileFormat::kPng;
+      break;
+    case ldm::v1::IMAGE_FORMAT_JPEG:
+      encoding.format = ImageFileFormat::kJpeg;
+      break;
+    case ldm::v1::IMAGE_FORMAT_WEBP:
+      encoding.format = ImageFileFormat::kWebp;
+      break;
+    case ldm::v1::IMAGE_FORMAT_WEBP_LOSSLESS:
+      encoding.format = ImageFileFormat::kWebpLossless;
+      break;
+    default:
+      return Invalid("output_format",
+                     absl::StrCat("unknown value ", request.output_format()));
+  }
+  const bool lossy = encoding.format == ImageFileFormat::kJpeg ||
+                     encoding.format == ImageFileFormat::kWebp;
+  if (request.output_quality() > 100) {
+    return Invalid("output_quality",
+                   absl::StrCat("in [1, 100]; 0 = 90 (got ",
+                                request.output_quality(), ")"));
+  }
+  if (!lossy && request.output_quality() != 0) {
+    return Invalid("output_quality",
+                   "only JPEG and lossy WebP take a quality; leave it 0");
+  }
+  if (request.output_quality() != 0) {
+    encoding.quality = static_cast<int>(request.output_quality());
+  }
+  return encoding;
 }
 
 // Which field's pixels the output size is checked as.
@@ -82,7 +160,11 @@ const char* OutputSizeField(ldm::Task task) {
 absl::Status ValidateTask(const GenerateRequest& request,
                           const ldm::ModelCapabilities& model,
                           const ServiceLimits& limits,
-                          ldm::GenerationRequest& job) {
+                          ldm::GenerationRequest& job,
+                          std::optional<InputFit>& fit) {
+  LDM_ASSIGN_OR_RETURN(const ResizeMode mode,
+                       ResizeModeOf(request.resize_mode()));
+  InputFitter fitter{mode, model.size_multiple, &fit};
   switch (request.task_case()) {
     case GenerateRequest::kTextToImage: {
       const ldm::v1::TextToImage& text = request.text_to_image();
@@ -107,6 +189,7 @@ absl::Status ValidateTask(const GenerateRequest& request,
       LDM_ASSIGN_OR_RETURN(RgbImage image,
                            DecodeImageField("image_to_image.init_image",
                                             task.init_image(), limits));
+      LDM_RETURN_IF_ERROR(fitter.Fit("image_to_image.init_image", image));
       job.task = ldm::ImageToImage{std::move(image)};
       return absl::OkStatus();
     }
@@ -119,6 +202,13 @@ absl::Status ValidateTask(const GenerateRequest& request,
           DecodeImageField("inpaint.image", task.image(), limits));
       LDM_ASSIGN_OR_RETURN(
           RgbImage mask, DecodeImageField("inpaint.mask", task.mask(), limits));
+      if (mask.width != image.width || mask.height != image.height) {
+        return Invalid("inpaint.mask",
+                       absl::StrCat("must be the image's size ", image.width,
+                                    "x", image.height, " (got ", mask.width,
+                                    "x", mask.height, ")"));
+      }
+      LDM_RETURN_IF_ERROR(fitter.Fit("inpaint.image", image, &mask));
       job.task = ldm::Inpaint{std::move(image), ldm::MaskFromRgb(mask)};
       return absl::OkStatus();
     }
@@ -133,6 +223,9 @@ absl::Status ValidateTask(const GenerateRequest& request,
       LDM_ASSIGN_OR_RETURN(RgbImage image,
                            DecodeImageField("super_resolution.low_res_image",
                                             task.low_res_image(), limits));
+      // Its pixels are the latent's: the UNet's multiple over the factor.
+      fitter.multiple = std::max<int64_t>(1, model.size_multiple / factor);
+      LDM_RETURN_IF_ERROR(fitter.Fit("super_resolution.low_res_image", image));
       job.task = ldm::SuperResolution{std::move(image)};
       return absl::OkStatus();
     }
@@ -292,11 +385,9 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
       std::min<uint32_t>(request.preview_every(), limits.max_steps));
   spec.progress_every = static_cast<int>(std::max<uint32_t>(
       1, std::min<uint32_t>(request.progress_every(), limits.max_steps)));
-  if (request.output_format() != ldm::v1::IMAGE_FORMAT_UNSPECIFIED &&
-      request.output_format() != ldm::v1::IMAGE_FORMAT_PNG) {
-    return Invalid("output_format", "only IMAGE_FORMAT_PNG is served");
-  }
-  LDM_RETURN_IF_ERROR(ValidateTask(request, model, limits, job));
+  LDM_ASSIGN_OR_RETURN(spec.encoding, EncodingOf(request));
+  LDM_RETURN_IF_ERROR(
+      ValidateTask(request, model, limits, job, spec.input_fit));
   LDM_ASSIGN_OR_RETURN(spec.geometry, ldm::CheckRequest(model, job));
   LDM_RETURN_IF_ERROR(CheckPixels(OutputSizeField(task), spec.geometry.width,
                                   spec.geometry.height, limits));
@@ -378,6 +469,34 @@ ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec) {
     case ldm::SigmaSchedule::kExponential:
       settings.set_sigma_schedule(ldm::v1::SIGMA_SCHEDULE_EXPONENTIAL);
       break;
+  }
+  switch (spec.encoding.format) {
+    case ImageFileFormat::kPng:
+      settings.set_output_format(ldm::v1::IMAGE_FORMAT_PNG);
+      break;
+    case ImageFileFormat::kJpeg:
+      settings.set_output_format(ldm::v1::IMAGE_FORMAT_JPEG);
+      settings.set_output_quality(spec.encoding.quality);
+      break;
+    case ImageFileFormat::kWebp:
+      settings.set_output_format(ldm::v1::IMAGE_FORMAT_WEBP);
+      settings.set_output_quality(spec.encoding.quality);
+      break;
+    case ImageFileFormat::kWebpLossless:
+      settings.set_output_format(ldm::v1::IMAGE_FORMAT_WEBP_LOSSLESS);
+      break;
+  }
+  if (spec.input_fit.has_value()) {
+    const InputFit& fit = *spec.input_fit;
+    ldm::v1::InputResize* resize = settings.mutable_input_resize();
+    static constexpr ldm::v1::ResizeMode kModes[] = {
+        ldm::v1::RESIZE_MODE_UNSPECIFIED, ldm::v1::RESIZE_MODE_SCALE,
+        ldm::v1::RESIZE_MODE_CROP, ldm::v1::RESIZE_MODE_PAD};
+    resize->set_mode(kModes[static_cast<int>(fit.mode)]);
+    resize->set_original_width(static_cast<uint32_t>(fit.original_width));
+    resize->set_original_height(static_cast<uint32_t>(fit.original_height));
+    resize->set_width(static_cast<uint32_t>(fit.width));
+    resize->set_height(static_cast<uint32_t>(fit.height));
   }
   return settings;
 }

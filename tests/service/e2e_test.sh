@@ -157,6 +157,21 @@ code=0
   || fail "--sampler heun --schedule karras: $(cat "$work/heun.txt")"
 grep -aq "Sampler: Heun Karras" "$work/heun.png" || fail "heun.png lacks its parameters"
 
+# JPEG out, named by its format when --out is left empty, its parameters in
+# the EXIF block; then that JPEG as an img2img input (--resize is accepted;
+# 64x64 fits, so nothing is cropped), the result as WebP.
+(cd "$work" && "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 2 \
+  --format jpeg --quality 85 2>"$work/jpeg.txt") || fail "--format jpeg: $(cat "$work/jpeg.txt")"
+[[ "$(head -c 3 "$work/out.jpg" | od -An -tx1 | tr -d ' \n')" == "ffd8ff" ]] \
+  || fail "out.jpg is not a JPEG"
+head -c 200 "$work/out.jpg" | grep -aq "Exif" || fail "out.jpg lacks its EXIF block"
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 2 \
+  --format gif --out "$work/gif" 2>/dev/null && fail "--format gif accepted"
+"$ldmctl" --addr="$addr" img2img --image "$work/out.jpg" --strength 0.5 --steps 2 \
+  --prompt "a red circle" --resize crop --format webp --out "$work/i2i.webp" \
+  2>"$work/fit.txt" || fail "img2img of a JPEG: $(cat "$work/fit.txt")"
+[[ "$(head -c 12 "$work/i2i.webp" | tail -c 4)" == "WEBP" ]] || fail "i2i.webp is not a WebP"
+
 # Over --max-steps (1000 above; the default is 200): refused, naming the
 # field and the limit.
 if "$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 1001 \

@@ -40,7 +40,7 @@ TEST(PngCodecTest, ImagesOverTheLimitAreRejected) {
   std::vector<uint8_t> pixels(32 * 16 * 3, 1);
   auto png = EncodePng(pixels.data(), 32, 16);
   ASSERT_TRUE(png.ok());
-  PngLimits limits;
+  ImageLimits limits;
   limits.max_width = 16;
   auto image = DecodePng(*png, "init_image", limits);
   ASSERT_FALSE(image.ok());
@@ -72,7 +72,7 @@ TEST(PngCodecTest, PixelLimitIsCheckedFromTheHeaderBeforeDecoding) {
   auto png = EncodePng(pixels.data(), 2048, 2048);
   ASSERT_TRUE(png.ok());
   const std::string header_only = png->substr(0, 33);
-  PngLimits limits;
+  ImageLimits limits;
   limits.max_pixels = 1 << 20;
   auto refused = DecodePng(header_only, "init_image", limits);
   ASSERT_FALSE(refused.ok());

@@ -117,7 +117,16 @@ TEST(RequestValidationTest, TheModelDecidesTaskAndSizeBeforeTheJobIsQueued) {
   upscale.mutable_super_resolution()->set_low_res_image(Png(6, 8, {1, 2, 3}));
   EXPECT_EQ(
       ValidateRequest(upscale, upscaler, limits, 1).status().message(),
-      "super_resolution.low_res_image: sides must be multiples of 4 (got 6x8)");
+      "super_resolution.low_res_image: sides must be multiples of 4 (got "
+      "6x8); or set resize_mode to scale, crop or pad it");
+  // Fitted, the low-res image takes the latent's multiple: 6x8 -> 8x8.
+  upscale.set_resize_mode(ldm::v1::RESIZE_MODE_PAD);
+  upscaled = ValidateRequest(upscale, upscaler, limits, 1);
+  ASSERT_TRUE(upscaled.ok()) << upscaled.status();
+  EXPECT_EQ(upscaled->geometry.width, 32);
+  EXPECT_EQ(upscaled->geometry.height, 32);
+  ASSERT_TRUE(upscaled->input_fit.has_value());
+  EXPECT_EQ(upscaled->input_fit->original_width, 6);
 }
 
 TEST(RequestValidationTest, OnlyTheMasksRedChannelDecidesWhatIsRepainted) {

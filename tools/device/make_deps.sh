@@ -3,7 +3,7 @@
 # into .deps.tar.xz, an ignored file a device call carries (the GPU machine
 # has no package registry). tools/device/deps_env.sh unpacks it into .deps/
 # there. Debian 12's packages: gRPC, Protobuf (protoc and the gRPC plugin),
-# Abseil, prometheus-cpp, libspng, glog (+ gflags, libunwind), OpenSSL's and
+# Abseil, prometheus-cpp, libspng, libjpeg-turbo, libwebp, glog (+ gflags, libunwind), OpenSSL's and
 # c-ares' and RE2's CMake needs, nlohmann-json, GoogleTest, ICU. Docs, man
 # pages and static libraries (but GoogleTest's and gflags', whose CMake
 # files name them) are dropped, as are the ICU libraries nothing here
@@ -20,6 +20,8 @@ packages=(
   libprometheus-cpp-push1.0 libcurl4
   libcivetweb-dev libcivetweb1 civetweb
   libspng-dev libspng0
+  libturbojpeg0-dev libturbojpeg0 libwebp-dev libwebp7 libwebpmux3
+  libwebpdemux2
   libc-ares-dev libc-ares2 libre2-dev libre2-9 libssl-dev libssl3 zlib1g-dev
   libupb-dev
   libgoogle-glog-dev libgoogle-glog0v6 libgflags-dev libgflags2.2

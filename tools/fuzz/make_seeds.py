@@ -92,18 +92,22 @@ def main():
     for name, request in requests.items():
         write("generate_request", name, request.SerializeToString())
 
-    # PNG: every colour type the decoder converts, and broken ones.
-    write("png_decode", "rgb", png(8, 8))
-    write("png_decode", "grey", png(8, 4, colour_type=0))
-    write("png_decode", "grey_alpha", png(4, 8, colour_type=4))
-    write("png_decode", "rgba", png(5, 3, colour_type=6))
-    write("png_decode", "rgb16", png(3, 3, bit_depth=16))
-    write("png_decode", "grey1", png(9, 2, colour_type=0, bit_depth=1))
-    write("png_decode", "palette", png(4, 4, colour_type=3,
+    # PNG: every colour type the decoder converts, and broken ones. The
+    # JPEG (baseline, progressive, grey, with EXIF, truncated) and WebP
+    # (lossy, lossless, with EXIF) seeds beside them were written once by
+    # cjpeg, cwebp and webpmux (Debian's libjpeg-turbo-progs and webp) and
+    # are kept as files.
+    write("image_decode", "rgb", png(8, 8))
+    write("image_decode", "grey", png(8, 4, colour_type=0))
+    write("image_decode", "grey_alpha", png(4, 8, colour_type=4))
+    write("image_decode", "rgba", png(5, 3, colour_type=6))
+    write("image_decode", "rgb16", png(3, 3, bit_depth=16))
+    write("image_decode", "grey1", png(9, 2, colour_type=0, bit_depth=1))
+    write("image_decode", "palette", png(4, 4, colour_type=3,
                                        palette=bytes(range(48)),
                                        trns=b"\x00\x80"))
-    write("png_decode", "truncated", png(8, 8)[:40])
-    write("png_decode", "huge_header", png(1, 1)[:16] +
+    write("image_decode", "truncated", png(8, 8)[:40])
+    write("image_decode", "huge_header", png(1, 1)[:16] +
           struct.pack(">II", 60000, 60000) + png(1, 1)[24:])
 
     # safetensors: dtypes, shapes, metadata, empty tensors.

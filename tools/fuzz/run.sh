@@ -3,7 +3,7 @@
 # build-fuzz/) and runs each for a bounded time over its corpus.
 #
 #   tools/fuzz/run.sh                     every target, 60 s each
-#   tools/fuzz/run.sh --seconds 600 png_decode safetensors
+#   tools/fuzz/run.sh --seconds 600 image_decode safetensors
 #
 # New inputs go to a scratch directory, never into tests/fuzz/corpus (copy
 # one there by hand when it is worth keeping). A crash leaves its input in

@@ -1,4 +1,5 @@
-"""The client: plain results (PNG bytes, seeds, timings), no PIL needed."""
+"""The client: plain results (image bytes, seeds, timings), no PIL
+needed."""
 
 import dataclasses
 import os
@@ -26,6 +27,18 @@ _SCHEDULES = {
     "karras": pb.SIGMA_SCHEDULE_KARRAS,
     "exponential": pb.SIGMA_SCHEDULE_EXPONENTIAL,
 }
+_FORMATS = {
+    "png": pb.IMAGE_FORMAT_PNG,
+    "jpeg": pb.IMAGE_FORMAT_JPEG,
+    "webp": pb.IMAGE_FORMAT_WEBP,
+    "webp_lossless": pb.IMAGE_FORMAT_WEBP_LOSSLESS,
+}
+_RESIZE_MODES = {
+    "exact": pb.RESIZE_MODE_UNSPECIFIED,
+    "scale": pb.RESIZE_MODE_SCALE,
+    "crop": pb.RESIZE_MODE_CROP,
+    "pad": pb.RESIZE_MODE_PAD,
+}
 
 
 class LdmError(Exception):
@@ -40,12 +53,27 @@ class LdmError(Exception):
 
 @dataclasses.dataclass
 class Image:
+    # The encoded image: PNG unless output_format asked for another
+    # (the name stays for compatibility; `data` is the same bytes).
     png: bytes
     width: int
     height: int
     seed: int
-    # The generation parameters, also in the PNG's "parameters" chunk.
+    # The generation parameters, also in the file's metadata.
     parameters: str = ""
+
+    @property
+    def data(self) -> bytes:
+        return self.png
+
+    @property
+    def format(self) -> str:
+        """"png", "jpeg" or "webp", from the bytes."""
+        if self.png[:3] == b"\xff\xd8\xff":
+            return "jpeg"
+        if self.png[8:12] == b"WEBP":
+            return "webp"
+        return "png"
 
 
 @dataclasses.dataclass
@@ -126,7 +154,17 @@ def _settings(s) -> Dict[str, object]:
             "strength": s.strength, "width": s.width,
             "height": s.height, "seed": s.seed,
             "num_images": s.num_images, "clip_skip": s.clip_skip,
-            "sigma_schedule": pb.SigmaSchedule.Name(s.sigma_schedule)}
+            "sigma_schedule": pb.SigmaSchedule.Name(s.sigma_schedule),
+            "output_format": pb.ImageFormat.Name(s.output_format),
+            "output_quality": s.output_quality,
+            # What was done to the input image; None when nothing was.
+            "input_resize": ({
+                "mode": pb.ResizeMode.Name(s.input_resize.mode),
+                "original_width": s.input_resize.original_width,
+                "original_height": s.input_resize.original_height,
+                "width": s.input_resize.width,
+                "height": s.input_resize.height}
+                if s.HasField("input_resize") else None)}
 
 
 def _job(message) -> Job:
@@ -207,9 +245,16 @@ def _request(task: str, *, model: str = "", steps: int = 0,
              preview_every: int = 0, priority: int = 0,
              cancel_on_disconnect: Optional[bool] = None,
              client_request_id: str = "", clip_skip: Optional[int] = None,
+             output_format: str = "png", quality: int = 0,
+             resize_mode: str = "exact",
              **fields) -> pb.GenerateRequest:
     if sampler not in _SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(_SAMPLERS)}")
+    if output_format not in _FORMATS:
+        raise ValueError(f"output_format must be one of {sorted(_FORMATS)}")
+    if resize_mode not in _RESIZE_MODES:
+        raise ValueError(
+            f"resize_mode must be one of {sorted(_RESIZE_MODES)}")
     if schedule not in _SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(_SCHEDULES)}")
     settings = pb.SamplerSettings(kind=_SAMPLERS[sampler], steps=steps,
@@ -220,7 +265,9 @@ def _request(task: str, *, model: str = "", steps: int = 0,
     request = pb.GenerateRequest(
         model=model, seed=seed, num_images=num_images,
         preview_every=preview_every, priority=priority, sampler=settings,
-        client_request_id=client_request_id)
+        client_request_id=client_request_id,
+        output_format=_FORMATS[output_format], output_quality=quality,
+        resize_mode=_RESIZE_MODES[resize_mode])
     if clip_skip is not None:  # CLIP models: 2 = the penultimate layer.
         request.clip_skip = clip_skip
     if cancel_on_disconnect is not None:

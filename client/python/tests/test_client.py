@@ -106,6 +106,50 @@ class ClientTest(unittest.TestCase):
         self.assertIn(first.images[1].parameters.encode(),
                       first.images[1].png)
 
+    def test_jpeg_and_webp_carry_their_parameters_where_pil_reads_them(self):
+        try:
+            from PIL import Image as PilImage
+        except ImportError:
+            self.skipTest("python3-pil is not installed")
+        import io
+        prompt = "a red circle, caf\u00e9 \u6771\u4eac"
+        for output_format, pil_format in (("jpeg", "JPEG"), ("webp", "WEBP"),
+                                          ("webp_lossless", "WEBP")):
+            result = self.client.txt2img(prompt, steps=2, seed=3,
+                                         output_format=output_format,
+                                         quality=0)
+            image = result.images[0]
+            self.assertEqual(image.format, pil_format.lower())
+            self.assertEqual(result.settings["output_format"],
+                             "IMAGE_FORMAT_" + output_format.upper())
+            # An independent reader: PIL decodes the file and finds the
+            # parameters in the EXIF UserComment, as AUTOMATIC1111 reads
+            # them (the "UNICODE" charset, UTF-16 in the block's order).
+            with PilImage.open(io.BytesIO(image.data)) as opened:
+                self.assertEqual(opened.format, pil_format)
+                self.assertEqual(opened.size, (64, 64))
+                exif_ifd = opened.getexif().get_ifd(0x8769)
+            comment = exif_ifd[0x9286]
+            self.assertEqual(comment[:8], b"UNICODE\x00")
+            self.assertEqual(comment[8:].decode("utf-16-be"),
+                             image.parameters)
+            self.assertTrue(image.parameters.startswith(prompt))
+
+    def test_inputs_are_fitted_as_asked(self):
+        image = png(50, 40, (240, 220, 40))
+        with self.assertRaises(LdmError) as raised:
+            self.client.img2img(image, "a red circle", steps=2)
+        self.assertEqual(raised.exception.code, "INVALID_ARGUMENT")
+        self.assertIn("resize_mode", raised.exception.details)
+        result = self.client.img2img(image, "a red circle", steps=2,
+                                     resize_mode="scale")
+        self.assertEqual(size_of(result.images[0].png), (48, 48))
+        self.assertEqual(result.settings["input_resize"],
+                         {"mode": "RESIZE_MODE_SCALE", "original_width": 50,
+                          "original_height": 40, "width": 48, "height": 48})
+        with self.assertRaises(ValueError):
+            self.client.img2img(image, "x", resize_mode="stretch")
+
     def test_stream_yields_progress_then_the_result(self):
         events = list(self.client.stream_txt2img("a blue square", steps=4,
                                                  seed=1))
