@@ -115,10 +115,9 @@ TEST(RequestValidationTest, TheModelDecidesTaskAndSizeBeforeTheJobIsQueued) {
   EXPECT_EQ(upscaled->geometry.height, 48);
   EXPECT_EQ(upscaled->geometry.latent_width, 8);
   upscale.mutable_super_resolution()->set_low_res_image(Png(6, 8, {1, 2, 3}));
-  EXPECT_EQ(
-      ValidateRequest(upscale, upscaler, limits, 1).status().message(),
-      "super_resolution.low_res_image: sides must be multiples of 4 (got "
-      "6x8); or set resize_mode to scale, crop or pad it");
+  EXPECT_EQ(ValidateRequest(upscale, upscaler, limits, 1).status().message(),
+            "super_resolution.low_res_image: sides must be multiples of 4 (got "
+            "6x8); or set resize_mode to scale, crop or pad it");
   // Fitted, the low-res image takes the latent's multiple: 6x8 -> 8x8.
   upscale.set_resize_mode(ldm::v1::RESIZE_MODE_PAD);
   upscaled = ValidateRequest(upscale, upscaler, limits, 1);
