@@ -81,6 +81,12 @@ absl::StatusOr<std::string> EncodePng(const RgbImage& image,
 absl::StatusOr<PngText> ReadPngText(absl::string_view bytes) {
   SpngContext ctx(spng_ctx_new(0));
   if (!ctx) return absl::ResourceExhaustedError("png: cannot allocate");
+  // The pixels are decoded to reach text after them: within the decoder's
+  // default limits, so that a header claiming a huge image costs nothing.
+  const ImageLimits limits;
+  spng_set_image_limits(ctx.get(), limits.max_width, limits.max_height);
+  spng_set_chunk_limits(ctx.get(), limits.max_chunk_bytes,
+                        limits.max_cache_bytes);
   int error = spng_set_png_buffer(ctx.get(), bytes.data(), bytes.size());
   spng_ihdr ihdr = {};
   if (error == 0) error = spng_get_ihdr(ctx.get(), &ihdr);

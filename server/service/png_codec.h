@@ -29,7 +29,7 @@ absl::StatusOr<std::string> EncodePng(const RgbImage& image,
                                       const PngText& text = {});
 
 // The iTXt and tEXt chunks of a PNG (for tests and tools); INVALID_ARGUMENT
-// when it does not parse.
+// when it does not parse or its header exceeds ImageLimits' defaults.
 absl::StatusOr<PngText> ReadPngText(absl::string_view bytes);
 
 // Decodes any PNG (grey, palette, alpha, 16-bit) to 8-bit RGB. `field` names
