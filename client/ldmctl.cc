@@ -92,7 +92,7 @@ ABSL_FLAG(double, eta, -1,
           "super-resolution models, else 0)");
 ABSL_FLAG(std::string, sampler, "ddim",
           "ddim | plms | ddpm | euler_a | dpmpp_2m | euler | heun | lms | "
-          "dpmpp_2m_sde | dpmpp_2s_a");
+          "dpmpp_2m_sde | dpmpp_2s_a | unipc");
 ABSL_FLAG(std::string, schedule, "",
           "Euler-family samplers' noise levels: uniform (default) | karras | "
           "exponential");
@@ -272,6 +272,8 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE);
   } else if (kind == "dpmpp_2s_a") {
     sampler->set_kind(ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL);
+  } else if (kind == "unipc") {
+    sampler->set_kind(ldm::v1::SAMPLER_KIND_UNI_PC);
   } else {
     std::fprintf(stderr, "ldmctl: unknown --sampler %s\n", kind.c_str());
     return false;

@@ -476,6 +476,85 @@ void DpmSolverPP2MSdeSampler::Advance(const at::Tensor& denoised, int i) {
 
 namespace {
 
+// UniPC's coefficients for one step of log-sigma length `h` (B(h) =
+// e^h - 1 in the decreasing-noise direction): phi_1 and B_h, and the b_k
+// of its linear system (Zhao et al., Algorithm "bh2"; diffusers'
+// multistep_uni_*_bh_update).
+struct UniPcTerms {
+  double h_phi_1 = 0.0;
+  double b_h = 0.0;
+  std::vector<double> b;
+};
+
+UniPcTerms UniPcCoefficients(double h, int order) {
+  const double hh = -h;
+  UniPcTerms terms;
+  terms.h_phi_1 = std::expm1(hh);
+  terms.b_h = std::expm1(hh);
+  double h_phi_k = terms.h_phi_1 / hh - 1.0;
+  double factorial = 1.0;
+  for (int k = 1; k <= order; ++k) {
+    terms.b.push_back(h_phi_k * factorial / terms.b_h);
+    factorial *= k + 1;
+    h_phi_k = h_phi_k / hh - 1.0 / factorial;
+  }
+  return terms;
+}
+
+double LambdaOf(double sigma) { return -std::log(sigma); }
+
+}  // namespace
+
+void UniPcSampler::Correct(const at::Tensor& denoised, int i) {
+  const double sigma_s0 = sigmas_[i - 1], sigma_t = sigmas_[i];
+  const double h = LambdaOf(sigma_t) - LambdaOf(sigma_s0);
+  const at::Tensor& m0 = denoised_.back();
+  const UniPcTerms terms = UniPcCoefficients(h, last_order_);
+  at::Tensor x = (sigma_t / sigma_s0) * last_sample_ - terms.h_phi_1 * m0;
+  const at::Tensor d1_t = denoised - m0;
+  if (last_order_ == 1) {
+    x_ = x - terms.b_h * 0.5 * d1_t;
+    return;
+  }
+  // Order 2: the output before m0 (at sigmas_[i - 2]) as a divided
+  // difference, the weights solving R rho = b with R = [[1, 1], [r, 1]].
+  const double r = (LambdaOf(sigmas_[i - 2]) - LambdaOf(sigma_s0)) / h;
+  const at::Tensor d1 = (denoised_[denoised_.size() - 2] - m0) / r;
+  const double det = 1.0 - r;
+  const double rho_0 = (terms.b[0] - terms.b[1]) / det;
+  const double rho_1 = (terms.b[1] - r * terms.b[0]) / det;
+  x_ = x - terms.b_h * (rho_0 * d1 + rho_1 * d1_t);
+}
+
+void UniPcSampler::Advance(const at::Tensor& denoised, int i) {
+  if (last_sample_.defined()) Correct(denoised, i);
+  denoised_.push_back(denoised);
+  if (denoised_.size() > kOrder) denoised_.pop_front();
+  // Warm-up: as many previous outputs as there are; the last step (to
+  // sigma 0, where lambda is infinite) first order.
+  const int remaining = total_steps() - i;
+  const int order =
+      std::min({kOrder, remaining, static_cast<int>(denoised_.size())});
+  last_sample_ = x_;
+  last_order_ = order;
+  const double sigma = sigmas_[i], sigma_next = sigmas_[i + 1];
+  if (sigma_next == 0.0) {
+    x_ = denoised;
+    return;
+  }
+  const double h = LambdaOf(sigma_next) - LambdaOf(sigma);
+  const UniPcTerms terms = UniPcCoefficients(h, order);
+  x_ = (sigma_next / sigma) * x_ - terms.h_phi_1 * denoised;
+  if (order == 2) {
+    // UniP-2's weight is 1/2 (diffusers' rhos_p).
+    const double r = (LambdaOf(sigmas_[i - 1]) - LambdaOf(sigma)) / h;
+    const at::Tensor d1 = (denoised_.front() - denoised) / r;
+    x_ = x_ - terms.b_h * 0.5 * d1;
+  }
+}
+
+namespace {
+
 template <typename KarrasStyle>
 std::unique_ptr<Sampler> MakeKarrasStyle(const SamplerOptions& options,
                                          const DiffusionSchedule& schedule,
@@ -571,6 +650,9 @@ absl::StatusOr<std::unique_ptr<Sampler>> MakeSampler(
     case SamplerKind::kDpmSolverPP2SAncestral:
       return MakeKarrasStyle<DpmSolverPP2SAncestralSampler>(
           options, schedule, noise, generator, init_latent, partial, t_enc);
+    case SamplerKind::kUniPc:
+      return MakeKarrasStyle<UniPcSampler>(options, schedule, noise, generator,
+                                           init_latent, partial, t_enc);
   }
   return absl::InvalidArgumentError("sampler: unknown kind");
 }

@@ -353,6 +353,28 @@ class DpmSolverPP2MSdeSampler : public KarrasStyleSampler {
   double h_last_ = 0.0;
 };
 
+// UniPC (Zhao et al. 2023; diffusers' UniPCMultistepScheduler with its
+// defaults: data prediction, B(h) = e^h - 1 ("bh2"), order 2, lower order
+// at the last step): a multistep predictor, and a corrector that refines
+// each sample with the model output already computed at it, so that no
+// step costs a second model call. In k-diffusion's space (alpha = 1,
+// lambda = -log sigma).
+class UniPcSampler : public KarrasStyleSampler {
+ public:
+  using KarrasStyleSampler::KarrasStyleSampler;
+
+ private:
+  void Advance(const at::Tensor& denoised, int i) override;
+  // UniC: x_ (at sigmas_[i], predicted from last_sample_ at sigmas_[i - 1])
+  // corrected with `denoised`, the model's output at it.
+  void Correct(const at::Tensor& denoised, int i);
+
+  static constexpr int kOrder = 2;
+  std::deque<at::Tensor> denoised_;  // Of the last steps, newest last.
+  at::Tensor last_sample_;           // x at sigmas_[i - 1], corrected.
+  int last_order_ = 1;               // The order of the last prediction.
+};
+
 // The sampler `options` ask for, starting from unit Gaussian `noise`, or,
 // with `init_latent` and strength < 1, from init_latent noised to the level
 // of the first step that runs (img2img). DDIM follows the reference's

@@ -16,6 +16,7 @@ enum class SamplerKind {
   kLms,
   kDpmSolverPP2MSde,
   kDpmSolverPP2SAncestral,
+  kUniPc,
 };
 
 // The noise levels the k-diffusion samplers (Euler, Heun, LMS, DPM++) step

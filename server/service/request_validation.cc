@@ -308,6 +308,9 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
     case ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL:
       job.sampler.kind = ldm::SamplerKind::kDpmSolverPP2SAncestral;
       break;
+    case ldm::v1::SAMPLER_KIND_UNI_PC:
+      job.sampler.kind = ldm::SamplerKind::kUniPc;
+      break;
     default:
       return Invalid("sampler.kind",
                      absl::StrCat("unknown value ", sampler.kind()));
@@ -437,6 +440,8 @@ SamplerNames NamesOf(ldm::SamplerKind kind) {
       return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE, "DPM++ 2M SDE"};
     case ldm::SamplerKind::kDpmSolverPP2SAncestral:
       return {ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL, "DPM++ 2S a"};
+    case ldm::SamplerKind::kUniPc:
+      return {ldm::v1::SAMPLER_KIND_UNI_PC, "UniPC"};
   }
   return {ldm::v1::SAMPLER_KIND_UNSPECIFIED, "?"};
 }
@@ -514,7 +519,7 @@ std::string ParametersText(const ldm::v1::ResolvedSettings& settings,
         ldm::SamplerKind::kDpmSolverPP2M, ldm::SamplerKind::kEuler,
         ldm::SamplerKind::kHeun, ldm::SamplerKind::kLms,
         ldm::SamplerKind::kDpmSolverPP2MSde,
-        ldm::SamplerKind::kDpmSolverPP2SAncestral}) {
+        ldm::SamplerKind::kDpmSolverPP2SAncestral, ldm::SamplerKind::kUniPc}) {
     if (NamesOf(kind).proto == settings.sampler()) {
       sampler = NamesOf(kind).display;
     }

@@ -322,6 +322,8 @@ TEST(ModelQualityTest, EverySamplerDrawsThePromptIn15To25Steps) {
       {"DPM++ 2S a", SamplerKind::kDpmSolverPP2SAncestral, 15},
       {"DPM++ 2S a Karras", SamplerKind::kDpmSolverPP2SAncestral, 15,
        SigmaSchedule::kKarras},
+      {"UniPC", SamplerKind::kUniPc, 15},
+      {"UniPC Karras", SamplerKind::kUniPc, 15, SigmaSchedule::kKarras},
   };
   for (const Case& c : cases) {
     ldm::SamplerOptions sampler;

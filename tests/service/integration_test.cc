@@ -287,7 +287,8 @@ TEST_F(IntegrationTest, EverySamplerServes) {
         ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M, ldm::v1::SAMPLER_KIND_EULER,
         ldm::v1::SAMPLER_KIND_HEUN, ldm::v1::SAMPLER_KIND_LMS,
         ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE,
-        ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL}) {
+        ldm::v1::SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL,
+        ldm::v1::SAMPLER_KIND_UNI_PC}) {
     SCOPED_TRACE(ldm::v1::SamplerKind_Name(kind));
     GenerateRequest request = TextRequest("a red circle", 4, 9);
     request.mutable_sampler()->set_kind(kind);

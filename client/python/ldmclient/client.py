@@ -21,6 +21,7 @@ _SAMPLERS = {
     "lms": pb.SAMPLER_KIND_LMS,
     "dpmpp_2m_sde": pb.SAMPLER_KIND_DPM_SOLVER_PP_2M_SDE,
     "dpmpp_2s_a": pb.SAMPLER_KIND_DPM_SOLVER_PP_2S_ANCESTRAL,
+    "unipc": pb.SAMPLER_KIND_UNI_PC,
 }
 _SCHEDULES = {
     "uniform": pb.SIGMA_SCHEDULE_UNSPECIFIED,
