@@ -135,6 +135,23 @@ ABSL_FLAG(std::string, json, "", "bench: also write the summary as JSON here");
 ABSL_FLAG(bool, detach, false,
           "txt2img...: print the job id once queued and exit; the job runs "
           "on (ldmctl job watch|get|cancel JOB_ID)");
+// ldmctl model load|unload (the server must run with --model-admin).
+ABSL_FLAG(std::string, family, "",
+          "model load: the architecture (a config of the server's configs "
+          "folder, sd-v1, ...); empty = detected from the weights");
+ABSL_FLAG(std::string, config, "",
+          "model load: the architecture as a config file, relative to the "
+          "server's model folder (instead of --family)");
+ABSL_FLAG(std::string, dtype, "",
+          "model load: the UNet's dtype (f32, f16, bf16); empty = the "
+          "server's");
+ABSL_FLAG(std::vector<std::string>, devices, {},
+          "model load: where copies load (cpu, cuda:0, ...); empty = every "
+          "device of the server");
+ABSL_FLAG(bool, ema, false, "model load: the checkpoint's EMA UNet weights");
+ABSL_FLAG(bool, cancel_jobs, false,
+          "model unload: cancel the model's jobs instead of letting them "
+          "finish");
 ABSL_FLAG(std::string, out, "",
           "output file; with several images use {i} and/or {seed}; empty = "
           "out.png, out.jpg or out.webp as the result is encoded");
@@ -596,6 +613,54 @@ void PrintJob(const ldm::v1::Job& job) {
   }
 }
 
+// ldmctl model load NAME WEIGHTS | model unload NAME.
+int ModelCommand(ldm::v1::ImageSynthesisService::Stub& stub,
+                 const std::vector<std::string>& arguments) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  if (arguments.size() == 3 && arguments[0] == "load") {
+    ldm::v1::LoadModelRequest request;
+    request.set_name(arguments[1]);
+    request.set_weights(arguments[2]);
+    request.set_family(absl::GetFlag(FLAGS_family));
+    request.set_config(absl::GetFlag(FLAGS_config));
+    request.set_dtype(absl::GetFlag(FLAGS_dtype));
+    for (const std::string& device : absl::GetFlag(FLAGS_devices)) {
+      request.add_devices(device);
+    }
+    request.set_ema(absl::GetFlag(FLAGS_ema));
+    ldm::v1::LoadModelResponse response;
+    const grpc::Status status = stub.LoadModel(&context, request, &response);
+    if (!status.ok()) return Fail(status);
+    uint64_t bytes = 0;
+    for (const ldm::v1::ModelPlacement& copy : response.model().placements()) {
+      bytes += copy.weight_bytes();
+    }
+    std::printf("%s\t%s\t%.1f MiB of weights\n",
+                response.model().name().c_str(),
+                ldm::v1::ModelState_Name(response.model().state()).c_str(),
+                static_cast<double>(bytes) / (1 << 20));
+    return 0;
+  }
+  if (arguments.size() == 2 && arguments[0] == "unload") {
+    ldm::v1::UnloadModelRequest request;
+    request.set_name(arguments[1]);
+    request.set_cancel_jobs(absl::GetFlag(FLAGS_cancel_jobs));
+    ldm::v1::UnloadModelResponse response;
+    const grpc::Status status = stub.UnloadModel(&context, request, &response);
+    if (!status.ok()) return Fail(status);
+    std::printf("%s\tunloaded\t%u jobs %s\n", arguments[1].c_str(),
+                response.jobs_drained(),
+                request.cancel_jobs() ? "cancelled" : "drained");
+    return 0;
+  }
+  std::fprintf(stderr,
+               "usage: ldmctl model load NAME WEIGHTS [--family|--config "
+               "--dtype --devices --ema] | model unload NAME "
+               "[--cancel-jobs]\n");
+  return kUsageError;
+}
+
 // ldmctl job get|watch|cancel ID.
 int JobCommand(ldm::v1::ImageSynthesisService::Stub& stub,
                const std::string& action, const std::string& job_id) {
@@ -720,7 +785,9 @@ int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
     for (const ldm::v1::ModelPlacement& copy : model.placements()) {
       absl::StrAppend(&placements, "\t", copy.device(), " ", copy.dtype(),
                       " (vae ", copy.vae_dtype(), ", text ", copy.text_dtype(),
-                      ")");
+                      absl::StrFormat(", %.1f MiB)",
+                                      static_cast<double>(copy.weight_bytes()) /
+                                          (1 << 20)));
     }
     std::printf(
         "%s\t%s\t%ux%u\tlatent %ux%ux%u\tsize multiple %u\t%s%s%s\n",
@@ -738,6 +805,17 @@ int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
       limits.max_image_side(), limits.max_steps(), limits.max_images(),
       limits.max_prompt_bytes(), limits.max_image_bytes(),
       limits.max_message_bytes(), limits.max_guidance_scale());
+  for (const ldm::v1::DeviceModelMemory& device : response.model_memory()) {
+    const std::string budget =
+        device.budget_bytes() == 0
+            ? std::string("no bound")
+            : absl::StrFormat(
+                  "of %.1f MiB",
+                  static_cast<double>(device.budget_bytes()) / (1 << 20));
+    std::printf("model memory %s: %.1f MiB %s\n", device.device().c_str(),
+                static_cast<double>(device.used_bytes()) / (1 << 20),
+                budget.c_str());
+  }
   return 0;
 }
 
@@ -819,6 +897,8 @@ const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
         {"health", {}},
         {"jobs", {}},
         {"job", {"out", "previews"}},
+        {"model",
+         {"family", "config", "dtype", "devices", "ema", "cancel_jobs"}},
         {"bench",
          join({{"concurrency", "rate", "duration", "requests", "max_in_flight",
                 "tasks", "json", "prompt", "negative", "width", "height",
@@ -981,7 +1061,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Client for ldmserve.\nUsage: ldmctl [--addr=HOST:PORT] "
       "txt2img|img2img|inpaint|upscale|models|health|bench|jobs [flags]\n"
-      "       ldmctl job get|watch|cancel JOB_ID");
+      "       ldmctl job get|watch|cancel JOB_ID\n"
+      "       ldmctl model load NAME WEIGHTS | model unload NAME");
   std::vector<std::string> storage;
   std::vector<char*> args = ldmserve::NormalizeFlagDashes(argc, argv, &storage);
   if (PrintSubcommandHelp(storage)) return 0;
@@ -996,11 +1077,14 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   const bool job_command =
       positional.size() >= 2 && std::string(positional[1]) == "job";
-  if (positional.size() != (job_command ? 4u : 2u)) {
+  const bool model_command =
+      positional.size() >= 2 && std::string(positional[1]) == "model";
+  if (!model_command && positional.size() != (job_command ? 4u : 2u)) {
     std::fprintf(stderr,
                  "usage: ldmctl [--addr=HOST:PORT] "
                  "txt2img|img2img|inpaint|upscale|models|health|bench|jobs "
-                 "[flags]\n       ldmctl job get|watch|cancel JOB_ID "
+                 "[flags]\n       ldmctl job get|watch|cancel JOB_ID\n"
+                 "       ldmctl model load NAME WEIGHTS | model unload NAME "
                  "(ldmctl SUBCOMMAND --help for its flags)\n");
     return kUsageError;
   }
@@ -1017,6 +1101,10 @@ int main(int argc, char** argv) {
   if (command == "health") return Health(channel);
   if (command == "jobs") return Jobs(*stub);
   if (job_command) return JobCommand(*stub, positional[2], positional[3]);
+  if (model_command) {
+    return ModelCommand(*stub, std::vector<std::string>(positional.begin() + 2,
+                                                        positional.end()));
+  }
   std::fprintf(stderr, "ldmctl: unknown command '%s'\n", command.c_str());
   return kUsageError;
 }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -117,6 +118,19 @@ ABSL_FLAG(double, job_retention, 600,
 ABSL_FLAG(int64_t, job_retention_mib, 256,
           "memory for finished jobs' results; beyond it the oldest results "
           "are dropped (the jobs stay listed)");
+ABSL_FLAG(bool, model_admin, false,
+          "allow the LoadModel and UnloadModel RPCs (with --auth-tokens, only "
+          "for --admin-clients)");
+ABSL_FLAG(std::string, model_dir, "",
+          "the folder LoadModel reads weights from; empty = the folder of "
+          "--models");
+ABSL_FLAG(std::vector<std::string>, admin_clients, {},
+          "with --auth-tokens: the clients (token names) that may load and "
+          "unload models; empty = every client with a token");
+ABSL_FLAG(int64_t, model_memory_mb, 0,
+          "MiB of model weights each device may hold, checked by LoadModel; "
+          "0 = 80% of the device's memory (the container's limit on the "
+          "CPU), -1 = no bound");
 ABSL_FLAG(int, max_finished_jobs, 1000,
           "finished jobs kept; beyond it the oldest are forgotten");
 ABSL_FLAG(std::string, port_file, "",
@@ -315,6 +329,20 @@ int main(int argc, char** argv) {
       static_cast<size_t>(absl::GetFlag(FLAGS_job_retention_mib)) << 20;
   options.job_retention.max_finished_jobs =
       absl::GetFlag(FLAGS_max_finished_jobs);
+  options.model_admin.enabled = absl::GetFlag(FLAGS_model_admin);
+  std::filesystem::path registry_dir =
+      std::filesystem::path(absl::GetFlag(FLAGS_models)).parent_path();
+  if (registry_dir.empty()) registry_dir = ".";
+  options.model_admin.model_dir = absl::GetFlag(FLAGS_model_dir).empty()
+                                      ? registry_dir.string()
+                                      : absl::GetFlag(FLAGS_model_dir);
+  options.model_admin.configs_dir = entries->empty()
+                                        ? (registry_dir / "configs").string()
+                                        : entries->front().configs_dir;
+  options.model_admin.admin_clients = absl::GetFlag(FLAGS_admin_clients);
+  options.model_memory_bytes = absl::GetFlag(FLAGS_model_memory_mb) > 0
+                                   ? absl::GetFlag(FLAGS_model_memory_mb) << 20
+                                   : absl::GetFlag(FLAGS_model_memory_mb);
   auto server = ldmserve::LdmServer::Start(
       options, std::make_unique<ldmserve::ModelRegistry>(*std::move(entries)));
   if (!server.ok()) {

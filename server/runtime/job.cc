@@ -8,8 +8,10 @@ namespace ldmserve {
 
 Job::Job(std::string id, JobSpec spec,
          std::vector<const ldm::LatentDiffusion*> copies,
-         std::shared_ptr<JobSink> sink, absl::Time deadline)
-    : id_(std::move(id)),
+         std::shared_ptr<JobSink> sink, absl::Time deadline,
+         std::shared_ptr<const void> model_lease)
+    : model_lease_(std::move(model_lease)),
+      id_(std::move(id)),
       spec_(std::move(spec)),
       copies_(std::move(copies)),
       sink_(std::move(sink)),

@@ -94,10 +94,12 @@ class JobSink {
 class Job {
  public:
   // `copies`: the model's copies on every device it is loaded on (at
-  // least one); the first names the model.
+  // least one); the first names the model. `model_lease` (the registry's,
+  // may be null) keeps them alive until the job is destroyed.
   Job(std::string id, JobSpec spec,
       std::vector<const ldm::LatentDiffusion*> copies,
-      std::shared_ptr<JobSink> sink, absl::Time deadline);
+      std::shared_ptr<JobSink> sink, absl::Time deadline,
+      std::shared_ptr<const void> model_lease = nullptr);
   ~Job();
 
   const std::string& id() const { return id_; }
@@ -129,6 +131,9 @@ class Job {
   Running& running() { return running_; }
 
  private:
+  // First, so that it is released last: the running state's tensors go
+  // before the model they came from.
+  const std::shared_ptr<const void> model_lease_;
   const std::string id_;
   const JobSpec spec_;
   const std::vector<const ldm::LatentDiffusion*> copies_;

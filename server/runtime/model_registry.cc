@@ -6,10 +6,14 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "server/common/status_macros.h"
 #include "server/ldm/checkpoint.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/model_family.h"
@@ -53,12 +57,13 @@ absl::Status MakeReady(
     }
   }
   model.capabilities = capabilities;
-  for (const auto& copy : copies) {
-    const ldm::StagePrecision& precision = copy->precision();
-    model.placements.push_back({copy->device().str(),
-                                ldm::DtypeName(precision.unet),
-                                ldm::DtypeName(precision.first_stage),
-                                ldm::DtypeName(precision.text)});
+  for (size_t i = 0; i < copies.size(); ++i) {
+    const ldm::StagePrecision& precision = copies[i]->precision();
+    auto bytes = model.accounted_bytes.find(entry.devices[i]);
+    model.placements.push_back(
+        {copies[i]->device().str(), ldm::DtypeName(precision.unet),
+         ldm::DtypeName(precision.first_stage), ldm::DtypeName(precision.text),
+         bytes == model.accounted_bytes.end() ? 0 : bytes->second});
   }
   model.model = std::move(copies.front());
   for (size_t i = 1; i < copies.size(); ++i) {
@@ -108,7 +113,103 @@ absl::StatusOr<ldm::LoadOptions> LoadOptionsFor(
   return options;
 }
 
+// Loads a copy of `entry` on each of its devices.
+absl::StatusOr<std::vector<std::unique_ptr<ldm::LatentDiffusion>>> LoadCopies(
+    const ModelEntry& entry, const std::string& default_dtype) {
+  absl::StatusOr<std::string> config_path = ResolveConfig(entry);
+  if (!config_path.ok()) return config_path.status();
+  std::vector<std::unique_ptr<ldm::LatentDiffusion>> copies;
+  for (const std::string& device_name : entry.devices) {
+    absl::StatusOr<at::Device> device =
+        ldm::CallTorch("device", [&] { return at::Device(device_name); });
+    absl::StatusOr<ldm::LoadOptions> options =
+        device.ok() ? LoadOptionsFor(entry, *device, default_dtype)
+                    : absl::StatusOr<ldm::LoadOptions>(device.status());
+    absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
+        options.ok() ? ldm::LatentDiffusion::Load(*config_path,
+                                                  entry.weights_path, *options)
+                     : options.status();
+    if (!loaded.ok()) {
+      if (entry.devices.size() == 1) return loaded.status();
+      return absl::Status(
+          loaded.status().code(),
+          absl::StrCat("on ", device_name, ": ", loaded.status().message()));
+    }
+    copies.push_back(*std::move(loaded));
+  }
+  return copies;
+}
+
+// The weight bytes of `entry` on each of its devices.
+absl::StatusOr<std::map<std::string, int64_t>> EstimateOnDevices(
+    const ModelEntry& entry, const std::string& default_dtype) {
+  std::map<std::string, int64_t> bytes;
+  for (const std::string& device : entry.devices) {
+    absl::StatusOr<int64_t> estimate =
+        EstimateWeightBytes(entry, device, default_dtype);
+    if (!estimate.ok()) return estimate.status();
+    bytes[device] = *estimate;
+  }
+  return bytes;
+}
+
+std::string Mebibytes(int64_t bytes) {
+  return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+}
+
+absl::Status CheckDevicesHaveWorkers(
+    const ModelEntry& entry, const std::vector<std::string>& server_devices) {
+  for (const std::string& device : entry.devices) {
+    if (!Has(server_devices, device)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model ", entry.name, ": device ", device,
+          " has no worker (--devices=", absl::StrJoin(server_devices, ","),
+          ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+bool IsDtypeName(const std::string& name) {
+  return ldm::ParseDtypeName(name).ok();
+}
+
+absl::StatusOr<int64_t> EstimateWeightBytes(const ModelEntry& entry,
+                                            const std::string& device,
+                                            const std::string& default_dtype) {
+  absl::StatusOr<at::Device> parsed =
+      ldm::CallTorch("device", [&] { return at::Device(device); });
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<ldm::LoadOptions> options =
+      LoadOptionsFor(entry, *parsed, default_dtype);
+  if (!options.ok()) return options.status();
+  const ldm::StagePrecision precision = options->Precision();
+  absl::StatusOr<std::shared_ptr<const ldm::Checkpoint>> file =
+      ldm::Checkpoint::Open(entry.weights_path);
+  if (!file.ok()) return file.status();
+  // Which of the file's tensors the model keeps, and in what dtype; the
+  // rest (the unused UNet copy, training state) is never loaded.
+  const absl::string_view unet_prefix =
+      entry.use_ema ? "model_ema." : "model.diffusion_model.";
+  int64_t bytes = 0;
+  for (const auto& [name, info] : (*file)->tensors()) {
+    std::optional<at::ScalarType> dtype;
+    if (absl::StartsWith(name, unet_prefix)) {
+      dtype = precision.unet;
+    } else if (absl::StartsWith(name, "first_stage_model.")) {
+      dtype = precision.first_stage;
+    } else if (absl::StartsWith(name, "cond_stage_model.")) {
+      dtype = precision.text;
+    }
+    if (!dtype) continue;
+    int64_t elements = 1;
+    for (int64_t size : info.shape) elements *= size;
+    bytes += elements * static_cast<int64_t>(c10::elementSize(*dtype));
+  }
+  return bytes;
+}
 
 int DefaultIntraOpThreads(const std::vector<ModelEntry>& entries, int cores,
                           int64_t large_parameters) {
@@ -212,7 +313,7 @@ ModelRegistry::~ModelRegistry() = default;
 ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries) {
   absl::MutexLock lock(&mu_);
   for (ModelEntry& entry : entries) {
-    auto model = std::make_unique<Model>();
+    auto model = std::make_shared<Model>();
     model->entry = std::move(entry);
     models_.push_back(std::move(model));
   }
@@ -220,7 +321,7 @@ ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries) {
 
 void ModelRegistry::AddLoaded(ModelEntry entry,
                               std::unique_ptr<ldm::LatentDiffusion> model) {
-  auto loaded = std::make_unique<Model>();
+  auto loaded = std::make_shared<Model>();
   loaded->entry = std::move(entry);
   if (loaded->entry.devices.empty()) {
     loaded->entry.devices = {model->device().str()};
@@ -245,53 +346,33 @@ std::vector<const ldm::LatentDiffusion*> ModelRegistry::Model::Copies() const {
 absl::Status ModelRegistry::LoadAll(
     const std::vector<std::string>& server_devices,
     const std::string& default_dtype) {
-  std::vector<Model*> pending;
+  std::vector<std::shared_ptr<Model>> pending;
   {
     absl::MutexLock lock(&mu_);
     for (auto& model : models_) {
       if (model->state != ModelState::kLoading) continue;
       ModelEntry& entry = model->entry;
       if (entry.devices.empty()) entry.devices = server_devices;
-      for (const std::string& device : entry.devices) {
-        if (!Has(server_devices, device)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "model ", entry.name, ": device ", device,
-              " has no worker (--devices=", absl::StrJoin(server_devices, ","),
-              ")"));
-        }
-      }
-      pending.push_back(model.get());
+      LDM_RETURN_IF_ERROR(CheckDevicesHaveWorkers(entry, server_devices));
+      pending.push_back(model);
     }
   }
-  for (Model* model : pending) {
+  for (const std::shared_ptr<Model>& model : pending) {
     const ModelEntry& entry = model->entry;
     const absl::Time start = absl::Now();
-    absl::StatusOr<std::string> config_path = ResolveConfig(entry);
-    std::vector<std::unique_ptr<ldm::LatentDiffusion>> copies;
-    absl::Status status = config_path.status();
-    for (size_t i = 0; status.ok() && i < entry.devices.size(); ++i) {
-      absl::StatusOr<at::Device> device = ldm::CallTorch(
-          "device", [&] { return at::Device(entry.devices[i]); });
-      absl::StatusOr<ldm::LoadOptions> options =
-          device.ok() ? LoadOptionsFor(entry, *device, default_dtype)
-                      : absl::StatusOr<ldm::LoadOptions>(device.status());
-      absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> loaded =
-          options.ok() ? ldm::LatentDiffusion::Load(
-                             *config_path, entry.weights_path, *options)
-                       : options.status();
-      if (loaded.ok()) {
-        copies.push_back(*std::move(loaded));
-      } else {
-        status = loaded.status();
-        if (entry.devices.size() > 1) {
-          status = absl::Status(
-              status.code(),
-              absl::StrCat("on ", entry.devices[i], ": ", status.message()));
-        }
-      }
+    // Counted like a model loaded at run time; an unreadable file counts
+    // nothing (its load fails below).
+    absl::StatusOr<std::map<std::string, int64_t>> bytes =
+        EstimateOnDevices(entry, default_dtype);
+    if (bytes.ok()) {
+      absl::MutexLock lock(&mu_);
+      model->accounted_bytes = *bytes;
     }
+    absl::StatusOr<std::vector<std::unique_ptr<ldm::LatentDiffusion>>> copies =
+        LoadCopies(entry, default_dtype);
     absl::MutexLock lock(&mu_);
-    if (status.ok()) status = MakeReady(*model, std::move(copies));
+    absl::Status status = copies.status();
+    if (status.ok()) status = MakeReady(*model, *std::move(copies));
     if (!status.ok()) {
       model->state = ModelState::kFailed;
       model->error.assign(status.message().data(), status.message().size());
@@ -312,14 +393,14 @@ absl::Status ModelRegistry::LoadAll(
   return absl::OkStatus();
 }
 
-absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
+absl::StatusOr<std::shared_ptr<const ModelRegistry::Model>> ModelRegistry::Find(
     const std::string& name, ldm::Task task) const {
   absl::MutexLock lock(&mu_);
-  const Model* found = nullptr;
+  std::shared_ptr<Model> found;
   for (const auto& model : models_) {
     if (name.empty() ? Has(model->entry.default_for, task)
                      : model->entry.name == name) {
-      found = model.get();
+      found = model;
       break;
     }
   }
@@ -328,7 +409,7 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
     // are known once it is loaded).
     for (const auto& model : models_) {
       if (Has(model->entry.tasks, task)) {
-        found = model.get();
+        found = model;
         break;
       }
     }
@@ -347,20 +428,189 @@ absl::StatusOr<const ModelRegistry::Model*> ModelRegistry::Find(
         "model '", found->entry.name, "' cannot run ", ldm::TaskName(task),
         " (its tasks: ", ldm::TaskNames(found->entry.tasks), ")"));
   }
-  if (found->state != ModelState::kReady) {
-    return absl::UnavailableError(absl::StrCat(
-        "model '", found->entry.name, "' is ",
-        found->state == ModelState::kLoading ? "still loading"
-                                             : "not loaded: " + found->error));
+  switch (found->state) {
+    case ModelState::kReady:
+      return Lease(std::move(found));
+    case ModelState::kLoading:
+      return absl::UnavailableError(
+          absl::StrCat("model '", found->entry.name, "' is still loading"));
+    case ModelState::kUnloading:
+      return absl::UnavailableError(
+          absl::StrCat("model '", found->entry.name, "' is being unloaded"));
+    case ModelState::kFailed:
+      break;
   }
-  return found;
+  return absl::UnavailableError(absl::StrCat(
+      "model '", found->entry.name, "' is not loaded: ", found->error));
+}
+
+std::shared_ptr<const ModelRegistry::Model> ModelRegistry::Lease(
+    std::shared_ptr<Model> model) {
+  Model* raw = model.get();
+  {
+    absl::MutexLock lock(&raw->lease_mu_);
+    ++raw->leases_;
+  }
+  // The deleter holds the model itself, so that the model outlives the
+  // lease's own unlock even when an unload is waiting to drop it.
+  return std::shared_ptr<const Model>(raw,
+                                      [owner = std::move(model)](const Model*) {
+                                        absl::MutexLock lock(&owner->lease_mu_);
+                                        --owner->leases_;
+                                      });
+}
+
+absl::StatusOr<std::shared_ptr<ModelRegistry::Model>>
+ModelRegistry::AdmitLocked(ModelEntry entry, const LoadSettings& settings,
+                           const std::map<std::string, int64_t>& bytes) {
+  for (const auto& model : models_) {
+    if (model->entry.name == entry.name) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "model '", entry.name, "' is already served (UnloadModel first)"));
+    }
+  }
+  for (const DeviceModelMemory& device : MemoryUseLocked(settings)) {
+    auto needed = bytes.find(device.device);
+    if (needed == bytes.end() || device.budget_bytes == 0) continue;
+    if (device.used_bytes + needed->second > device.budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model ", entry.name, " needs ", Mebibytes(needed->second),
+          " of weights on ", device.device, ", which has ",
+          Mebibytes(
+              std::max<int64_t>(0, device.budget_bytes - device.used_bytes)),
+          " of its ", Mebibytes(device.budget_bytes),
+          " model memory free (--model-memory-mb; UnloadModel frees some)"));
+    }
+  }
+  auto model = std::make_shared<Model>();
+  model->entry = std::move(entry);
+  model->accounted_bytes = bytes;
+  models_.push_back(model);
+  return model;
+}
+
+void ModelRegistry::RemoveLocked(const Model* model) {
+  models_.erase(std::remove_if(models_.begin(), models_.end(),
+                               [model](const std::shared_ptr<Model>& listed) {
+                                 return listed.get() == model;
+                               }),
+                models_.end());
+}
+
+absl::Status ModelRegistry::Load(ModelEntry entry,
+                                 const LoadSettings& settings) {
+  if (entry.devices.empty()) entry.devices = settings.server_devices;
+  LDM_RETURN_IF_ERROR(CheckDevicesHaveWorkers(entry, settings.server_devices));
+  // From the header only: a load that cannot fit reads nothing more.
+  LDM_ASSIGN_OR_RETURN(auto bytes,
+                       EstimateOnDevices(entry, settings.default_dtype));
+  std::shared_ptr<Model> model;
+  {
+    absl::MutexLock lock(&mu_);
+    LDM_ASSIGN_OR_RETURN(model, AdmitLocked(std::move(entry), settings, bytes));
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<std::unique_ptr<ldm::LatentDiffusion>>> copies =
+      LoadCopies(model->entry, settings.default_dtype);
+  absl::MutexLock lock(&mu_);
+  absl::Status status = copies.status();
+  if (status.ok()) status = MakeReady(*model, *std::move(copies));
+  if (!status.ok()) {
+    RemoveLocked(model.get());
+    return absl::Status(status.code(), absl::StrCat("model ", model->entry.name,
+                                                    ": ", status.message()));
+  }
+  LOG(INFO) << "model " << model->entry.name << " loaded at run time on "
+            << absl::StrJoin(model->entry.devices, ", ") << " ("
+            << model->model->NumParameters() << " parameters, "
+            << absl::ToDoubleSeconds(absl::Now() - start) << " s)";
+  return absl::OkStatus();
+}
+
+absl::Status ModelRegistry::Unload(const std::string& name,
+                                   const std::function<void()>& on_unloading) {
+  std::shared_ptr<Model> model;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& listed : models_) {
+      if (listed->entry.name == name) model = listed;
+    }
+    if (model == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("model '", name, "' is not served (see ListModels)"));
+    }
+    switch (model->state) {
+      case ModelState::kLoading:
+        return absl::FailedPreconditionError(
+            absl::StrCat("model '", name, "' is still loading"));
+      case ModelState::kUnloading:
+        return absl::FailedPreconditionError(
+            absl::StrCat("model '", name, "' is already being unloaded"));
+      case ModelState::kFailed:
+        RemoveLocked(model.get());
+        return absl::OkStatus();
+      case ModelState::kReady:
+        model->state = ModelState::kUnloading;
+        break;
+    }
+  }
+  int leases = 0;
+  {
+    absl::MutexLock lock(&model->lease_mu_);
+    leases = model->leases_;
+  }
+  if (on_unloading) on_unloading();
+  {
+    absl::MutexLock lock(&model->lease_mu_);
+    Model* raw = model.get();
+    auto drained = [raw]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(raw->lease_mu_) {
+      return raw->leases_ == 0;
+    };
+    model->lease_mu_.Await(absl::Condition(&drained));
+  }
+  absl::MutexLock lock(&mu_);
+  RemoveLocked(model.get());
+  LOG(INFO) << "model " << name << " unloaded (waited for " << leases
+            << " leases: its jobs)";
+  return absl::OkStatus();
+}
+
+std::vector<DeviceModelMemory> ModelRegistry::MemoryUse(
+    const LoadSettings& settings) const {
+  absl::MutexLock lock(&mu_);
+  return MemoryUseLocked(settings);
+}
+
+std::vector<DeviceModelMemory> ModelRegistry::MemoryUseLocked(
+    const LoadSettings& settings) const {
+  std::vector<DeviceModelMemory> devices;
+  auto slot = [&devices](const std::string& device) -> DeviceModelMemory& {
+    for (DeviceModelMemory& listed : devices) {
+      if (listed.device == device) return listed;
+    }
+    devices.push_back(DeviceModelMemory{.device = device});
+    return devices.back();
+  };
+  for (const std::string& device : settings.server_devices) {
+    auto budget = settings.memory_budget.find(device);
+    slot(device).budget_bytes =
+        budget == settings.memory_budget.end() ? 0 : budget->second;
+  }
+  for (const auto& model : models_) {
+    if (model->state == ModelState::kFailed) continue;
+    for (const auto& [device, bytes] : model->accounted_bytes) {
+      slot(device).used_bytes += bytes;
+    }
+  }
+  return devices;
 }
 
 std::vector<ModelRegistry::ModelStatus> ModelRegistry::Snapshot() const {
   absl::MutexLock lock(&mu_);
   std::vector<ModelStatus> result;
   for (const auto& model : models_) {
-    const bool ready = model->state == ModelState::kReady;
+    const bool ready = model->state == ModelState::kReady ||
+                       model->state == ModelState::kUnloading;
     result.push_back(
         ModelStatus{model->entry, model->state, model->error,
                     ready ? model->capabilities : ldm::ModelCapabilities(),

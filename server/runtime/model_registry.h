@@ -19,10 +19,16 @@
 // clear line), others are kept as FAILED with their error and the server serves
 // the rest.
 //
+// Load() and Unload() add and remove models while the server serves (the
+// admin RPCs): a load is refused up front when the weights would not fit the
+// device's budget of model memory, and an unloading model takes no new jobs
+// but is freed only when the last job holding it has ended: Find() hands out
+// leases (shared pointers) that a Job keeps.
+//
 // Thread-safety: LoadAll() runs once, and may run while the server already
-// serves (ListModels then shows LOADING, Find answers UNAVAILABLE); Find(),
-// Snapshot() and AllRequiredReady() are safe from any thread at any time. A
-// model is immutable once it is ready.
+// serves (ListModels then shows LOADING, Find answers UNAVAILABLE); every
+// other method is safe from any thread at any time. A model is immutable once
+// it is ready.
 //
 // No LibTorch in this header: the service sees a model's capabilities and
 // placements as plain values, and its copies only as opaque pointers to hand
@@ -30,6 +36,8 @@
 #ifndef LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_
 #define LDMSERVE_SERVER_RUNTIME_MODEL_REGISTRY_H_
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,7 +54,7 @@ class LatentDiffusion;
 
 namespace ldmserve {
 
-enum class ModelState { kLoading, kReady, kFailed };
+enum class ModelState { kLoading, kReady, kFailed, kUnloading };
 
 struct ModelEntry {
   std::string name;
@@ -90,10 +98,41 @@ int DefaultIntraOpThreads(const std::vector<ModelEntry>& entries, int cores,
 
 // Where a copy of a model is loaded and in which precision.
 struct ModelPlacement {
-  std::string device;      // "cpu", "cuda:0", ...
-  std::string dtype;       // The UNet's: "f32", "f16", "bf16".
-  std::string vae_dtype;   // The autoencoder's.
-  std::string text_dtype;  // The text encoder's.
+  std::string device;        // "cpu", "cuda:0", ...
+  std::string dtype;         // The UNet's: "f32", "f16", "bf16".
+  std::string vae_dtype;     // The autoencoder's.
+  std::string text_dtype;    // The text encoder's.
+  int64_t weight_bytes = 0;  // What its weights take (EstimateWeightBytes).
+};
+
+// The bytes the weights of `entry` take once loaded on `device` in the
+// dtypes it would get (`default_dtype` where the entry names none), from the
+// checkpoint's header alone: every tensor the model keeps, at its stage's
+// dtype (the EMA or the training UNet, not both).
+absl::StatusOr<int64_t> EstimateWeightBytes(const ModelEntry& entry,
+                                            const std::string& device,
+                                            const std::string& default_dtype);
+
+// "f32", "f16" or "bf16": a dtype an entry may name.
+bool IsDtypeName(const std::string& name);
+
+// How models are loaded at run time (Load).
+struct LoadSettings {
+  // The devices the server runs workers on: an entry's default, and what
+  // its devices must be among.
+  std::vector<std::string> server_devices = {"cpu"};
+  std::string default_dtype = "auto";
+  // The bytes of model weights each device may hold (every model's copies
+  // on it, loading ones included); a device not named here has no bound.
+  std::map<std::string, int64_t> memory_budget;
+};
+
+// A device's model memory: its budget (0 = none) and what the models
+// loaded or loading on it take.
+struct DeviceModelMemory {
+  std::string device;
+  int64_t budget_bytes = 0;
+  int64_t used_bytes = 0;
 };
 
 class ModelRegistry {
@@ -112,6 +151,24 @@ class ModelRegistry {
   absl::Status LoadAll(const std::vector<std::string>& server_devices = {"cpu"},
                        const std::string& default_dtype = "auto");
 
+  // Loads `entry` on the calling thread and serves it when ready.
+  // ALREADY_EXISTS for a name in use, INVALID_ARGUMENT for a device without
+  // a worker, RESOURCE_EXHAUSTED when its weights would not fit a device's
+  // budget (nothing is read then beyond the header), the loader's error
+  // otherwise (the entry is then dropped, so that the name can be retried).
+  absl::Status Load(ModelEntry entry, const LoadSettings& settings);
+
+  // Stops new jobs of `name` (Find: UNAVAILABLE), calls `on_unloading` (to
+  // cancel its jobs, say), waits until every lease is given back, and drops
+  // the model. NOT_FOUND for an unknown name, FAILED_PRECONDITION while it
+  // loads or already unloads. A FAILED entry is just removed.
+  absl::Status Unload(const std::string& name,
+                      const std::function<void()>& on_unloading = nullptr);
+
+  // Every device's model memory, in `settings.server_devices` order then
+  // any other device a model is on.
+  std::vector<DeviceModelMemory> MemoryUse(const LoadSettings& settings) const;
+
   struct Model {
     Model();
     ~Model();
@@ -128,14 +185,23 @@ class ModelRegistry {
     std::vector<ModelPlacement> placements;
     // Every copy, `model` first (what a Job may run on).
     std::vector<const ldm::LatentDiffusion*> Copies() const;
+    // The weight bytes counted against each device while it is loading or
+    // loaded (EstimateWeightBytes).
+    std::map<std::string, int64_t> accounted_bytes;
+
+   private:
+    friend class ModelRegistry;
+    mutable absl::Mutex lease_mu_;
+    int leases_ ABSL_GUARDED_BY(lease_mu_) = 0;
   };
 
   // The ready model named `name`, or, when `name` is empty, the default for
   // `task` (else the first model that can run it). NOT_FOUND for unknown names,
   // UNAVAILABLE while loading or failed, FAILED_PRECONDITION when it cannot run
-  // `task`.
-  absl::StatusOr<const Model*> Find(const std::string& name,
-                                    ldm::Task task) const;
+  // `task`. The model stays alive (and an unload of it waits) while the
+  // returned lease, or a copy of it, is held.
+  absl::StatusOr<std::shared_ptr<const Model>> Find(const std::string& name,
+                                                    ldm::Task task) const;
   struct ModelStatus {
     ModelEntry entry;
     ModelState state;
@@ -149,8 +215,20 @@ class ModelRegistry {
   bool AllRequiredReady() const;
 
  private:
+  // A lease on `model`: counts while held (Unload waits for none).
+  static std::shared_ptr<const Model> Lease(std::shared_ptr<Model> model);
+  // Validates `entry` against `settings` and reserves its memory; the new
+  // model, LOADING.
+  absl::StatusOr<std::shared_ptr<Model>> AdmitLocked(
+      ModelEntry entry, const LoadSettings& settings,
+      const std::map<std::string, int64_t>& bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveLocked(const Model* model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<DeviceModelMemory> MemoryUseLocked(
+      const LoadSettings& settings) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   mutable absl::Mutex mu_;
-  std::vector<std::unique_ptr<Model>> models_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Model>> models_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ldmserve

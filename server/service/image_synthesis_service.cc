@@ -268,17 +268,68 @@ bool ListedBefore(const ldm::v1::Job& a, const ldm::v1::Job& b) {
   }
 }
 
+// A model as ListModels and LoadModel show it.
+ldm::v1::ModelInfo ModelInfoOf(const ModelRegistry::ModelStatus& status) {
+  ldm::v1::ModelInfo info;
+  info.set_name(status.entry.name);
+  for (ldm::Task kind : status.entry.tasks) {
+    info.add_tasks(TaskToProto(kind));
+  }
+  for (ldm::Task kind : status.entry.default_for) {
+    info.add_default_for(TaskToProto(kind));
+  }
+  for (const std::string& device : status.entry.devices) {
+    info.add_devices(device);
+  }
+  switch (status.state) {
+    case ModelState::kLoading:
+      info.set_state(ldm::v1::MODEL_STATE_LOADING);
+      break;
+    case ModelState::kReady:
+      info.set_state(ldm::v1::MODEL_STATE_READY);
+      break;
+    case ModelState::kUnloading:
+      info.set_state(ldm::v1::MODEL_STATE_UNLOADING);
+      break;
+    case ModelState::kFailed:
+      info.set_state(ldm::v1::MODEL_STATE_FAILED);
+      info.set_error(status.error);
+      break;
+  }
+  // Placements and capabilities are set from READY until the model is gone.
+  if (!status.placements.empty()) {
+    const ldm::ModelCapabilities& model = status.capabilities;
+    info.set_native_width(static_cast<uint32_t>(model.native_width));
+    info.set_native_height(static_cast<uint32_t>(model.native_height));
+    info.set_latent_channels(static_cast<uint32_t>(model.latent_channels));
+    info.set_latent_height(static_cast<uint32_t>(model.latent_height));
+    info.set_latent_width(static_cast<uint32_t>(model.latent_width));
+    info.set_size_multiple(static_cast<uint32_t>(model.size_multiple));
+  }
+  for (const ModelPlacement& copy : status.placements) {
+    ldm::v1::ModelPlacement* placement = info.add_placements();
+    placement->set_device(copy.device);
+    placement->set_dtype(copy.dtype);
+    placement->set_vae_dtype(copy.vae_dtype);
+    placement->set_text_dtype(copy.text_dtype);
+    placement->set_weight_bytes(static_cast<uint64_t>(copy.weight_bytes));
+  }
+  return info;
+}
+
 }  // namespace
 
 ImageSynthesisService::ImageSynthesisService(
     const ModelRegistry* models, Scheduler* scheduler, JobTracker* jobs,
-    ServiceMetrics* metrics, ServiceLimits limits, AuthTokens* tokens)
+    ServiceMetrics* metrics, ServiceLimits limits, AuthTokens* tokens,
+    ModelAdmin* admin)
     : models_(models),
       scheduler_(scheduler),
       jobs_(jobs),
       metrics_(metrics),
       limits_(limits),
       tokens_(tokens),
+      admin_(admin),
       job_id_prefix_(ProcessJobIdPrefix()) {}
 
 absl::StatusOr<std::string> ImageSynthesisService::Authenticate(
@@ -338,7 +389,7 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   // No model label until the registry has resolved one: a label holds only
   // names we serve, so that clients cannot create series.
   tracked->SetLabels("", std::string(ldm::TaskName(*task)));
-  absl::StatusOr<const ModelRegistry::Model*> model =
+  absl::StatusOr<std::shared_ptr<const ModelRegistry::Model>> model =
       models_->Find(request->model(), *task);
   if (!model.ok()) {
     tracked->Reject(model.status());
@@ -354,9 +405,9 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   tracked->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
   tracked->SetSettings(ResolvedSettingsOf(*spec), spec->priority,
                        spec->encoding);
-  auto job =
-      std::make_shared<Job>(job_id, *std::move(spec), (*model)->Copies(),
-                            tracked, absl::FromChrono(context->deadline()));
+  auto job = std::make_shared<Job>(
+      job_id, *std::move(spec), (*model)->Copies(), tracked,
+      absl::FromChrono(context->deadline()), *model);
   tracked->SetRuntimeJob(job);
   // Sent with the first event: the id even to a client that reads only
   // headers.
@@ -478,6 +529,103 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListJobs(
   return reactor;
 }
 
+absl::Status ImageSynthesisService::CheckAdmin(
+    const grpc::CallbackServerContext& context) const {
+  LDM_ASSIGN_OR_RETURN(std::string client, Authenticate(context));
+  if (admin_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "loading and unloading models is off on this server");
+  }
+  return admin_->CheckAllowed(client, tokens_ != nullptr);
+}
+
+int ImageSynthesisService::JobsOfModel(const std::string& name, bool cancel) {
+  int jobs = 0;
+  for (const std::shared_ptr<TrackedJob>& tracked :
+       jobs_->List(/*client=*/std::nullopt)) {
+    std::shared_ptr<Job> job = tracked->runtime_job();
+    if (job == nullptr || job->spec().model_name != name) continue;
+    ++jobs;
+    if (cancel) {
+      scheduler_->Cancel(job, absl::CancelledError(absl::StrCat(
+                                  "model ", name, " is being unloaded")));
+    }
+  }
+  return jobs;
+}
+
+grpc::ServerUnaryReactor* ImageSynthesisService::LoadModel(
+    grpc::CallbackServerContext* context,
+    const ldm::v1::LoadModelRequest* request,
+    ldm::v1::LoadModelResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = CheckAdmin(*context); !allowed.ok()) {
+    reactor->Finish(ToGrpc(allowed));
+    return reactor;
+  }
+  absl::StatusOr<ModelEntry> entry = admin_->EntryFor(*request);
+  if (!entry.ok()) {
+    reactor->Finish(ToGrpc(entry.status()));
+    return reactor;
+  }
+  LOG(INFO) << "LoadModel " << entry->name << " from " << entry->weights_path
+            << " (" << context->peer() << ")";
+  admin_->Post([this, reactor, response,
+                entry = *std::move(entry)](bool stopping) {
+    if (stopping) {
+      reactor->Finish(
+          ToGrpc(absl::UnavailableError("the server is shutting down")));
+      return;
+    }
+    absl::Status loaded = admin_->models().Load(entry, admin_->options().load);
+    if (!loaded.ok()) {
+      LOG(WARNING) << "LoadModel " << entry.name << ": " << loaded;
+      reactor->Finish(ToGrpc(loaded));
+      return;
+    }
+    for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
+      if (status.entry.name == entry.name) {
+        *response->mutable_model() = ModelInfoOf(status);
+      }
+    }
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageSynthesisService::UnloadModel(
+    grpc::CallbackServerContext* context,
+    const ldm::v1::UnloadModelRequest* request,
+    ldm::v1::UnloadModelResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = CheckAdmin(*context); !allowed.ok()) {
+    reactor->Finish(ToGrpc(allowed));
+    return reactor;
+  }
+  if (request->name().empty()) {
+    reactor->Finish(ToGrpc(absl::InvalidArgumentError(
+        "name: the model to unload (see ListModels)")));
+    return reactor;
+  }
+  LOG(INFO) << "UnloadModel " << request->name()
+            << (request->cancel_jobs() ? " cancelling its jobs" : "") << " ("
+            << context->peer() << ")";
+  admin_->Post([this, reactor, response, name = request->name(),
+                cancel = request->cancel_jobs()](bool stopping) {
+    if (stopping) {
+      reactor->Finish(
+          ToGrpc(absl::UnavailableError("the server is shutting down")));
+      return;
+    }
+    int jobs = 0;
+    const absl::Status unloaded = admin_->models().Unload(
+        name, [&] { jobs = JobsOfModel(name, cancel); });
+    response->set_jobs_drained(static_cast<uint32_t>(jobs));
+    reactor->Finish(ToGrpc(unloaded));
+  });
+  return reactor;
+}
+
 absl::StatusOr<std::shared_ptr<TrackedJob>> ImageSynthesisService::FindJob(
     const grpc::CallbackServerContext& context, const std::string& job_id) {
   LDM_ASSIGN_OR_RETURN(std::string client, Authenticate(context));
@@ -495,44 +643,15 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
     return reactor;
   }
   for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
-    ldm::v1::ModelInfo* info = response->add_models();
-    info->set_name(status.entry.name);
-    for (ldm::Task kind : status.entry.tasks) {
-      info->add_tasks(TaskToProto(kind));
-    }
-    for (ldm::Task kind : status.entry.default_for) {
-      info->add_default_for(TaskToProto(kind));
-    }
-    for (const std::string& device : status.entry.devices) {
-      info->add_devices(device);
-    }
-    switch (status.state) {
-      case ModelState::kLoading:
-        info->set_state(ldm::v1::MODEL_STATE_LOADING);
-        break;
-      case ModelState::kReady:
-        info->set_state(ldm::v1::MODEL_STATE_READY);
-        break;
-      case ModelState::kFailed:
-        info->set_state(ldm::v1::MODEL_STATE_FAILED);
-        info->set_error(status.error);
-        break;
-    }
-    if (status.state == ModelState::kReady) {
-      const ldm::ModelCapabilities& model = status.capabilities;
-      info->set_native_width(static_cast<uint32_t>(model.native_width));
-      info->set_native_height(static_cast<uint32_t>(model.native_height));
-      info->set_latent_channels(static_cast<uint32_t>(model.latent_channels));
-      info->set_latent_height(static_cast<uint32_t>(model.latent_height));
-      info->set_latent_width(static_cast<uint32_t>(model.latent_width));
-      info->set_size_multiple(static_cast<uint32_t>(model.size_multiple));
-    }
-    for (const ModelPlacement& copy : status.placements) {
-      ldm::v1::ModelPlacement* placement = info->add_placements();
-      placement->set_device(copy.device);
-      placement->set_dtype(copy.dtype);
-      placement->set_vae_dtype(copy.vae_dtype);
-      placement->set_text_dtype(copy.text_dtype);
+    *response->add_models() = ModelInfoOf(status);
+  }
+  if (admin_ != nullptr) {
+    for (const DeviceModelMemory& device :
+         models_->MemoryUse(admin_->options().load)) {
+      ldm::v1::DeviceModelMemory* memory = response->add_model_memory();
+      memory->set_device(device.device);
+      memory->set_budget_bytes(static_cast<uint64_t>(device.budget_bytes));
+      memory->set_used_bytes(static_cast<uint64_t>(device.used_bytes));
     }
   }
   ldm::v1::RequestLimits* limits = response->mutable_limits();

@@ -30,6 +30,7 @@
 #include "server/service/auth_tokens.h"
 #include "server/service/job_tracker.h"
 #include "server/service/metrics.h"
+#include "server/service/model_admin.h"
 #include "server/service/request_validation.h"
 
 namespace ldmserve {
@@ -38,10 +39,11 @@ class ImageSynthesisService final
     : public ldm::v1::ImageSynthesisService::CallbackService {
  public:
   // All pointers must outlive the service; `tokens` null = no
-  // authentication.
+  // authentication; `admin` null = no LoadModel/UnloadModel.
   ImageSynthesisService(const ModelRegistry* models, Scheduler* scheduler,
                         JobTracker* jobs, ServiceMetrics* metrics,
-                        ServiceLimits limits, AuthTokens* tokens = nullptr);
+                        ServiceLimits limits, AuthTokens* tokens = nullptr,
+                        ModelAdmin* admin = nullptr);
 
   grpc::ServerWriteReactor<ldm::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
@@ -70,6 +72,16 @@ class ImageSynthesisService final
       const ldm::v1::ListJobsRequest* request,
       ldm::v1::ListJobsResponse* response) override;
 
+  grpc::ServerUnaryReactor* LoadModel(
+      grpc::CallbackServerContext* context,
+      const ldm::v1::LoadModelRequest* request,
+      ldm::v1::LoadModelResponse* response) override;
+
+  grpc::ServerUnaryReactor* UnloadModel(
+      grpc::CallbackServerContext* context,
+      const ldm::v1::UnloadModelRequest* request,
+      ldm::v1::UnloadModelResponse* response) override;
+
  private:
   // The caller's client name ("" without tokens) or UNAUTHENTICATED.
   absl::StatusOr<std::string> Authenticate(
@@ -80,6 +92,11 @@ class ImageSynthesisService final
   // NOT_FOUND or PERMISSION_DENIED otherwise.
   absl::StatusOr<std::shared_ptr<TrackedJob>> FindJob(
       const grpc::CallbackServerContext& context, const std::string& job_id);
+  // OK when the caller may load and unload models.
+  absl::Status CheckAdmin(const grpc::CallbackServerContext& context) const;
+  // Stops new work of model `name`: cancels its jobs when `cancel`. Returns
+  // how many jobs it has queued or running.
+  int JobsOfModel(const std::string& name, bool cancel);
 
   const ModelRegistry* models_;
   Scheduler* scheduler_;
@@ -87,6 +104,7 @@ class ImageSynthesisService final
   ServiceMetrics* metrics_;
   const ServiceLimits limits_;
   AuthTokens* const tokens_;
+  ModelAdmin* const admin_;
   const std::string job_id_prefix_;
   std::atomic<uint64_t> next_job_ = 1;
 };

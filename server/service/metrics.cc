@@ -195,8 +195,22 @@ void ServiceMetrics::OnStage(const WorkerId& worker, const char* stage,
       .Observe(absl::ToDoubleSeconds(duration));
 }
 
-void ServiceMetrics::SetModelReady(const std::string& model, bool ready) {
-  model_ready_.Add({{"model", model}}).Set(ready ? 1 : 0);
+void ServiceMetrics::SetModelsReady(const std::map<std::string, bool>& ready) {
+  absl::MutexLock lock(&mu_);
+  for (auto it = model_ready_series_.begin();
+       it != model_ready_series_.end();) {
+    if (ready.count(it->first) == 0) {
+      model_ready_.Remove(it->second);
+      it = model_ready_series_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [model, is_ready] : ready) {
+    prometheus::Gauge*& series = model_ready_series_[model];
+    if (series == nullptr) series = &model_ready_.Add({{"model", model}});
+    series->Set(is_ready ? 1 : 0);
+  }
 }
 
 void ServiceMetrics::SetResidentMemory(double bytes) {

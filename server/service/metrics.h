@@ -13,11 +13,14 @@
 #include <prometheus/registry.h>
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/runtime/scheduler.h"
 
@@ -51,7 +54,10 @@ class ServiceMetrics : public SchedulerObserver {
   void SetRunningJobs(int jobs);
   // Jobs the JobTracker indexes and the bytes of results it keeps.
   void SetTrackedJobs(int jobs, size_t result_bytes);
-  void SetModelReady(const std::string& model, bool ready);
+  // Every served model and whether it is ready; the series of models no
+  // longer served (unloaded) are removed.
+  void SetModelsReady(const std::map<std::string, bool>& ready)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void SetResidentMemory(double bytes);
   // The container's memory limit; the series exists only once set.
   void SetMemoryLimit(double bytes);
@@ -86,6 +92,9 @@ class ServiceMetrics : public SchedulerObserver {
   prometheus::Histogram& batch_images_;
   prometheus::Family<prometheus::Counter>& busy_seconds_;
   prometheus::Family<prometheus::Gauge>& model_ready_;
+  absl::Mutex mu_;
+  std::map<std::string, prometheus::Gauge*> model_ready_series_
+      ABSL_GUARDED_BY(mu_);
   prometheus::Gauge& resident_memory_;
   prometheus::Family<prometheus::Gauge>& memory_limit_;
   prometheus::Family<prometheus::Gauge>& device_memory_;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 
@@ -31,6 +32,21 @@ std::optional<int64_t> ResidentMemoryBytes() {
   int64_t resident = 0;
   if (!(statm >> pages >> resident)) return std::nullopt;
   return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::optional<int64_t> PhysicalMemoryBytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  // "MemTotal:       16318412 kB", first in the file.
+  while (std::getline(meminfo, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    int64_t kilobytes = 0;
+    if (fields >> key >> kilobytes && key == "MemTotal:") {
+      return kilobytes * 1024;
+    }
+  }
+  return std::nullopt;
 }
 
 std::optional<int64_t> CgroupMemoryLimitBytes(const std::string& cgroup_root) {

@@ -17,6 +17,9 @@ namespace ldmserve {
 // Resident memory of this process (/proc/self/statm); nullopt where unread.
 std::optional<int64_t> ResidentMemoryBytes();
 
+// The machine's memory (/proc/meminfo MemTotal); nullopt where unread.
+std::optional<int64_t> PhysicalMemoryBytes();
+
 // The memory limit of the cgroup this process runs in: `memory.max` (v2) or
 // `memory/memory.limit_in_bytes` (v1) under `cgroup_root`. nullopt when no
 // limit is set ("max", or v1's page-rounded 2^63) or none can be read.

@@ -411,6 +411,14 @@ ldm::v1::Task TaskToProto(ldm::Task task) {
   return ldm::v1::TASK_UNSPECIFIED;
 }
 
+std::optional<ldm::Task> TaskFromProto(int task) {
+  for (ldm::Task known : {ldm::Task::kTextToImage, ldm::Task::kImageToImage,
+                          ldm::Task::kInpaint, ldm::Task::kSuperResolution}) {
+    if (TaskToProto(known) == task) return known;
+  }
+  return std::nullopt;
+}
+
 namespace {
 
 struct SamplerNames {

@@ -8,6 +8,7 @@
 #define LDMSERVE_SERVER_SERVICE_REQUEST_VALIDATION_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -47,6 +48,8 @@ absl::StatusOr<JobSpec> ValidateRequest(const ldm::v1::GenerateRequest& request,
 
 // The API's name for `task`.
 ldm::v1::Task TaskToProto(ldm::Task task);
+// nullopt for TASK_UNSPECIFIED and values this server does not know.
+std::optional<ldm::Task> TaskFromProto(int task);
 
 // The settings `spec` runs with, every default resolved (Result.settings).
 ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec);

@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <optional>
 
 #include "absl/strings/match.h"
@@ -111,9 +112,18 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
                     "and images (--tls-cert/--tls-key, docs/security.md)";
   }
   server->jobs_ = std::make_unique<JobTracker>(options.job_retention);
+  ModelAdminOptions admin_options = options.model_admin;
+  admin_options.load =
+      LoadSettings{.server_devices = options.devices,
+                   .default_dtype = options.dtype,
+                   .memory_budget = ModelMemoryBudget(
+                       options.devices, options.model_memory_bytes)};
+  server->admin_ = std::make_unique<ModelAdmin>(server->models_.get(),
+                                                std::move(admin_options));
   server->service_ = std::make_unique<ImageSynthesisService>(
       server->models_.get(), server->scheduler_.get(), server->jobs_.get(),
-      server->metrics_.get(), options.limits, server->tokens_.get());
+      server->metrics_.get(), options.limits, server->tokens_.get(),
+      server->admin_.get());
   if (!options.metrics_listen.empty()) {
     LdmServer* raw = server.get();
     auto metrics_server = MetricsHttpServer::Start(
@@ -146,10 +156,11 @@ void LdmServer::RefreshGauges() {
   metrics_->SetQueueDepth(scheduler_->queue_depth());
   metrics_->SetRunningJobs(scheduler_->running_jobs());
   metrics_->SetTrackedJobs(jobs_->size(), jobs_->result_bytes());
+  std::map<std::string, bool> ready;
   for (const ModelRegistry::ModelStatus& model : models_->Snapshot()) {
-    metrics_->SetModelReady(model.entry.name,
-                            model.state == ModelState::kReady);
+    ready[model.entry.name] = model.state == ModelState::kReady;
   }
+  metrics_->SetModelsReady(ready);
   if (const std::optional<int64_t> resident = ResidentMemoryBytes()) {
     metrics_->SetResidentMemory(static_cast<double>(*resident));
   }
@@ -199,6 +210,9 @@ void LdmServer::Shutdown(absl::Duration drain_timeout) {
   // Jobs first: the scheduler refuses new ones (UNAVAILABLE) and drains;
   // every running call gets its final status before the server closes.
   if (scheduler_ != nullptr) scheduler_->Shutdown(drain_timeout);
+  // Then the admin: a load under way finishes, queued ones are refused, and
+  // unloads, whose jobs have all ended now, complete.
+  if (admin_ != nullptr) admin_->Shutdown();
   if (server_ != nullptr) {
     server_->Shutdown(std::chrono::system_clock::now() +
                       std::chrono::seconds(5));

@@ -23,6 +23,7 @@
 #include "server/service/job_tracker.h"
 #include "server/service/metrics.h"
 #include "server/service/metrics_http_server.h"
+#include "server/service/model_admin.h"
 
 namespace ldmserve {
 
@@ -53,6 +54,11 @@ struct ServerOptions {
   int token_max_jobs = 8;
   // How long, how many and how much of finished jobs GetJob still finds.
   JobRetention job_retention;
+  // LoadModel/UnloadModel; its `load` is filled in from the options above.
+  ModelAdminOptions model_admin;
+  // Each device's memory for model weights, in bytes (ModelMemoryBudget:
+  // 0 = 80% of the device's, -1 = no bound).
+  int64_t model_memory_bytes = 0;
 };
 
 // Whether `listen` ("host:port", "[v6]:port", "unix:path") only accepts
@@ -101,6 +107,8 @@ class LdmServer {
   // until the scheduler is gone.
   std::unique_ptr<JobTracker> jobs_;
   std::unique_ptr<Scheduler> scheduler_;
+  // After the scheduler and the tracker, which its unloads use.
+  std::unique_ptr<ModelAdmin> admin_;
   std::unique_ptr<ImageSynthesisService> service_;
   std::unique_ptr<MetricsHttpServer> metrics_server_;
   std::unique_ptr<grpc::Server> server_;

@@ -569,6 +569,63 @@ TEST_F(ModelRegistryTest, DiffusersFolderIsDetectedAndMatchesTheSingleFile) {
   EXPECT_TRUE(at::equal(images[0], images[1]));
 }
 
+TEST_F(ModelRegistryTest, WeightBytesFollowEachStagesDtype) {
+  ModelEntry entry;
+  entry.name = "mine";
+  entry.weights_path = (dir_ / "known.safetensors").string();
+  entry.configs_dir = (dir_ / "configs").string();
+  auto f32 = EstimateWeightBytes(entry, "cpu", "f32");
+  ASSERT_TRUE(f32.ok()) << f32.status();
+  ModelRegistry registry({entry});
+  const absl::Status loaded = registry.LoadAll({"cpu"}, "f32");
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  auto found = registry.Find("mine", ldm::Task::kSuperResolution);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*f32, (*found)->model->NumParameters() * 4);
+  // A f16 UNet halves the UNet's share only: the autoencoder stays f32.
+  auto f16 = EstimateWeightBytes(entry, "cpu", "f16");
+  ASSERT_TRUE(f16.ok()) << f16.status();
+  EXPECT_LT(*f16, *f32);
+  EXPECT_GT(*f16, *f32 / 2);
+  entry.vae_dtype = "f16";
+  auto all_f16 = EstimateWeightBytes(entry, "cpu", "f16");
+  ASSERT_TRUE(all_f16.ok()) << all_f16.status();
+  EXPECT_EQ(*all_f16, *f32 / 2);
+}
+
+TEST_F(ModelRegistryTest, AnUnloadingModelTakesNoJobsAndWaitsForItsLeases) {
+  auto entries = Registry(R"({"models": [{"name": "mine",
+      "weights": "known.safetensors", "tasks": ["super_resolution"]}]})");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ModelRegistry registry(*entries);
+  ASSERT_TRUE(registry.LoadAll().ok());
+  auto lease = registry.Find("mine", ldm::Task::kSuperResolution);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  std::shared_ptr<const ModelRegistry::Model> held = *std::move(lease);
+  bool checked = false;
+  // Called once the model is UNLOADING; the unload waits for the lease
+  // held here, which this callback gives back last.
+  const absl::Status unloaded = registry.Unload("mine", [&] {
+    auto refused = registry.Find("mine", ldm::Task::kSuperResolution);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string(refused.status().message()),
+                HasSubstr("being unloaded"));
+    ASSERT_EQ(registry.Snapshot().size(), 1u);
+    EXPECT_EQ(registry.Snapshot()[0].state, ModelState::kUnloading);
+    EXPECT_EQ(registry.Unload("mine").code(),
+              absl::StatusCode::kFailedPrecondition);
+    // The model is still whole while leased.
+    EXPECT_EQ(held->model->config().name, "tiny-family");
+    checked = true;
+    held.reset();
+  });
+  EXPECT_TRUE(unloaded.ok()) << unloaded;
+  EXPECT_TRUE(checked);
+  EXPECT_TRUE(registry.Snapshot().empty());
+  EXPECT_EQ(registry.Find("mine", ldm::Task::kSuperResolution).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 INSTANTIATE_TEST_SUITE_P(ShippedConfigs, FamilyTest,
                          ::testing::Values("sd-v1", "sd-v1-inpainting",
                                            "ldm-sr-4x", "ldm-inpainting-big",

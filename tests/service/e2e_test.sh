@@ -95,7 +95,7 @@ server_pid=
 LDMSERVE_LISTEN=127.0.0.1:0 LDMSERVE_METRICS_LISTEN=127.0.0.1:0 \
   LDMSERVE_MODELS="$registry" LDMSERVE_PORT_FILE="$work/port" \
   LDMSERVE_THREADS=1 LDMSERVE_DEVICES=cuda:99 LDMSERVE_MAX_STEPS=1000 \
-  "$ldmserve" --devices=cpu >"$work/server.log" 2>&1 &
+  "$ldmserve" --devices=cpu --model-admin >"$work/server.log" 2>&1 &
 server_pid=$!
 addr=$(wait_for_port "$work/port")
 
@@ -128,6 +128,32 @@ fi
   || fail "out.png is not a PNG"
 [[ "$(dd if="$work/out.png" bs=1 skip=16 count=8 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "0000004000000040" ]] \
   || fail "out.png is not 64x64"
+
+# Models at run time (--model-admin): the txt2img weights again under
+# another name, served beside the others, then unloaded; nothing outside
+# the model folder (the registry's) can be named.
+"$ldmctl" --addr="$addr" model load again shapes-txt2img/weights.safetensors \
+  --config shapes-txt2img/config.json >"$work/load.txt" 2>&1 \
+  || fail "model load: $(cat "$work/load.txt")"
+grep -q "^again	MODEL_STATE_READY	[0-9.]* MiB of weights" "$work/load.txt" \
+  || fail "model load: $(cat "$work/load.txt")"
+"$ldmctl" --addr="$addr" models >"$work/models_again.txt" || fail "models"
+grep -q "^again	MODEL_STATE_READY" "$work/models_again.txt" \
+  || fail "the loaded model is not listed: $(cat "$work/models_again.txt")"
+grep -q "^model memory cpu: [0-9.]* MiB of [0-9.]* MiB" "$work/models_again.txt" \
+  || fail "no model memory line: $(cat "$work/models_again.txt")"
+"$ldmctl" --addr="$addr" txt2img --model again --prompt "a red circle" \
+  --steps 2 --out "$work/again.png" 2>/dev/null || fail "txt2img on a loaded model"
+"$ldmctl" --addr="$addr" model unload again >"$work/unload.txt" 2>&1 \
+  || fail "model unload: $(cat "$work/unload.txt")"
+grep -q "^again	unloaded	0 jobs drained" "$work/unload.txt" \
+  || fail "model unload: $(cat "$work/unload.txt")"
+code=0
+"$ldmctl" --addr="$addr" model load escape ../../etc/passwd 2>"$work/escape.txt" \
+  || code=$?
+[[ $code -ne 0 ]] || fail "a weights path outside the model folder was loaded"
+grep -q "INVALID_ARGUMENT.*weights: must be relative" "$work/escape.txt" \
+  || fail "model load ../: $(cat "$work/escape.txt")"
 
 # A detached job: its id on stdout at once; found again by id, watched to
 # its end (the same image as a plain call), listed, and a cancel of an

@@ -33,6 +33,18 @@ TEST(ServiceMetricsTest, DeviceMemoryIsOneSeriesPerDeviceAndKind) {
                               "kind=\"total\"} 8192"));
 }
 
+TEST(ServiceMetricsTest, AnUnloadedModelsSeriesIsRemoved) {
+  ServiceMetrics metrics;
+  metrics.SetModelsReady({{"a", true}, {"b", false}});
+  std::string text = Exposition(metrics);
+  EXPECT_THAT(text, HasSubstr("ldmserve_model_ready{model=\"a\"} 1"));
+  EXPECT_THAT(text, HasSubstr("ldmserve_model_ready{model=\"b\"} 0"));
+  metrics.SetModelsReady({{"b", true}});
+  text = Exposition(metrics);
+  EXPECT_THAT(text, Not(HasSubstr("ldmserve_model_ready{model=\"a\"}")));
+  EXPECT_THAT(text, HasSubstr("ldmserve_model_ready{model=\"b\"} 1"));
+}
+
 TEST(ServiceMetricsTest, QueueCapacityAndMemoryLimitForSaturationAlerts) {
   ServiceMetrics metrics;
   // No limit known: no series, rather than a 0 that reads as "full".

@@ -517,10 +517,31 @@ class Client:
                  "devices": list(m.devices),
                  "placements": [{"device": p.device, "dtype": p.dtype,
                                  "vae_dtype": p.vae_dtype,
-                                 "text_dtype": p.text_dtype}
+                                 "text_dtype": p.text_dtype,
+                                 "weight_bytes": p.weight_bytes}
                                 for p in m.placements],
                  "error": m.error}
                 for m in response.models]
+
+    # Admin (ldmserve --model-admin; with tokens, an --admin-clients token).
+    def load_model(self, name: str, weights: str, *, family: str = "",
+                   config: str = "", tasks: Optional[List[str]] = None,
+                   devices: Optional[List[str]] = None, dtype: str = "",
+                   ema: bool = False) -> dict:
+        """Loads `weights` (relative to the server's model folder) as
+        `name` and returns it as models() lists it, once READY."""
+        request = pb.LoadModelRequest(
+            name=name, weights=weights, family=family, config=config,
+            tasks=[pb.Task.Value("TASK_" + t.upper()) for t in tasks or []],
+            devices=devices or [], dtype=dtype, ema=ema)
+        loaded = self._unary(self._stub.LoadModel, request).model
+        return next(m for m in self.models() if m["name"] == loaded.name)
+
+    def unload_model(self, name: str, cancel_jobs: bool = False) -> int:
+        """Stops serving `name` once its jobs finished (or were
+        cancelled); returns how many it had."""
+        return self._unary(self._stub.UnloadModel, pb.UnloadModelRequest(
+            name=name, cancel_jobs=cancel_jobs)).jobs_drained
 
 
 class AsyncClient:

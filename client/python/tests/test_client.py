@@ -4,6 +4,8 @@
 Exit 77 (CTest: skipped) when grpcio or the protobuf runtime is missing.
 """
 import asyncio
+import json
+import math
 import os
 import struct
 import subprocess
@@ -49,7 +51,8 @@ class ClientTest(unittest.TestCase):
         port_file = os.path.join(cls.work.name, "port")
         cls.server = subprocess.Popen(
             [SERVER, "--listen=127.0.0.1:0", f"--port-file={port_file}",
-             "--metrics-listen=", "--threads=1", f"--models={REGISTRY}"],
+             "--metrics-listen=", "--threads=1", f"--models={REGISTRY}",
+             "--model-admin"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not os.path.exists(port_file) or not open(port_file).read():
@@ -79,7 +82,23 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(names["shapes-txt2img"]["native_width"], 64)
         # 4 pixels a latent pixel, halved twice in the UNet.
         self.assertEqual(names["shapes-txt2img"]["size_multiple"], 16)
-        self.assertEqual(names["shapes-txt2img"]["placements"],
+        placements = names["shapes-txt2img"]["placements"]
+        self.assertEqual(len(placements), 1)
+        # Loaded as f32: 4 bytes for each element of the three stages' weights
+        # the file's header lists (stored in f16; the file's noise schedule
+        # buffers are recomputed, not loaded).
+        weights = os.path.join(os.path.dirname(REGISTRY), "shapes-txt2img",
+                               "weights.safetensors")
+        with open(weights, "rb") as file:
+            header = json.loads(file.read(
+                struct.unpack("<Q", file.read(8))[0]))
+        elements = sum(math.prod(tensor["shape"])
+                       for name, tensor in header.items()
+                       if name.startswith(("model.diffusion_model.",
+                                           "first_stage_model.",
+                                           "cond_stage_model.")))
+        self.assertEqual(placements[0].pop("weight_bytes"), 4 * elements)
+        self.assertEqual(placements,
                          [{"device": "cpu", "dtype": "f32", "vae_dtype": "f32",
                            "text_dtype": "f32"}])
 
@@ -174,6 +193,24 @@ class ClientTest(unittest.TestCase):
             self.client.txt2img("x", steps=100000)
         self.assertEqual(raised.exception.code, "INVALID_ARGUMENT")
         self.assertIn("steps", raised.exception.details)
+
+    def test_models_load_and_unload_at_run_time(self):
+        loaded = self.client.load_model(
+            "sr-again", "shapes-sr/weights.safetensors",
+            config="shapes-sr/config.json")
+        self.assertEqual(loaded["state"], "MODEL_STATE_READY")
+        self.assertEqual(loaded["tasks"], ["TASK_SUPER_RESOLUTION"])
+        self.assertGreater(loaded["placements"][0]["weight_bytes"], 0)
+        upscaled = self.client.upscale(png(16, 16, (40, 70, 220)),
+                                       model="sr-again", steps=2)
+        self.assertEqual(size_of(upscaled.images[0].png), (64, 64))
+        self.assertEqual(upscaled.model, "sr-again")
+        self.assertEqual(self.client.unload_model("sr-again"), 0)
+        self.assertNotIn("sr-again",
+                         [m["name"] for m in self.client.models()])
+        with self.assertRaises(LdmError) as raised:
+            self.client.load_model("x", "/etc/passwd")
+        self.assertEqual(raised.exception.code, "INVALID_ARGUMENT")
 
     def test_inpaint_and_upscale(self):
         image = png(64, 64, (240, 220, 40))

@@ -45,6 +45,16 @@ class ImageSynthesisServiceStub(object):
                 request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsResponse.FromString,
                 )
+        self.LoadModel = channel.unary_unary(
+                '/ldm.v1.ImageSynthesisService/LoadModel',
+                request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.LoadModelResponse.FromString,
+                )
+        self.UnloadModel = channel.unary_unary(
+                '/ldm.v1.ImageSynthesisService/UnloadModel',
+                request_serializer=ldm_dot_v1_dot_image__synthesis__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.UnloadModelResponse.FromString,
+                )
 
 
 class ImageSynthesisServiceServicer(object):
@@ -103,6 +113,27 @@ class ImageSynthesisServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Admin: loads a model from the server's model folder and serves it,
+        answering once it is READY (or failed). Off unless ldmserve runs with
+        --model-admin (FAILED_PRECONDITION); with tokens on, only the clients of
+        --admin-clients may call it (PERMISSION_DENIED). RESOURCE_EXHAUSTED when
+        its weights would not fit a device's model memory (--model-memory-mb),
+        ALREADY_EXISTS for a name in use, NOT_FOUND for a file not there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Admin, as LoadModel: stops new jobs of a model (UNAVAILABLE), lets its
+        queued and running jobs finish (or cancels them), frees it, and answers
+        then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageSynthesisServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +166,16 @@ def add_ImageSynthesisServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsRequest.FromString,
                     response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.LoadModelRequest.FromString,
+                    response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=ldm_dot_v1_dot_image__synthesis__pb2.UnloadModelRequest.FromString,
+                    response_serializer=ldm_dot_v1_dot_image__synthesis__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -246,5 +287,39 @@ class ImageSynthesisService(object):
         return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/ListJobs',
             ldm_dot_v1_dot_image__synthesis__pb2.ListJobsRequest.SerializeToString,
             ldm_dot_v1_dot_image__synthesis__pb2.ListJobsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/LoadModel',
+            ldm_dot_v1_dot_image__synthesis__pb2.LoadModelRequest.SerializeToString,
+            ldm_dot_v1_dot_image__synthesis__pb2.LoadModelResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ldm.v1.ImageSynthesisService/UnloadModel',
+            ldm_dot_v1_dot_image__synthesis__pb2.UnloadModelRequest.SerializeToString,
+            ldm_dot_v1_dot_image__synthesis__pb2.UnloadModelResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
