@@ -54,6 +54,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
@@ -97,6 +98,9 @@ ABSL_FLAG(std::string, schedule, "",
           "Euler-family samplers' noise levels: uniform (default) | karras | "
           "exponential");
 ABSL_FLAG(uint64_t, seed, 0, "seed; 0 = server picks");
+ABSL_FLAG(std::vector<std::string>, lora, {},
+          "LoRA adapters of the server's --lora-dir: NAME:WEIGHT,... (WEIGHT "
+          "defaults to 1; `ldmctl models` lists them)");
 ABSL_FLAG(int, clip_skip, 0,
           "CLIP models: the encoder layer read (1 = last, 2 = penultimate); "
           "0 = the model's own");
@@ -324,6 +328,19 @@ bool FillSettings(ldm::v1::GenerateRequest* request) {
   if (absl::GetFlag(FLAGS_clip_skip) > 0) {
     request->set_clip_skip(
         static_cast<uint32_t>(absl::GetFlag(FLAGS_clip_skip)));
+  }
+  for (const std::string& lora : absl::GetFlag(FLAGS_lora)) {
+    const std::vector<std::string> parts = absl::StrSplit(lora, ':');
+    ldm::v1::LoraAdapter* adapter = request->add_loras();
+    adapter->set_name(parts[0]);
+    float weight = 1.0f;
+    if (parts.size() > 2 ||
+        (parts.size() == 2 && !absl::SimpleAtof(parts[1], &weight))) {
+      std::fprintf(stderr, "ldmctl: --lora: NAME or NAME:WEIGHT, not %s\n",
+                   lora.c_str());
+      return false;
+    }
+    adapter->set_weight(weight);
   }
   const std::map<std::string, ldm::v1::ImageFormat> formats = {
       {"png", ldm::v1::IMAGE_FORMAT_PNG},
@@ -805,6 +822,9 @@ int Models(ldm::v1::ImageSynthesisService::Stub& stub) {
       limits.max_image_side(), limits.max_steps(), limits.max_images(),
       limits.max_prompt_bytes(), limits.max_image_bytes(),
       limits.max_message_bytes(), limits.max_guidance_scale());
+  if (response.loras_size() > 0) {
+    std::printf("loras: %s\n", absl::StrJoin(response.loras(), ", ").c_str());
+  }
   for (const ldm::v1::DeviceModelMemory& device : response.model_memory()) {
     const std::string budget =
         device.budget_bytes() == 0
@@ -872,8 +892,8 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
 const std::map<std::string, std::vector<std::string>>& SubcommandFlags() {
   static const auto* const flags = [] {
     const std::vector<std::string> settings = {
-        "model", "steps", "cfg",      "eta",       "sampler",
-        "seed",  "n",     "priority", "clip_skip", "schedule"};
+        "model", "steps",    "cfg",       "eta",      "sampler", "seed",
+        "n",     "priority", "clip_skip", "schedule", "lora"};
     const std::vector<std::string> output = {
         "out", "format", "quality", "previews", "preview_every", "detach"};
     auto join = [](const std::vector<std::vector<std::string>>& parts) {

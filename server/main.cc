@@ -118,6 +118,12 @@ ABSL_FLAG(double, job_retention, 600,
 ABSL_FLAG(int64_t, job_retention_mib, 256,
           "memory for finished jobs' results; beyond it the oldest results "
           "are dropped (the jobs stay listed)");
+ABSL_FLAG(std::string, lora_dir, "",
+          "folder of LoRA adapters (NAME.safetensors, kohya or diffusers "
+          "layout) requests may apply by NAME; empty = none");
+ABSL_FLAG(int64_t, lora_cache_mib, 1024,
+          "memory for LoRA adapters kept after use (the most recently used "
+          "stay)");
 ABSL_FLAG(bool, model_admin, false,
           "allow the LoadModel and UnloadModel RPCs (with --auth-tokens, only "
           "for --admin-clients)");
@@ -329,6 +335,12 @@ int main(int argc, char** argv) {
       static_cast<size_t>(absl::GetFlag(FLAGS_job_retention_mib)) << 20;
   options.job_retention.max_finished_jobs =
       absl::GetFlag(FLAGS_max_finished_jobs);
+  options.lora_dir = absl::GetFlag(FLAGS_lora_dir);
+  if (absl::GetFlag(FLAGS_lora_cache_mib) < 0) {
+    std::fprintf(stderr, "ldmserve: --lora-cache-mib must be >= 0\n");
+    return 2;
+  }
+  options.lora_cache_bytes = absl::GetFlag(FLAGS_lora_cache_mib) << 20;
   options.model_admin.enabled = absl::GetFlag(FLAGS_model_admin);
   std::filesystem::path registry_dir =
       std::filesystem::path(absl::GetFlag(FLAGS_models)).parent_path();

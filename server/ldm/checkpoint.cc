@@ -340,6 +340,16 @@ absl::StatusOr<std::string> PartWeightsFile(const std::filesystem::path& dir) {
 
 }  // namespace
 
+std::string MapDiffusersUnetKey(const std::string& key,
+                                int64_t resnets_per_down_block) {
+  BlockLayout layout;
+  layout.resnets_per_down_block = resnets_per_down_block;
+  for (int64_t level = 0; level < 8; ++level) {
+    layout.up_blocks_with_attention.insert(level);
+  }
+  return MapKey(DiffusersPart::kUnet, key, layout);
+}
+
 std::map<std::string, std::string> MapDiffusersKeys(
     DiffusersPart part, const std::vector<std::string>& keys) {
   const BlockLayout layout = ReadLayout(part, keys);

@@ -87,6 +87,14 @@ class Checkpoint {
 std::map<std::string, std::string> MapDiffusersKeys(
     DiffusersPart part, const std::vector<std::string>& keys);
 
+// One diffusers UNet key under its CompVis name, for a UNet of
+// `resnets_per_down_block` (its config's num_res_blocks) whose up blocks
+// all have attention (SD v1's do): for keys read alone, as a LoRA file's,
+// whose numbering the keys cannot tell. "diffusers.unet.KEY" when no rule
+// matches.
+std::string MapDiffusersUnetKey(const std::string& key,
+                                int64_t resnets_per_down_block);
+
 }  // namespace ldm
 
 #endif  // LDMSERVE_SERVER_LDM_CHECKPOINT_H_

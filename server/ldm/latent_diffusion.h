@@ -112,6 +112,11 @@ class LatentDiffusion {
   // The dtype of each stage's weights and arithmetic.
   const StagePrecision& precision() const { return precision_; }
   int64_t NumParameters() const { return registry_.NumElements(); }
+  // The parameter of reference name `name` ("model.diffusion_model...."),
+  // aliasing the model's own, or null.
+  const at::Tensor* Parameter(const std::string& name) const {
+    return registry_.Find(name);
+  }
   bool has_text_encoder() const { return text_ != nullptr; }
 
   // The stages, for the pipelines below, tests and tools.

@@ -33,7 +33,24 @@ at::Tensor PerSample(const at::Tensor& x, Fn&& fn) {
   return at::cat(outputs, 0);
 }
 
+// The adapters of the call this thread is in (ScopedLowRankUpdates).
+thread_local const LowRankUpdates* active_updates = nullptr;
+
+// The updates of the layer whose weight is `weight`, or null.
+const std::vector<LowRankUpdate>* ActiveUpdatesOf(const at::Tensor* weight) {
+  if (active_updates == nullptr) return nullptr;
+  auto found = active_updates->find(weight);
+  return found == active_updates->end() ? nullptr : &found->second;
+}
+
 }  // namespace
+
+ScopedLowRankUpdates::ScopedLowRankUpdates(const LowRankUpdates* updates)
+    : previous_(active_updates) {
+  active_updates = updates;
+}
+
+ScopedLowRankUpdates::~ScopedLowRankUpdates() { active_updates = previous_; }
 
 void SetBatchInvariant(bool on) { batch_invariant.store(on); }
 bool BatchInvariant() { return batch_invariant.load(); }
@@ -66,9 +83,17 @@ Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
 }
 
 at::Tensor Conv2d::Forward(const at::Tensor& x) const {
+  const std::vector<LowRankUpdate>* updates = ActiveUpdatesOf(&weight_);
   auto conv = [&](const at::Tensor& input) {
-    return at::conv2d(input, weight_, bias_, {stride_, stride_},
-                      {padding_, padding_});
+    at::Tensor out = at::conv2d(input, weight_, bias_, {stride_, stride_},
+                                {padding_, padding_});
+    if (updates == nullptr) return out;
+    for (const LowRankUpdate& update : *updates) {
+      const at::Tensor low = at::conv2d(
+          input, update.down, {}, {stride_, stride_}, {padding_, padding_});
+      out.add_(at::conv2d(low, update.up), update.scale);
+    }
+    return out;
   };
   at::Tensor out = BatchInvariant() ? PerSample(x, conv) : conv(x);
   // Each output element: in_channels * k * k multiply-adds.
@@ -98,8 +123,15 @@ Linear::Linear(const ParamScope& scope, int64_t in_features,
 }
 
 at::Tensor Linear::Forward(const at::Tensor& x) const {
+  const std::vector<LowRankUpdate>* updates = ActiveUpdatesOf(&weight_);
   auto linear = [&](const at::Tensor& input) {
-    return at::linear(input, weight_, bias_);
+    at::Tensor out = at::linear(input, weight_, bias_);
+    if (updates == nullptr) return out;
+    for (const LowRankUpdate& update : *updates) {
+      out.add_(at::linear(at::linear(input, update.down), update.up),
+               update.scale);
+    }
+    return out;
   };
   // Rows of x times the weight's multiply-adds.
   CountFlops(2 * (x.numel() / x.size(-1)) * weight_.numel());

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "server/ldm/parameters.h"
 
 namespace ldm {
@@ -50,6 +51,34 @@ int64_t StopCountingFlops();
 // Adds `flops` while counting is on (layers call it; so do model blocks that
 // multiply matrices themselves).
 void CountFlops(int64_t flops);
+
+// A low-rank update of a Linear or Conv2d weight W, applied at run time
+// (LoRA): the layer computes W x + scale * up(down(x)), its weight never
+// changed, so that one copy of a model serves jobs with and without
+// adapters. `down` is [r, in] ([r, in, kh, kw] for a convolution) and `up`
+// [out, r] ([out, r, 1, 1]), in the layer's device and dtype.
+struct LowRankUpdate {
+  at::Tensor down;
+  at::Tensor up;
+  double scale = 1.0;
+};
+// The updates of each layer, by the address of its weight tensor.
+using LowRankUpdates =
+    absl::flat_hash_map<const at::Tensor*, std::vector<LowRankUpdate>>;
+
+// While alive, the layers run on this thread add `updates` (null: none);
+// the previous set is restored after. The scheduler sets the batch's
+// adapters around each call into a model.
+class ScopedLowRankUpdates {
+ public:
+  explicit ScopedLowRankUpdates(const LowRankUpdates* updates);
+  ~ScopedLowRankUpdates();
+  ScopedLowRankUpdates(const ScopedLowRankUpdates&) = delete;
+  ScopedLowRankUpdates& operator=(const ScopedLowRankUpdates&) = delete;
+
+ private:
+  const LowRankUpdates* previous_;
+};
 
 class Conv2d {
  public:

@@ -139,6 +139,13 @@ std::map<std::string, std::vector<int64_t>> ParameterRegistry::Shapes() const {
   return shapes;
 }
 
+const at::Tensor* ParameterRegistry::Find(const std::string& name) const {
+  for (const Entry& entry : entries_) {
+    if (entry.name == name) return entry.slot;
+  }
+  return nullptr;
+}
+
 int64_t ParameterRegistry::NumElements() const {
   int64_t total = 0;
   for (const Entry& entry : entries_) total += entry.slot->numel();

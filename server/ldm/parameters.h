@@ -77,6 +77,8 @@ class ParameterRegistry {
 
   int64_t NumElements() const;
   size_t size() const { return entries_.size(); }
+  // The parameter declared as `name` (its slot in its layer), or null.
+  const at::Tensor* Find(const std::string& name) const;
 
  private:
   struct Entry {

@@ -32,10 +32,25 @@
 
 namespace ldm {
 class LatentDiffusion;
+class LoraAdapter;
+struct BoundLoras;
 struct PreparedJob;
 }  // namespace ldm
 
 namespace ldmserve {
+
+// A LoRA adapter a job applies, as its request named it.
+struct LoraUse {
+  std::string name;
+  float weight = 1.0f;
+  std::shared_ptr<const ldm::LoraAdapter> adapter;  // Read and checked.
+
+  // Jobs share a batch only with the same adapters at the same weights.
+  bool operator==(const LoraUse& other) const {
+    return name == other.name && weight == other.weight &&
+           adapter == other.adapter;
+  }
+};
 
 // A validated request: every field is within limits, defaults are resolved
 // and the model has accepted it (ldm::CheckRequest) before it is queued.
@@ -50,6 +65,7 @@ struct JobSpec {
   ImageEncoding encoding;  // Of the result images (the service's).
   // What was done to the input image to fit the model; nullopt = nothing.
   std::optional<InputFit> input_fit;
+  std::vector<LoraUse> loras;  // In the request's order.
 
   ldm::Task task() const { return ldm::TaskOf(request.task); }
 };
@@ -125,6 +141,8 @@ class Job {
     // The copy on the worker's device: what every stage of the job runs.
     const ldm::LatentDiffusion* model = nullptr;
     std::unique_ptr<ldm::PreparedJob> prepared;  // Set once encoded.
+    // spec().loras bound to `model`; null without adapters.
+    std::shared_ptr<const ldm::BoundLoras> loras;
     absl::Time started_at;
     StageTimings timings;
   };

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/ldm/latent_diffusion.h"
+#include "server/ldm/lora.h"
 
 namespace ldmserve {
 namespace {
@@ -18,7 +19,8 @@ bool SameBatchKey(const Job& a, const Job& b) {
   const ldm::ImageGeometry& second = b.spec().geometry;
   return a.model() == b.model() &&
          first.latent_height == second.latent_height &&
-         first.latent_width == second.latent_width;
+         first.latent_width == second.latent_width &&
+         a.spec().loras == b.spec().loras;
 }
 
 int NumImages(const Job& job) { return job.spec().request.num_images; }
@@ -292,6 +294,27 @@ std::vector<absl::Status> Scheduler::StartJobs(
     requests.push_back(&job->spec().request);
   }
   const absl::Time start = absl::Now();
+  // Their adapters (one set: they share a batch key), bound to this copy
+  // once for all of them; the text encoder runs with them too.
+  std::shared_ptr<const ldm::BoundLoras> loras;
+  if (const std::vector<LoraUse>& uses = jobs.front()->spec().loras;
+      !uses.empty()) {
+    std::vector<std::pair<std::shared_ptr<const ldm::LoraAdapter>, double>>
+        adapters;
+    adapters.reserve(uses.size());
+    for (const LoraUse& use : uses) {
+      adapters.emplace_back(use.adapter, use.weight);
+    }
+    absl::StatusOr<std::shared_ptr<const ldm::BoundLoras>> bound =
+        ldm::BindLoras(model, adapters);
+    if (!bound.ok()) {
+      for (absl::Status& outcome : outcomes) outcome = bound.status();
+      return outcomes;
+    }
+    loras = *std::move(bound);
+    for (const std::shared_ptr<Job>& job : jobs) job->running().loras = loras;
+  }
+  ldm::ScopedLowRankUpdates active(loras ? &loras->updates : nullptr);
   std::vector<absl::StatusOr<ldm::PreparedJob>> prepared =
       model.PrepareJobs(requests);
   const absl::Time end = absl::Now();
@@ -489,8 +512,13 @@ std::vector<std::shared_ptr<Job>> Scheduler::StepBatch(
     }
   }
   const ldm::LatentDiffusion& model = *running.front()->running().model;
+  const ldm::BoundLoras* loras = running.front()->running().loras.get();
   const absl::Time step_start = absl::Now();
-  const std::vector<absl::Status> outcomes = StepWithRetry(model, tasks);
+  std::vector<absl::Status> outcomes;
+  {
+    ldm::ScopedLowRankUpdates active(loras ? &loras->updates : nullptr);
+    outcomes = StepWithRetry(model, tasks);
+  }
   const absl::Time step_end = absl::Now();
   if (options_.observer != nullptr) {
     options_.observer->OnDenoiseCall(

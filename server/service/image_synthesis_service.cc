@@ -322,7 +322,7 @@ ldm::v1::ModelInfo ModelInfoOf(const ModelRegistry::ModelStatus& status) {
 ImageSynthesisService::ImageSynthesisService(
     const ModelRegistry* models, Scheduler* scheduler, JobTracker* jobs,
     ServiceMetrics* metrics, ServiceLimits limits, AuthTokens* tokens,
-    ModelAdmin* admin)
+    ModelAdmin* admin, LoraLibrary* loras)
     : models_(models),
       scheduler_(scheduler),
       jobs_(jobs),
@@ -330,6 +330,7 @@ ImageSynthesisService::ImageSynthesisService(
       limits_(limits),
       tokens_(tokens),
       admin_(admin),
+      loras_(loras),
       job_id_prefix_(ProcessJobIdPrefix()) {}
 
 absl::StatusOr<std::string> ImageSynthesisService::Authenticate(
@@ -400,6 +401,18 @@ grpc::ServerWriteReactor<GenerateResponse>* ImageSynthesisService::Generate(
   if (!spec.ok()) {
     tracked->Reject(spec.status());
     return reactor;
+  }
+  if (!spec->loras.empty()) {
+    absl::StatusOr<std::vector<LoraUse>> loras =
+        loras_ == nullptr
+            ? absl::FailedPreconditionError(
+                  "loras: this server offers no LoRA adapters")
+            : loras_->Resolve(std::move(spec->loras), *(*model)->model);
+    if (!loras.ok()) {
+      tracked->Reject(loras.status());
+      return reactor;
+    }
+    spec->loras = *std::move(loras);
   }
   spec->model_name = (*model)->entry.name;
   tracked->SetLabels(spec->model_name, std::string(ldm::TaskName(*task)));
@@ -653,6 +666,9 @@ grpc::ServerUnaryReactor* ImageSynthesisService::ListModels(
       memory->set_budget_bytes(static_cast<uint64_t>(device.budget_bytes));
       memory->set_used_bytes(static_cast<uint64_t>(device.used_bytes));
     }
+  }
+  if (loras_ != nullptr) {
+    for (const std::string& name : loras_->Names()) response->add_loras(name);
   }
   ldm::v1::RequestLimits* limits = response->mutable_limits();
   limits->set_max_pixels(limits_.max_pixels);

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "ldm/v1/image_synthesis.grpc.pb.h"
+#include "server/runtime/lora_library.h"
 #include "server/runtime/model_registry.h"
 #include "server/runtime/scheduler.h"
 #include "server/service/auth_tokens.h"
@@ -39,11 +40,13 @@ class ImageSynthesisService final
     : public ldm::v1::ImageSynthesisService::CallbackService {
  public:
   // All pointers must outlive the service; `tokens` null = no
-  // authentication; `admin` null = no LoadModel/UnloadModel.
+  // authentication; `admin` null = no LoadModel/UnloadModel; `loras` null =
+  // no LoRA adapters.
   ImageSynthesisService(const ModelRegistry* models, Scheduler* scheduler,
                         JobTracker* jobs, ServiceMetrics* metrics,
                         ServiceLimits limits, AuthTokens* tokens = nullptr,
-                        ModelAdmin* admin = nullptr);
+                        ModelAdmin* admin = nullptr,
+                        LoraLibrary* loras = nullptr);
 
   grpc::ServerWriteReactor<ldm::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
@@ -105,6 +108,7 @@ class ImageSynthesisService final
   const ServiceLimits limits_;
   AuthTokens* const tokens_;
   ModelAdmin* const admin_;
+  LoraLibrary* const loras_;  // Null: no adapters.
   const std::string job_id_prefix_;
   std::atomic<uint64_t> next_job_ = 1;
 };

@@ -5,12 +5,11 @@
 #include <tuple>
 #include <utility>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/common/status_macros.h"
 #include "server/runtime/devices.h"
+#include "server/runtime/folder_paths.h"
 #include "server/service/process_memory.h"
 #include "server/service/request_validation.h"
 
@@ -18,29 +17,9 @@ namespace ldmserve {
 namespace {
 
 constexpr size_t kMaxNameBytes = 64;
-constexpr size_t kMaxPathBytes = 1024;
 // Of a device's memory, what model weights may take by default; the rest
 // is for the jobs' activations and the process itself.
 constexpr double kDefaultBudgetShare = 0.8;
-
-// 1..64 of [A-Za-z0-9._-], not starting with a dot: a name that is safe in
-// a metrics label, a log line and a file name.
-absl::Status CheckName(absl::string_view field, const std::string& name) {
-  if (name.empty() || name.size() > kMaxNameBytes || name.front() == '.') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": 1 to ", kMaxNameBytes,
-        " characters of A-Z a-z 0-9 . _ -, not starting with '.'"));
-  }
-  for (char c : name) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' &&
-        c != '_' && c != '-') {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": character '", std::string(1, c),
-                       "' not allowed (A-Z a-z 0-9 . _ -)"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // The device's memory as the default budget sees it; nullopt where unread.
 std::optional<int64_t> DeviceMemoryBytes(const std::string& device) {
@@ -51,42 +30,6 @@ std::optional<int64_t> DeviceMemoryBytes(const std::string& device) {
   absl::StatusOr<DeviceMemoryReading> reading = ReadDeviceMemory(device);
   if (!reading.ok() || reading->total_bytes <= 0) return std::nullopt;
   return reading->total_bytes;
-}
-
-// `relative` inside `folder`, whatever the path and its links say, so that
-// a client cannot make the server read any other file.
-absl::StatusOr<std::string> ResolveInFolder(absl::string_view field,
-                                            const std::string& folder,
-                                            const std::string& relative) {
-  if (relative.empty() || relative.size() > kMaxPathBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": a path of 1 to ", kMaxPathBytes,
-                     " bytes relative to the server's model folder"));
-  }
-  const std::filesystem::path path(relative);
-  if (path.is_absolute() || std::any_of(path.begin(), path.end(),
-                                        [](const std::filesystem::path& part) {
-                                          return part == "..";
-                                        })) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field,
-                     ": must be relative to the server's model folder, "
-                     "without '..'"));
-  }
-  if (folder.empty()) {
-    return absl::FailedPreconditionError("this server has no model folder");
-  }
-  std::error_code error;
-  const std::filesystem::path root =
-      std::filesystem::weakly_canonical(folder, error);
-  const std::filesystem::path file =
-      std::filesystem::weakly_canonical(root / path, error);
-  if (error || !absl::StartsWith(file.string(), root.string() + "/") ||
-      !std::filesystem::exists(file, error)) {
-    return absl::NotFoundError(absl::StrCat(field, ": no file '", relative,
-                                            "' in the server's model folder"));
-  }
-  return file.string();
 }
 
 }  // namespace
@@ -133,12 +76,12 @@ absl::Status ModelAdmin::CheckAllowed(const std::string& client,
 absl::StatusOr<ModelEntry> ModelAdmin::EntryFor(
     const ldm::v1::LoadModelRequest& request) const {
   ModelEntry entry;
-  LDM_RETURN_IF_ERROR(CheckName("name", request.name()));
+  LDM_RETURN_IF_ERROR(CheckSafeName("name", request.name()));
   entry.name = request.name();
 
-  LDM_ASSIGN_OR_RETURN(
-      entry.weights_path,
-      ResolveInFolder("weights", options_.model_dir, request.weights()));
+  LDM_ASSIGN_OR_RETURN(entry.weights_path,
+                       ResolveInFolder("weights", options_.model_dir,
+                                       "model folder", request.weights()));
 
   entry.configs_dir = options_.configs_dir;
   if (!request.config().empty() && !request.family().empty()) {
@@ -146,11 +89,11 @@ absl::StatusOr<ModelEntry> ModelAdmin::EntryFor(
   }
   std::error_code error;
   if (!request.config().empty()) {
-    LDM_ASSIGN_OR_RETURN(
-        entry.config_path,
-        ResolveInFolder("config", options_.model_dir, request.config()));
+    LDM_ASSIGN_OR_RETURN(entry.config_path,
+                         ResolveInFolder("config", options_.model_dir,
+                                         "model folder", request.config()));
   } else if (!request.family().empty()) {
-    LDM_RETURN_IF_ERROR(CheckName("family", request.family()));
+    LDM_RETURN_IF_ERROR(CheckSafeName("family", request.family()));
     const std::filesystem::path config =
         std::filesystem::path(options_.configs_dir) /
         (request.family() + ".json");

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
+#include "server/runtime/folder_paths.h"
 #include "server/service/image_codec.h"
 #include "server/service/image_fit.h"
 
@@ -12,6 +13,9 @@ namespace {
 
 // GenerateRequest.priority's range.
 constexpr int kMaxPriority = 10;
+constexpr int kMaxLoras = 8;
+constexpr size_t kMaxLoraName = 128;
+constexpr float kMaxLoraWeight = 10.0f;
 
 using ldm::v1::GenerateRequest;
 
@@ -255,6 +259,37 @@ absl::StatusOr<ldm::Task> RequestedTask(const GenerateRequest& request) {
                  "inpaint, super_resolution");
 }
 
+// The request's adapters, names and weights checked (the files are the
+// LoRA library's to find).
+absl::StatusOr<std::vector<LoraUse>> LorasOf(const GenerateRequest& request) {
+  if (request.loras_size() > kMaxLoras) {
+    return Invalid("loras",
+                   absl::StrCat("at most ", kMaxLoras, " adapters (got ",
+                                request.loras_size(), ")"));
+  }
+  std::vector<LoraUse> loras;
+  for (int i = 0; i < request.loras_size(); ++i) {
+    const ldm::v1::LoraAdapter& lora = request.loras(i);
+    const std::string field = absl::StrCat("loras[", i, "]");
+    LDM_RETURN_IF_ERROR(
+        CheckSafeName(absl::StrCat(field, ".name"), lora.name(), kMaxLoraName));
+    const float weight = lora.has_weight() ? lora.weight() : 1.0f;
+    if (!std::isfinite(weight) || std::fabs(weight) > kMaxLoraWeight) {
+      return Invalid(absl::StrCat(field, ".weight"),
+                     absl::StrCat("must be in [-", kMaxLoraWeight, ", ",
+                                  kMaxLoraWeight, "] (got ", weight, ")"));
+    }
+    for (const LoraUse& earlier : loras) {
+      if (earlier.name == lora.name()) {
+        return Invalid(absl::StrCat(field, ".name"),
+                       absl::StrCat("'", lora.name(), "' is named twice"));
+      }
+    }
+    loras.push_back(LoraUse{.name = lora.name(), .weight = weight});
+  }
+  return loras;
+}
+
 absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
                                         const ldm::ModelCapabilities& model,
                                         const ServiceLimits& limits,
@@ -389,6 +424,7 @@ absl::StatusOr<JobSpec> ValidateRequest(const GenerateRequest& request,
   spec.progress_every = static_cast<int>(std::max<uint32_t>(
       1, std::min<uint32_t>(request.progress_every(), limits.max_steps)));
   LDM_ASSIGN_OR_RETURN(spec.encoding, EncodingOf(request));
+  LDM_ASSIGN_OR_RETURN(spec.loras, LorasOf(request));
   LDM_RETURN_IF_ERROR(
       ValidateTask(request, model, limits, job, spec.input_fit));
   LDM_ASSIGN_OR_RETURN(spec.geometry, ldm::CheckRequest(model, job));
@@ -461,6 +497,11 @@ ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec) {
   ldm::v1::ResolvedSettings settings;
   settings.set_model(spec.model_name);
   settings.set_task(TaskToProto(spec.task()));
+  for (const LoraUse& use : spec.loras) {
+    ldm::v1::LoraAdapter* lora = settings.add_loras();
+    lora->set_name(use.name);
+    lora->set_weight(use.weight);
+  }
   settings.set_prompt(job.prompt);
   settings.set_negative_prompt(job.negative_prompt);
   settings.set_sampler(NamesOf(job.sampler.kind).proto);
@@ -517,6 +558,10 @@ ldm::v1::ResolvedSettings ResolvedSettingsOf(const JobSpec& spec) {
 std::string ParametersText(const ldm::v1::ResolvedSettings& settings,
                            uint64_t seed) {
   std::string text = settings.prompt();
+  // As AUTOMATIC1111 writes adapters: in the prompt, where it reads them.
+  for (const ldm::v1::LoraAdapter& lora : settings.loras()) {
+    absl::StrAppend(&text, " <lora:", lora.name(), ":", lora.weight(), ">");
+  }
   if (!settings.negative_prompt().empty()) {
     absl::StrAppend(&text, "\nNegative prompt: ", settings.negative_prompt());
   }

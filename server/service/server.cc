@@ -120,10 +120,12 @@ absl::StatusOr<std::unique_ptr<LdmServer>> LdmServer::Start(
                        options.devices, options.model_memory_bytes)};
   server->admin_ = std::make_unique<ModelAdmin>(server->models_.get(),
                                                 std::move(admin_options));
+  server->loras_ =
+      std::make_unique<LoraLibrary>(options.lora_dir, options.lora_cache_bytes);
   server->service_ = std::make_unique<ImageSynthesisService>(
       server->models_.get(), server->scheduler_.get(), server->jobs_.get(),
       server->metrics_.get(), options.limits, server->tokens_.get(),
-      server->admin_.get());
+      server->admin_.get(), server->loras_.get());
   if (!options.metrics_listen.empty()) {
     LdmServer* raw = server.get();
     auto metrics_server = MetricsHttpServer::Start(

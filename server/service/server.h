@@ -56,6 +56,10 @@ struct ServerOptions {
   JobRetention job_retention;
   // LoadModel/UnloadModel; its `load` is filled in from the options above.
   ModelAdminOptions model_admin;
+  // The LoRA adapters' folder (empty = none) and the memory the adapters
+  // read from it may keep.
+  std::string lora_dir;
+  int64_t lora_cache_bytes = int64_t{1} << 30;
   // Each device's memory for model weights, in bytes (ModelMemoryBudget:
   // 0 = 80% of the device's, -1 = no bound).
   int64_t model_memory_bytes = 0;
@@ -109,6 +113,7 @@ class LdmServer {
   std::unique_ptr<Scheduler> scheduler_;
   // After the scheduler and the tracker, which its unloads use.
   std::unique_ptr<ModelAdmin> admin_;
+  std::unique_ptr<LoraLibrary> loras_;
   std::unique_ptr<ImageSynthesisService> service_;
   std::unique_ptr<MetricsHttpServer> metrics_server_;
   std::unique_ptr<grpc::Server> server_;

@@ -44,6 +44,33 @@ inline ModelConfig TinyTextToImageConfig() {
 }
 
 // RunJob's images as uint8 [N, H, W, 3], for tensor comparisons.
+// SD v1's config with every width reduced: the family's real key names
+// (model.diffusion_model.*, first_stage_model.*, cond_stage_model.
+// transformer.text_model.*) and its CLIP tokenizer, at test size.
+inline absl::StatusOr<ModelConfig> SmallStableDiffusionConfig() {
+  absl::StatusOr<ModelConfig> config = ReadModelConfig(
+      std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/sd-v1.json");
+  if (!config.ok()) return config.status();
+  config->name = "sd-v1-small";
+  config->latent_height = config->latent_width = 8;
+  config->unet.model_channels = 32;
+  config->unet.channel_mult = {1, 2};
+  config->unet.num_res_blocks = 1;
+  config->unet.attention_resolutions = {2};
+  config->unet.num_heads = 2;
+  config->unet.context_dim = 32;
+  config->clip->text.hidden_size = 32;
+  config->clip->text.intermediate_size = 64;
+  config->clip->text.num_attention_heads = 2;
+  config->clip->text.num_hidden_layers = 2;
+  config->ae.ch = 32;
+  config->ae.ch_mult = {1, 2};
+  config->ae.num_res_blocks = 1;
+  config->clip->tokenizer_dir =
+      std::string(LDMSERVE_SOURCE_DIR) + "/models/configs/tokenizer";
+  return config;
+}
+
 inline absl::StatusOr<at::Tensor> RunToTensor(
     const LatentDiffusion& model, const GenerationRequest& request) {
   absl::StatusOr<std::vector<RgbImage>> images = RunJob(model, request);

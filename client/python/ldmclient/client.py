@@ -158,6 +158,7 @@ def _settings(s) -> Dict[str, object]:
             "sigma_schedule": pb.SigmaSchedule.Name(s.sigma_schedule),
             "output_format": pb.ImageFormat.Name(s.output_format),
             "output_quality": s.output_quality,
+            "loras": {lora.name: lora.weight for lora in s.loras},
             # What was done to the input image; None when nothing was.
             "input_resize": ({
                 "mode": pb.ResizeMode.Name(s.input_resize.mode),
@@ -248,6 +249,7 @@ def _request(task: str, *, model: str = "", steps: int = 0,
              client_request_id: str = "", clip_skip: Optional[int] = None,
              output_format: str = "png", quality: int = 0,
              resize_mode: str = "exact",
+             loras: Optional[Dict[str, float]] = None,
              **fields) -> pb.GenerateRequest:
     if sampler not in _SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(_SAMPLERS)}")
@@ -271,6 +273,9 @@ def _request(task: str, *, model: str = "", steps: int = 0,
         resize_mode=_RESIZE_MODES[resize_mode])
     if clip_skip is not None:  # CLIP models: 2 = the penultimate layer.
         request.clip_skip = clip_skip
+    # {"name": weight}: adapters of the server's --lora-dir, in order.
+    for name, weight in (loras or {}).items():
+        request.loras.add(name=name, weight=weight)
     if cancel_on_disconnect is not None:
         # False: the job runs on when this call ends (watch_job, get_job).
         request.cancel_on_disconnect = cancel_on_disconnect
@@ -522,6 +527,11 @@ class Client:
                                 for p in m.placements],
                  "error": m.error}
                 for m in response.models]
+
+    def loras(self) -> List[str]:
+        """The LoRA adapters requests may apply (loras={name: weight})."""
+        return list(self._unary(self._stub.ListModels,
+                                pb.ListModelsRequest()).loras)
 
     # Admin (ldmserve --model-admin; with tokens, an --admin-clients token).
     def load_model(self, name: str, weights: str, *, family: str = "",

@@ -40,6 +40,25 @@ def png(width, height, rgb):
             chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
+def write_lora(path):
+    """A kohya-layout LoRA (CompVis module names, as old files use) of
+    rank 1 on the shipped text-to-image model's first self-attention query
+    projection (64 -> 64), in float32 safetensors written by hand."""
+    module = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    tensors = {module + ".lora_down.weight": ([1, 64], [0.5] * 64),
+               module + ".lora_up.weight": ([64, 1], [0.5] * 64),
+               module + ".alpha": ([], [1.0])}
+    header, data = {}, b""
+    for name, (shape, values) in sorted(tensors.items()):
+        raw = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape,
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
 def size_of(data):
     return struct.unpack(">II", data[16:24])
 
@@ -49,10 +68,13 @@ class ClientTest(unittest.TestCase):
     def setUpClass(cls):
         cls.work = tempfile.TemporaryDirectory()
         port_file = os.path.join(cls.work.name, "port")
+        lora_dir = os.path.join(cls.work.name, "loras")
+        os.mkdir(lora_dir)
+        write_lora(os.path.join(lora_dir, "bold.safetensors"))
         cls.server = subprocess.Popen(
             [SERVER, "--listen=127.0.0.1:0", f"--port-file={port_file}",
              "--metrics-listen=", "--threads=1", f"--models={REGISTRY}",
-             "--model-admin"],
+             "--model-admin", f"--lora-dir={lora_dir}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not os.path.exists(port_file) or not open(port_file).read():
@@ -211,6 +233,17 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(LdmError) as raised:
             self.client.load_model("x", "/etc/passwd")
         self.assertEqual(raised.exception.code, "INVALID_ARGUMENT")
+
+    def test_loras_change_the_image_and_are_echoed(self):
+        self.assertEqual(self.client.loras(), ["bold"])
+        plain = self.client.txt2img("a red circle", steps=3, seed=9)
+        styled = self.client.txt2img("a red circle", steps=3, seed=9,
+                                     loras={"bold": 1.5})
+        self.assertNotEqual(styled.images[0].data, plain.images[0].data)
+        self.assertEqual(styled.settings["loras"], {"bold": 1.5})
+        with self.assertRaises(LdmError) as raised:
+            self.client.txt2img("x", loras={"nope": 1.0})
+        self.assertEqual(raised.exception.code, "NOT_FOUND")
 
     def test_inpaint_and_upscale(self):
         image = png(64, 64, (240, 220, 40))
