@@ -90,12 +90,28 @@ kill -TERM "$server_pid"
 wait "$server_pid" || fail "server exit code $?"
 server_pid=
 
+# A LoRA adapter of zeros (rank 1) on the txt2img model's first query
+# projection, as a safetensors file: 8-byte little-endian header length,
+# the JSON header, then the float32 data.
+mkdir -p "$work/loras"
+lora_module=lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q
+lora_header="{\"$lora_module.lora_down.weight\":{\"dtype\":\"F32\",\"shape\":[1,64],\"data_offsets\":[0,256]},\"$lora_module.lora_up.weight\":{\"dtype\":\"F32\",\"shape\":[64,1],\"data_offsets\":[256,512]}}"
+{
+  length=${#lora_header}
+  for shift in 0 8 16 24 32 40 48 56; do
+    printf "\\x$(printf %02x $(( (length >> shift) & 255 )))"
+  done
+  printf '%s' "$lora_header"
+  head -c 512 /dev/zero
+} >"$work/loras/zero.safetensors"
+
 # The server the rest talks to takes its flags from the environment; the
 # command line wins over it (LDMSERVE_DEVICES would fail to start).
 LDMSERVE_LISTEN=127.0.0.1:0 LDMSERVE_METRICS_LISTEN=127.0.0.1:0 \
   LDMSERVE_MODELS="$registry" LDMSERVE_PORT_FILE="$work/port" \
   LDMSERVE_THREADS=1 LDMSERVE_DEVICES=cuda:99 LDMSERVE_MAX_STEPS=1000 \
-  "$ldmserve" --devices=cpu --model-admin >"$work/server.log" 2>&1 &
+  "$ldmserve" --devices=cpu --model-admin --lora-dir="$work/loras" \
+  >"$work/server.log" 2>&1 &
 server_pid=$!
 addr=$(wait_for_port "$work/port")
 
@@ -128,6 +144,25 @@ fi
   || fail "out.png is not a PNG"
 [[ "$(dd if="$work/out.png" bs=1 skip=16 count=8 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "0000004000000040" ]] \
   || fail "out.png is not 64x64"
+
+# LoRA adapters (--lora-dir): listed, applied (zeros change nothing but
+# the parameters say so), a missing one NOT_FOUND (exit 5), a bad flag a
+# usage error.
+grep -q "^loras: zero$" "$work/models.txt" \
+  || fail "models: no LoRA line: $(cat "$work/models.txt")"
+"$ldmctl" --addr="$addr" txt2img --prompt "a red circle" --steps 2 --seed 3 \
+  --lora zero:0.5 --out "$work/lora.png" 2>"$work/lora.txt" \
+  || fail "txt2img --lora: $(cat "$work/lora.txt")"
+grep -qa "a red circle <lora:zero:0.5>" "$work/lora.png" \
+  || fail "the PNG parameters do not name the LoRA"
+code=0
+"$ldmctl" --addr="$addr" txt2img --prompt x --steps 2 --lora nope \
+  2>"$work/lora_missing.txt" || code=$?
+grep -q "NOT_FOUND.*loras\[0\].name: no file 'nope.safetensors'" \
+  "$work/lora_missing.txt" || fail "--lora nope: $(cat "$work/lora_missing.txt")"
+code=0
+"$ldmctl" --addr="$addr" txt2img --prompt x --lora a:b 2>/dev/null || code=$?
+[[ $code -eq 2 ]] || fail "--lora a:b: exit $code"
 
 # Models at run time (--model-admin): the txt2img weights again under
 # another name, served beside the others, then unloaded; nothing outside
