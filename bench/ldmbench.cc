@@ -4,6 +4,7 @@
 //            [--device cpu|cuda] [--dtype f32|f16|bf16] [--repeats 3]
 //            [--threads N] [--batches 1,4,8] [--batch-invariant 0|1]
 //            [--fused-attention 0|1] [--peak 0|1] [--cached-mib 2048]
+//            [--lora-rank R]
 //   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [--device ...]
 //       loads a checkpoint through the real loader and reports the load time
 //       and the process's peak RSS against the file's size (run it in a
@@ -29,6 +30,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,7 @@
 #include "server/ldm/allocator.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/layers.h"
+#include "server/ldm/lora.h"
 #include "server/ldm/precision.h"
 #include "server/ldm/torch_boundary.h"
 
@@ -116,7 +119,32 @@ struct Options {
   bool batch_invariant = false;
   bool fused_attention = true;
   bool peak = true;  // Measure the CPU's peak before and after (CPU only).
+  // > 0: also time the guided UNet call with a LoRA of this rank on every
+  // projection of its transformer blocks (what kohya's SD adapters cover).
+  int64_t lora_rank = 0;
 };
+
+// Random updates of `rank` on every Linear and 1x1 Conv2d of the UNet's
+// transformer blocks, as a LoRA file would bind them.
+ldm::BoundLoras TransformerLora(ldm::LatentDiffusion& model, int64_t rank) {
+  const std::regex projection(
+      R"(model\.diffusion_model\..*\.((transformer_blocks\.\d+\.(attn\d\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)))|proj_in|proj_out)\.weight)");
+  ldm::BoundLoras bound;
+  for (const auto& [name, unused] : model.MutableParameters()) {
+    if (!std::regex_match(name, projection)) continue;
+    const at::Tensor* weight = model.Parameter(name);
+    std::vector<int64_t> down = {rank, weight->size(1)};
+    std::vector<int64_t> up = {weight->size(0), rank};
+    if (weight->dim() == 4) {
+      down.insert(down.end(), {weight->size(2), weight->size(3)});
+      up.insert(up.end(), {1, 1});
+    }
+    bound.updates[weight].push_back(
+        {at::randn(down, weight->options()) * 0.01,
+         at::randn(up, weight->options()) * 0.01, 1.0});
+  }
+  return bound;
+}
 
 // Parses "1,4,8"; unparsable items are skipped.
 std::vector<int64_t> ParseIntList(absl::string_view list) {
@@ -265,6 +293,22 @@ int Run(const Options& options) {
         }
         std::printf("\n");
       }
+      if (options.lora_rank > 0) {
+        const ldm::BoundLoras lora =
+            TransformerLora(**model, options.lora_rank);
+        double with_lora = 0;
+        {
+          ldm::ScopedLowRankUpdates active(&lora.updates);
+          with_lora = unet_call(2).ms;
+        }
+        // Measured again after, side by side: the machine is shared.
+        const double without = unet_call(2).ms;
+        std::printf(
+            "  unet cfg with a rank-%lld LoRA on %zu layers: %.1f ms, "
+            "without: %.1f ms (%.3f x)\n",
+            static_cast<long long>(options.lora_rank), lora.updates.size(),
+            with_lora, without, with_lora / without);
+      }
       for (int64_t images : options.batches) {
         const double call = unet_call(2 * images).ms;
         std::printf(
@@ -301,6 +345,8 @@ int main(int argc, char** argv) {
       options.fused_attention = value == "1" || value == "true";
     } else if (flag == "--cached-mib") {
       cached_mib = std::stoll(value);
+    } else if (flag == "--lora-rank") {
+      options.lora_rank = std::stoll(value);
     } else if (flag == "--peak") {
       options.peak = value == "1" || value == "true";
     } else if (flag == "--device") {
