@@ -567,6 +567,15 @@ int ImageSynthesisService::JobsOfModel(const std::string& name, bool cancel) {
   return jobs;
 }
 
+void ImageSynthesisService::RunAdmin(grpc::ServerUnaryReactor* reactor,
+                                     std::function<absl::Status()> work) {
+  admin_->Post([reactor, work = std::move(work)](bool stopping) {
+    reactor->Finish(
+        ToGrpc(stopping ? absl::UnavailableError("the server is shutting down")
+                        : work()));
+  });
+}
+
 grpc::ServerUnaryReactor* ImageSynthesisService::LoadModel(
     grpc::CallbackServerContext* context,
     const ldm::v1::LoadModelRequest* request,
@@ -583,25 +592,18 @@ grpc::ServerUnaryReactor* ImageSynthesisService::LoadModel(
   }
   LOG(INFO) << "LoadModel " << entry->name << " from " << entry->weights_path
             << " (" << context->peer() << ")";
-  admin_->Post([this, reactor, response,
-                entry = *std::move(entry)](bool stopping) {
-    if (stopping) {
-      reactor->Finish(
-          ToGrpc(absl::UnavailableError("the server is shutting down")));
-      return;
-    }
+  RunAdmin(reactor, [this, response, entry = *std::move(entry)] {
     absl::Status loaded = admin_->models().Load(entry, admin_->options().load);
     if (!loaded.ok()) {
       LOG(WARNING) << "LoadModel " << entry.name << ": " << loaded;
-      reactor->Finish(ToGrpc(loaded));
-      return;
+      return loaded;
     }
     for (const ModelRegistry::ModelStatus& status : models_->Snapshot()) {
       if (status.entry.name == entry.name) {
         *response->mutable_model() = ModelInfoOf(status);
       }
     }
-    reactor->Finish(grpc::Status::OK);
+    return absl::OkStatus();
   });
   return reactor;
 }
@@ -623,18 +625,13 @@ grpc::ServerUnaryReactor* ImageSynthesisService::UnloadModel(
   LOG(INFO) << "UnloadModel " << request->name()
             << (request->cancel_jobs() ? " cancelling its jobs" : "") << " ("
             << context->peer() << ")";
-  admin_->Post([this, reactor, response, name = request->name(),
-                cancel = request->cancel_jobs()](bool stopping) {
-    if (stopping) {
-      reactor->Finish(
-          ToGrpc(absl::UnavailableError("the server is shutting down")));
-      return;
-    }
+  RunAdmin(reactor, [this, response, name = request->name(),
+                     cancel = request->cancel_jobs()] {
     int jobs = 0;
-    const absl::Status unloaded = admin_->models().Unload(
+    absl::Status unloaded = admin_->models().Unload(
         name, [&] { jobs = JobsOfModel(name, cancel); });
     response->set_jobs_drained(static_cast<uint32_t>(jobs));
-    reactor->Finish(ToGrpc(unloaded));
+    return unloaded;
   });
   return reactor;
 }

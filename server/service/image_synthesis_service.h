@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -97,6 +98,10 @@ class ImageSynthesisService final
       const grpc::CallbackServerContext& context, const std::string& job_id);
   // OK when the caller may load and unload models.
   absl::Status CheckAdmin(const grpc::CallbackServerContext& context) const;
+  // Runs `work` on the admin's thread and finishes `reactor` with its
+  // status (UNAVAILABLE, `work` not run, when the admin is shutting down).
+  void RunAdmin(grpc::ServerUnaryReactor* reactor,
+                std::function<absl::Status()> work);
   // Stops new work of model `name`: cancels its jobs when `cancel`. Returns
   // how many jobs it has queued or running.
   int JobsOfModel(const std::string& name, bool cancel);

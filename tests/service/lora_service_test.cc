@@ -24,6 +24,7 @@
 #include "server/service/server.h"
 #include "tests/ldm/lora_test_util.h"
 #include "tests/ldm/test_util.h"
+#include "tests/service/tiny_server.h"
 
 namespace ldmserve {
 namespace {
@@ -83,26 +84,13 @@ class LoraServiceTest : public ::testing::Test {
   }
 
   void Start(const std::string& lora_dir) {
-    auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
-    ModelEntry entry;
-    entry.name = "tiny";
-    entry.tasks = {ldm::Task::kTextToImage};
-    entry.default_for = {ldm::Task::kTextToImage};
-    registry->AddLoaded(entry,
-                        ldm::LatentDiffusion::CreateRandom(
-                            ldm::testing::TinyTextToImageConfig(), kWeightsSeed)
-                            .value());
     ServerOptions options;
-    options.listen = "127.0.0.1:0";
     options.scheduler.queue_size = 8;
     options.lora_dir = lora_dir;
-    auto server = LdmServer::Start(options, std::move(registry));
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = std::move(server).value();
-    server_->MarkServing();
-    stub_ = ldm::v1::ImageSynthesisService::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                            grpc::InsecureChannelCredentials()));
+    auto tiny = testing::StartTinyServer(options, "tiny", kWeightsSeed);
+    ASSERT_TRUE(tiny.ok()) << tiny.status();
+    server_ = std::move(tiny->server);
+    stub_ = std::move(tiny->stub);
   }
 
   static GenerateRequest Request(

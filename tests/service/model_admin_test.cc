@@ -19,6 +19,7 @@
 #include "server/service/image_codec.h"
 #include "server/service/server.h"
 #include "tests/ldm/test_util.h"
+#include "tests/service/tiny_server.h"
 
 namespace ldmserve {
 namespace {
@@ -64,25 +65,12 @@ class ModelAdminTest : public ::testing::Test {
   // A server serving the same weights as `kServedModel`, its admin as
   // `options` say.
   void Start(ServerOptions options) {
-    auto registry = std::make_unique<ModelRegistry>(std::vector<ModelEntry>{});
-    ModelEntry entry;
-    entry.name = kServedModel;
-    entry.tasks = {ldm::Task::kTextToImage};
-    entry.default_for = {ldm::Task::kTextToImage};
-    registry->AddLoaded(entry,
-                        ldm::LatentDiffusion::CreateRandom(
-                            ldm::testing::TinyTextToImageConfig(), kWeightsSeed)
-                            .value());
-    options.listen = "127.0.0.1:0";
     options.model_admin.model_dir = (dir_ / "models").string();
     options.model_admin.configs_dir = (dir_ / "models" / "configs").string();
-    auto server = LdmServer::Start(options, std::move(registry));
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = std::move(server).value();
-    server_->MarkServing();
-    stub_ = ldm::v1::ImageSynthesisService::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                            grpc::InsecureChannelCredentials()));
+    auto tiny = testing::StartTinyServer(options, kServedModel, kWeightsSeed);
+    ASSERT_TRUE(tiny.ok()) << tiny.status();
+    server_ = std::move(tiny->server);
+    stub_ = std::move(tiny->stub);
   }
 
   static ServerOptions AdminOn() {
