@@ -31,7 +31,7 @@ constexpr std::array<std::pair<const char*, Half>, 7> kSuffixes = {{
 
 // Module names that hold '_' themselves: kohya's keys replace every '.' of
 // the path by '_', so these are put back together after splitting.
-constexpr std::array<const char*, 30> kNamesWithUnderscores = {
+constexpr std::array<const char*, 37> kNamesWithUnderscores = {
     "down_blocks",
     "up_blocks",
     "mid_block",
@@ -44,6 +44,12 @@ constexpr std::array<const char*, 30> kNamesWithUnderscores = {
     "to_out",
     "time_emb_proj",
     "conv_shortcut",
+    "conv_in",
+    "conv_out",
+    "conv_norm_out",
+    "time_embedding",
+    "linear_1",
+    "linear_2",
     "text_model",
     "self_attn",
     "q_proj",
@@ -61,7 +67,8 @@ constexpr std::array<const char*, 30> kNamesWithUnderscores = {
     "emb_layers",
     "skip_connection",
     "time_embed",
-    "label_emb"};
+    "label_emb",
+    "token_embedding"};
 
 // "down_blocks_0_attentions_0_proj_in" -> "down_blocks.0.attentions.0.proj_in".
 std::string KohyaPath(absl::string_view flat) {

@@ -37,7 +37,7 @@ class LoraTest : public ::testing::Test {
                                            kWeightsSeed)
                  .value();
     lora_ = testing::MakeTestLora(*model_, kRank, 7);
-    ASSERT_GE(lora_.layers.size(), 2u);
+    ASSERT_GE(lora_.layers.size(), 3u);
   }
 
   std::string WriteAdapter(bool kohya) {
@@ -253,6 +253,12 @@ TEST(LoraKeyTest, KohyaNamesWithUnderscoresComeBackWhole) {
            {"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up."
             "weight",
             at::zeros({4, 1})},
+           {"lora_unet_conv_in.lora_down.weight", at::zeros({1, 4, 3, 3})},
+           {"lora_unet_conv_in.lora_up.weight", at::zeros({4, 1, 1, 1})},
+           {"lora_unet_down_blocks_0_resnets_0_time_emb_proj.lora_down.weight",
+            at::zeros({1, 4})},
+           {"lora_unet_down_blocks_0_resnets_0_time_emb_proj.lora_up.weight",
+            at::zeros({4, 1})},
            {"lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_ff_net_"
             "0_proj.lora_down.weight",
             at::zeros({1, 4})},
@@ -262,12 +268,13 @@ TEST(LoraKeyTest, KohyaNamesWithUnderscoresComeBackWhole) {
           .ok());
   auto adapter = LoraAdapter::Read(file.string());
   ASSERT_TRUE(adapter.ok()) << adapter.status();
-  ASSERT_EQ((*adapter)->layers().size(), 2u);
+  ASSERT_EQ((*adapter)->layers().size(), 4u);
   std::vector<std::string> paths;
   for (const auto& layer : (*adapter)->layers()) paths.push_back(layer.path);
   EXPECT_THAT(paths,
               ::testing::UnorderedElementsAre(
-                  "text_model.encoder.layers.0.self_attn.q_proj",
+                  "text_model.encoder.layers.0.self_attn.q_proj", "conv_in",
+                  "down_blocks.0.resnets.0.time_emb_proj",
                   "up_blocks.1.attentions.2.transformer_blocks.0.ff.net.0."
                   "proj"));
 }

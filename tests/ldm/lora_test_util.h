@@ -1,6 +1,7 @@
 // A LoRA adapter for the tiny test models, in the layouts the server reads:
-// updates of the first attention block's query projection (a Linear) and
-// its proj_in (a 1x1 Conv2d), with random halves large enough to change an
+// updates of the first attention blocks' query projections (Linear), their
+// proj_in (1x1 Conv2d) and the first resnets' conv1 (3x3 Conv2d, as
+// LoCon adapters have), with random halves large enough to change an
 // image.
 #ifndef LDMSERVE_TESTS_LDM_LORA_TEST_UTIL_H_
 #define LDMSERVE_TESTS_LDM_LORA_TEST_UTIL_H_
@@ -59,22 +60,24 @@ inline TestLora MakeTestLora(LatentDiffusion& model, int64_t rank,
                              uint64_t seed) {
   TestLora lora;
   const int64_t per_level = model.config().unet.num_res_blocks + 1;
-  const std::regex attention(
-      R"(model\.diffusion_model\.input_blocks\.(\d+)\.1\.((transformer_blocks\.0\.attn1\.to_q)|proj_in)\.weight)");
+  const std::regex adapted(
+      R"(model\.diffusion_model\.input_blocks\.(\d+)\.((1)\.(transformer_blocks\.0\.attn1\.to_q|proj_in)|0\.in_layers\.2)\.weight)");
   at::manual_seed(seed);
   for (const auto& [name, weight] : model.MutableParameters()) {
     std::smatch match;
-    if (!std::regex_match(name, match, attention)) continue;
+    if (!std::regex_match(name, match, adapted)) continue;
     const int64_t block = std::stoll(match[1]) - 1;
+    const bool attention = match[3].matched;
     TestLora::Layer layer;
     layer.weight_name = name;
-    layer.diffusers_path =
-        absl::StrCat("down_blocks.", block / per_level, ".attentions.",
-                     block % per_level, ".", match[2].str());
+    layer.diffusers_path = absl::StrCat(
+        "down_blocks.", block / per_level,
+        attention ? ".attentions." : ".resnets.", block % per_level, ".",
+        attention ? match[4].str() : std::string("conv1"));
     std::vector<int64_t> down_shape = {rank, weight.size(1)};
     std::vector<int64_t> up_shape = {weight.size(0), rank};
     if (weight.dim() == 4) {
-      down_shape.insert(down_shape.end(), {1, 1});
+      down_shape.insert(down_shape.end(), {weight.size(2), weight.size(3)});
       up_shape.insert(up_shape.end(), {1, 1});
     }
     layer.down = at::randn(down_shape) * 0.5;
