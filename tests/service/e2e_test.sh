@@ -10,13 +10,16 @@ source "$(dirname "$0")/e2e_lib.sh"
 
 # ldmctl SUBCOMMAND --help: that subcommand's flags and the connection
 # flags, no others (every listed name is checked to be a flag).
-for command in txt2img img2img inpaint upscale models health bench; do
+for command in txt2img img2img inpaint upscale models health bench jobs job model; do
   "$ldmctl" "$command" --help >"$work/help_$command.txt" \
     || fail "ldmctl $command --help: exit $?"
   grep -q -- "--tls-ca" "$work/help_$command.txt" \
     || fail "$command --help lacks the connection flags"
 done
 grep -q -- "--prompt" "$work/help_txt2img.txt" || fail "txt2img --help lacks --prompt"
+grep -q -- "--lora" "$work/help_txt2img.txt" || fail "txt2img --help lacks --lora"
+grep -q -- "--cancel-jobs" "$work/help_model.txt" || fail "model --help lacks --cancel-jobs"
+grep -q -- "--lora" "$work/help_model.txt" && fail "model --help lists txt2img's flags"
 grep -q -- "--concurrency" "$work/help_txt2img.txt" && fail "txt2img --help lists bench's flags"
 grep -q -- "--mask" "$work/help_inpaint.txt" || fail "inpaint --help lacks --mask"
 grep -q -- "--concurrency" "$work/help_bench.txt" || fail "bench --help lacks --concurrency"
