@@ -11,6 +11,7 @@
 #include "server/common/enum_names.h"
 #include "server/common/status_macros.h"
 #include "server/ldm/checkpoint.h"
+#include "server/ldm/json_numbers.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/model_config.h"
 #include "server/ldm/safetensors.h"
@@ -37,6 +38,19 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
   }
   ClipTextConfig config;
   std::string hidden_act(ClipActivationName(config.hidden_act));
+  for (const char* key :
+       {"vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+        "num_hidden_layers", "max_position_embeddings"}) {
+    if (root.contains(key) && !NumbersFit<int64_t>(root.at(key))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("clip config: ", key, ": not an integer in range"));
+    }
+  }
+  if (root.contains("layer_norm_eps") &&
+      !NumbersFit<double>(root.at("layer_norm_eps"))) {
+    return absl::InvalidArgumentError(
+        "clip config: layer_norm_eps: not a finite number");
+  }
   try {
     config.vocab_size = root.value("vocab_size", config.vocab_size);
     config.hidden_size = root.value("hidden_size", config.hidden_size);
@@ -55,6 +69,18 @@ absl::StatusOr<ClipTextConfig> ParseClipTextConfig(const std::string& json) {
   } catch (const nlohmann::json::exception& error) {
     return absl::InvalidArgumentError(
         absl::StrCat("clip config: ", error.what()));
+  }
+  for (const auto& [name, size] :
+       {std::pair{"vocab_size", config.vocab_size},
+        std::pair{"hidden_size", config.hidden_size},
+        std::pair{"intermediate_size", config.intermediate_size},
+        std::pair{"num_attention_heads", config.num_attention_heads},
+        std::pair{"num_hidden_layers", config.num_hidden_layers},
+        std::pair{"max_position_embeddings", config.max_position_embeddings}}) {
+    if (size < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("clip config: ", name, " must be at least 1"));
+    }
   }
   if (config.hidden_size % config.num_attention_heads != 0) {
     return absl::InvalidArgumentError(

@@ -1,25 +1,35 @@
 #include "server/ldm/model_config.h"
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
+#include <type_traits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/common/enum_names.h"
+#include "server/ldm/json_numbers.h"
 
 namespace ldm {
 namespace {
 
 using nlohmann::json;
 
-// Reads `key` into `out` when present; a wrong type is an error naming the
-// field.
+// Reads `key` into `out` when present; a wrong type or a number out of the
+// field's range is an error naming the field.
 template <typename T>
 absl::Status Read(const json& object, const char* key, const char* where,
                   T* out) {
   if (!object.contains(key)) return absl::OkStatus();
+  if (!NumbersFit<typename ElementOf<T>::type>(object.at(key))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config ", where, ".", key, ": a number out of the field's range"));
+  }
   try {
     *out = object.at(key).get<T>();
   } catch (const json::exception& error) {
@@ -151,7 +161,12 @@ absl::Status ParseAutoencoder(const json& object, AutoencoderConfig* ae) {
 
 }  // namespace
 
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
+namespace {
+
+// ParseModelConfig but for the exceptions of nlohmann's accessors, which it
+// turns into statuses.
+absl::StatusOr<ModelConfig> ParseModelConfigOrThrow(
+    const std::string& json_text) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError("config: not a JSON object");
@@ -215,7 +230,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   }
   if (root.contains("cond_stage")) {
     const json& object = root.at("cond_stage");
-    if (!object.is_object() || object.value("kind", "") != "clip") {
+    if (!object.is_object() || !object.contains("kind") ||
+        object.at("kind") != "clip") {
       return absl::InvalidArgumentError(
           "config cond_stage: only {\"kind\": \"clip\", ...} is supported");
     }
@@ -238,6 +254,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
         "config: need 0 < linear_start < linear_end and timesteps > 0");
   }
   return config;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
+  try {
+    return ParseModelConfigOrThrow(json_text);
+  } catch (const nlohmann::json::exception& error) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", error.what()));
+  }
 }
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {

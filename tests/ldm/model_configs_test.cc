@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -162,6 +163,48 @@ TEST(ModelConfigsTest, SuperResolutionSamplesWithThePapersEta) {
       absl::StrReplaceAll(ModelConfigToJson(*config),
                           {{"\"default_eta\": 1.0", "\"default_eta\": 2.0"}}));
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Numbers that do not fit their field are refused naming it, not cast
+// (a cast out of range is undefined; fuzz.libfuzzer found 1e102 read as
+// `timesteps`).
+TEST(ModelConfigsTest, NumbersOutOfTheirFieldsRangeAreRefused) {
+  auto config = ReadModelConfig(ConfigPath("sd-v1.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  const std::string json = ModelConfigToJson(*config);
+  ASSERT_THAT(json, ::testing::HasSubstr("\"timesteps\": 1000"));
+  for (const auto& [from, to, field] :
+       {std::tuple{"\"timesteps\": 1000", "\"timesteps\": 1e102", "timesteps"},
+        std::tuple{"\"timesteps\": 1000", "\"timesteps\": 10.5", "timesteps"},
+        std::tuple{"\"timesteps\": 1000", "\"timesteps\": 99999999999999999999",
+                   "timesteps"}}) {
+    SCOPED_TRACE(to);
+    const std::string bad_json = absl::StrReplaceAll(json, {{from, to}});
+    ASSERT_NE(bad_json, json);
+    auto bad = ParseModelConfig(bad_json);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(bad.status().message()),
+                ::testing::HasSubstr(field));
+  }
+  // Found by fuzz.libfuzzer too: a non-string cond_stage kind threw out of
+  // the parser, and zero CLIP heads divided by zero.
+  for (const auto& [from, to] :
+       {std::pair{"\"kind\": \"clip\"", "\"kind\": 5"},
+        std::pair{"\"num_attention_heads\": 12",
+                  "\"num_attention_heads\": 0"},
+        std::pair{"\"num_attention_heads\": 12",
+                  "\"num_attention_heads\": 1e300"}}) {
+    SCOPED_TRACE(to);
+    const std::string bad_json = absl::StrReplaceAll(json, {{from, to}});
+    ASSERT_NE(bad_json, json);
+    EXPECT_EQ(ParseModelConfig(bad_json).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // An integral float is still an integer.
+  auto integral = ParseModelConfig(absl::StrReplaceAll(
+      json, {{"\"timesteps\": 1000", "\"timesteps\": 1000.0"}}));
+  ASSERT_TRUE(integral.ok()) << integral.status();
+  EXPECT_EQ(integral->timesteps, 1000);
 }
 
 // A config written back (checkpoint metadata, tools, tests) builds the same
