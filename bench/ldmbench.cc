@@ -139,9 +139,9 @@ ldm::BoundLoras TransformerLora(ldm::LatentDiffusion& model, int64_t rank) {
       down.insert(down.end(), {weight->size(2), weight->size(3)});
       up.insert(up.end(), {1, 1});
     }
-    bound.updates[weight].push_back(
-        {at::randn(down, weight->options()) * 0.01,
-         at::randn(up, weight->options()) * 0.01, 1.0});
+    bound.updates[weight].push_back({at::randn(down, weight->options()) * 0.01,
+                                     at::randn(up, weight->options()) * 0.01,
+                                     1.0});
   }
   return bound;
 }

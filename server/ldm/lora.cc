@@ -169,8 +169,14 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> CheckedHalves(
   return std::pair{down, up};
 }
 
-absl::StatusOr<const at::Tensor*> TargetWeight(const LoraAdapter::Layer& layer,
-                                               const LatentDiffusion& model) {
+// The weight `layer` updates in `model` and the layer's halves shaped for
+// it, or INVALID_ARGUMENT naming the key.
+struct FittedLayer {
+  const at::Tensor* weight;
+  at::Tensor down, up;
+};
+absl::StatusOr<FittedLayer> FitLayer(const LoraAdapter::Layer& layer,
+                                     const LatentDiffusion& model) {
   const std::string target = LoraTarget(layer, model);
   const at::Tensor* weight = model.Parameter(target);
   if (weight == nullptr) {
@@ -179,7 +185,8 @@ absl::StatusOr<const at::Tensor*> TargetWeight(const LoraAdapter::Layer& layer,
                      absl::StripSuffix(target, ".weight"),
                      " (an adapter for another architecture?)"));
   }
-  return weight;
+  LDM_ASSIGN_OR_RETURN(auto halves, CheckedHalves(layer, target, *weight));
+  return FittedLayer{weight, std::move(halves.first), std::move(halves.second)};
 }
 
 }  // namespace
@@ -271,9 +278,7 @@ std::string LoraTarget(const LoraAdapter::Layer& layer,
 absl::Status CheckLoraFits(const LoraAdapter& adapter,
                            const LatentDiffusion& model) {
   for (const LoraAdapter::Layer& layer : adapter.layers()) {
-    LDM_ASSIGN_OR_RETURN(const at::Tensor* weight, TargetWeight(layer, model));
-    LDM_RETURN_IF_ERROR(
-        CheckedHalves(layer, LoraTarget(layer, model), *weight).status());
+    LDM_RETURN_IF_ERROR(FitLayer(layer, model).status());
   }
   return absl::OkStatus();
 }
@@ -285,19 +290,16 @@ absl::StatusOr<std::shared_ptr<const BoundLoras>> BindLoras(
   auto bound = std::make_shared<BoundLoras>();
   for (const auto& [adapter, strength] : adapters) {
     for (const LoraAdapter::Layer& layer : adapter->layers()) {
-      LDM_ASSIGN_OR_RETURN(const at::Tensor* weight,
-                           TargetWeight(layer, model));
-      LDM_ASSIGN_OR_RETURN(
-          auto halves, CheckedHalves(layer, LoraTarget(layer, model), *weight));
+      LDM_ASSIGN_OR_RETURN(FittedLayer fitted, FitLayer(layer, model));
       LowRankUpdate update;
       update.scale =
-          strength * layer.alpha / static_cast<double>(halves.first.size(0));
+          strength * layer.alpha / static_cast<double>(fitted.down.size(0));
       LDM_RETURN_IF_ERROR(CallTorchStatus("bind LoRA " + layer.key, [&] {
-        update.down = halves.first.to(weight->options());
-        update.up = halves.second.to(weight->options());
+        update.down = fitted.down.to(fitted.weight->options());
+        update.up = fitted.up.to(fitted.weight->options());
         return absl::OkStatus();
       }));
-      bound->updates[weight].push_back(std::move(update));
+      bound->updates[fitted.weight].push_back(std::move(update));
     }
   }
   return std::shared_ptr<const BoundLoras>(std::move(bound));

@@ -190,8 +190,7 @@ TEST(ModelConfigsTest, NumbersOutOfTheirFieldsRangeAreRefused) {
   // the parser, and zero CLIP heads divided by zero.
   for (const auto& [from, to] :
        {std::pair{"\"kind\": \"clip\"", "\"kind\": 5"},
-        std::pair{"\"num_attention_heads\": 12",
-                  "\"num_attention_heads\": 0"},
+        std::pair{"\"num_attention_heads\": 12", "\"num_attention_heads\": 0"},
         std::pair{"\"num_attention_heads\": 12",
                   "\"num_attention_heads\": 1e300"}}) {
     SCOPED_TRACE(to);
