@@ -5,22 +5,23 @@
 //            [--threads N] [--batches 1,4,8] [--batch-invariant 0|1]
 //            [--fused-attention 0|1] [--peak 0|1] [--cached-mib 2048]
 //            [--lora-rank R]
-//   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [--device ...]
-//       loads a checkpoint through the real loader and reports the load time
+//   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [other flags]
+//       loads a checkpoint through the real loader, reports the load time
 //       and the process's peak RSS against the file's size (run it in a
-//       fresh process: peak RSS is per process).
+//       fresh process: peak RSS is per process), then measures that model.
 //
 // For each config (repeatable; default: the shipped shapes-txt2img at its
-// native size and SD v1 at 256 and 512) and image size it builds the model
-// with seeded random weights, then times one UNet call at batch 1 (no
-// guidance) and batch 2 (a CFG pair), and one autoencoder decode, reporting
-// the median of --repeats runs after a warm-up, the parameter bytes and the
-// process RSS. Each figure's FLOPs (matrix products and convolutions,
-// counted per layer in the warm-up run) give its GFLOP/s; on the CPU the
-// machine's float32 FMA peak and a 2048^3 GEMM are measured in the same run,
-// before and after the models (--peak 0 skips them), and each figure is also
-// printed as a fraction of that peak. Figures go to docs/benchmarks.md with
-// the machine's name.
+// native size and SD v1 at 512) and image size it builds the model with
+// seeded random weights (or loads --load), then times one UNet call at batch
+// 1 (no guidance) and batch 2 (a CFG pair), and one autoencoder decode,
+// reporting the median of --repeats runs after a warm-up, the parameter
+// bytes, the process RSS, and each phase's peak RSS above the RSS it began
+// with (on Linux: activations plus what the allocators keep). Each figure's
+// FLOPs (matrix products and convolutions, counted per layer in the warm-up
+// run) give its GFLOP/s; on the CPU the machine's float32 FMA peak and a 2048^3
+// GEMM are measured in the same run, before and after the models (--peak 0
+// skips them), and each figure is also printed as a fraction of that peak.
+// Figures go to docs/benchmarks.md with the machine's name.
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <sys/resource.h>
@@ -60,9 +61,21 @@ double PeakRssMiB() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
+// Starts the peak RSS afresh from the current RSS (Linux >= 4.0), so that a
+// phase's own peak can be read; false where the kernel does not allow it.
+bool ResetPeakRss() {
+  std::ofstream clear_refs("/proc/self/clear_refs");
+  clear_refs << "5";
+  clear_refs.close();
+  return !clear_refs.fail();
+}
+
 struct Timing {
   double ms = 0;      // Median wall time.
   int64_t flops = 0;  // Matrix and convolution work of one run.
+  // The phase's peak RSS above the RSS it started from (its activations,
+  // and what the allocators keep); negative where it cannot be measured.
+  double peak_above_mib = -1;
   // GFLOP/s, and the fraction of `peak_gflops` that is.
   double Gflops() const { return flops / ms / 1e6; }
 };
@@ -73,6 +86,8 @@ struct Timing {
 template <typename Fn>
 Timing Time(int repeats, Fn&& fn) {
   Timing timing;
+  const double rss_before = CurrentRssMiB();
+  const bool peak_reset = ResetPeakRss();
   ldm::StartCountingFlops();
   fn();
   timing.flops = ldm::StopCountingFlops();
@@ -86,6 +101,7 @@ Timing Time(int repeats, Fn&& fn) {
   }
   std::sort(times.begin(), times.end());
   timing.ms = times[times.size() / 2];
+  if (peak_reset) timing.peak_above_mib = PeakRssMiB() - rss_before;
   return timing;
 }
 
@@ -156,21 +172,19 @@ std::vector<int64_t> ParseIntList(absl::string_view list) {
   return values;
 }
 
-int RunLoad(const Options& options) {
-  ldm::LoadOptions load;
-  load.device = at::Device(options.device);
-  load.dtype = ldm::ParseDtypeName(options.dtype).value();
+// Loads `options.load` through the real loader and prints the load time and
+// the process's peak RSS against the file's size (meaningful in a fresh
+// process: peak RSS is per process).
+absl::StatusOr<std::unique_ptr<ldm::LatentDiffusion>> LoadAndReport(
+    const Options& options, const std::string& config,
+    const ldm::LoadOptions& load) {
   const double rss_before = CurrentRssMiB();
   const auto start = std::chrono::steady_clock::now();
-  auto model =
-      ldm::LatentDiffusion::Load(options.configs.at(0), options.load, load);
+  auto model = ldm::LatentDiffusion::Load(config, options.load, load);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();
-  if (!model.ok()) {
-    std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
-    return 1;
-  }
+  if (!model.ok()) return model.status();
   std::ifstream file(options.load, std::ios::binary | std::ios::ate);
   const double file_mib = static_cast<double>(file.tellg()) / (1 << 20);
   const double param_mib = static_cast<double>((*model)->NumParameters()) *
@@ -181,11 +195,11 @@ int RunLoad(const Options& options) {
       "parameters)\n",
       options.load.c_str(), seconds, file_mib, param_mib, rss_before,
       CurrentRssMiB(), PeakRssMiB(), (PeakRssMiB() - rss_before) / param_mib);
-  return 0;
+  std::fflush(stdout);
+  return model;
 }
 
 int Run(const Options& options) {
-  if (!options.load.empty()) return RunLoad(options);
   ldm::LoadOptions load;
   load.device = at::Device(options.device);
   load.dtype = ldm::ParseDtypeName(options.dtype).value();
@@ -211,7 +225,9 @@ int Run(const Options& options) {
       return 1;
     }
     const double rss_before = CurrentRssMiB();
-    auto model = ldm::LatentDiffusion::CreateRandom(*config, 1, load);
+    auto model = options.load.empty()
+                     ? ldm::LatentDiffusion::CreateRandom(*config, 1, load)
+                     : LoadAndReport(options, path, load);
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       return 1;
@@ -291,6 +307,9 @@ int Run(const Options& options) {
           std::printf("  %5.1f%% of the FMA peak",
                       100 * timing->Gflops() / peak);
         }
+        if (timing->peak_above_mib >= 0) {
+          std::printf("  peak RSS +%.0f MiB", timing->peak_above_mib);
+        }
         std::printf("\n");
       }
       if (options.lora_rank > 0) {
@@ -329,6 +348,12 @@ int Run(const Options& options) {
 int main(int argc, char** argv) {
   Options options;
   int64_t cached_mib = 2048;
+  if (argc % 2 == 0) {
+    std::fprintf(stderr,
+                 "usage: ldmbench [--FLAG VALUE]... (the flags are listed at "
+                 "the top of bench/ldmbench.cc)\n");
+    return 2;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--load") {
@@ -371,6 +396,10 @@ int main(int argc, char** argv) {
   at::set_num_threads(options.threads > 0
                           ? options.threads
                           : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  if (!options.load.empty() && options.configs.size() != 1) {
+    std::fprintf(stderr, "ldmbench: --load needs one --config\n");
+    return 2;
+  }
   if (options.configs.empty()) {
     options.configs = {
         std::string(LDMSERVE_SOURCE_DIR) + "/models/shapes-txt2img/config.json",

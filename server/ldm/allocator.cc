@@ -3,9 +3,13 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <c10/util/Exception.h>
+#include <sys/mman.h>
 #include <torch/version.h>
 
+#include <cerrno>
 #include <cstdlib>  // Defines __GLIBC__ where glibc is the C library.
+#include <cstring>
 #include <list>
 #include <map>
 #include <unordered_map>
@@ -58,6 +62,11 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
  private:
+  struct Block {
+    void* data;
+    size_t size;
+  };
+
   static size_t Rounded(size_t bytes) {
     return (bytes + kCachedBlock - 1) / kCachedBlock * kCachedBlock;
   }
@@ -79,14 +88,69 @@ class CachingCpuAllocator final : public c10::Allocator {
         stats_.cached_bytes -= static_cast<int64_t>(block);
         ++stats_.hits;
         live_[data] = block;
+        live_bytes_ += block;
         return data;
       }
       ++stats_.misses;
     }
-    void* data = c10::alloc_cpu(size);
+    ReleaseAll(EvictBeyondPeak(size));
+    void* data = MapBlock(size);
     absl::MutexLock lock(&mu_);
     live_[data] = size;
+    live_bytes_ += size;
+    peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
     return data;
+  }
+
+  // Takes kept blocks out, largest first, until a new block of `size` fits
+  // within the most memory that was ever live in large blocks: the cache
+  // then never raises the process's peak above what the model needed
+  // without it (a decode after UNet steps reuses or replaces their blocks
+  // instead of adding to them; threads allocating at once may overshoot it
+  // by their blocks). Returns the blocks to free, outside the lock.
+  std::vector<Block> EvictBeyondPeak(size_t size) const {
+    std::vector<Block> evicted;
+    absl::MutexLock lock(&mu_);
+    while (!free_.empty() &&
+           live_bytes_ + static_cast<size_t>(stats_.cached_bytes) + size >
+               peak_live_bytes_) {
+      evicted.push_back(TakeLargestLocked());
+    }
+    return evicted;
+  }
+
+  Block TakeLargestLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto largest = std::prev(free_.end());
+    const Block block{largest->second.front(), largest->first};
+    largest->second.pop_front();
+    stats_.cached_bytes -= static_cast<int64_t>(largest->first);
+    if (largest->second.empty()) free_.erase(largest);
+    return block;
+  }
+
+  // Large blocks are mapped and unmapped here rather than taken from
+  // malloc: an evicted block then leaves the process's resident memory at
+  // once (glibc keeps freed heap blocks of up to its 32 MiB mmap threshold
+  // resident, so evicting them would not lower the peak).
+  static void* MapBlock(size_t size) {
+    constexpr size_t kHugePage = size_t{2} << 20;
+    void* mapped = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(mapped != MAP_FAILED, "CPU allocator: cannot map ", size,
+                " bytes: ", std::strerror(errno));
+    const uintptr_t start = reinterpret_cast<uintptr_t>(mapped);
+    const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+    if (aligned > start) munmap(mapped, aligned - start);
+    const uintptr_t tail = aligned + size;
+    const uintptr_t end = start + size + kHugePage;
+    if (end > tail) munmap(reinterpret_cast<void*>(tail), end - tail);
+    void* data = reinterpret_cast<void*>(aligned);
+    madvise(data, size, MADV_HUGEPAGE);
+    return data;
+  }
+
+  static void ReleaseAll(const std::vector<Block>& blocks) {
+    for (const Block& block : blocks) munmap(block.data, block.size);
   }
 
   static void Free(void* data) {
@@ -97,24 +161,21 @@ class CachingCpuAllocator final : public c10::Allocator {
   // Returns false for blocks it does not cache (small ones); keeps the rest,
   // giving back the largest kept blocks while over the limit.
   bool Keep(void* data) {
-    std::vector<void*> released;
+    std::vector<Block> released;
     {
       absl::MutexLock lock(&mu_);
       auto it = live_.find(data);
       if (it == live_.end()) return false;
       const size_t size = it->second;
       live_.erase(it);
+      live_bytes_ -= size;
       free_[size].push_back(data);
       stats_.cached_bytes += static_cast<int64_t>(size);
       while (static_cast<size_t>(stats_.cached_bytes) > max_cached_bytes_) {
-        auto largest = std::prev(free_.end());
-        released.push_back(largest->second.front());
-        largest->second.pop_front();
-        stats_.cached_bytes -= static_cast<int64_t>(largest->first);
-        if (largest->second.empty()) free_.erase(largest);
+        released.push_back(TakeLargestLocked());
       }
     }
-    for (void* block : released) c10::free_cpu(block);
+    ReleaseAll(released);
     return true;
   }
 
@@ -125,6 +186,9 @@ class CachingCpuAllocator final : public c10::Allocator {
   // Handed-out large blocks -> their rounded size.
   mutable std::unordered_map<void*, size_t> live_ ABSL_GUARDED_BY(mu_);
   mutable CachedTensorMemory stats_ ABSL_GUARDED_BY(mu_);
+  // Bytes of the handed-out large blocks, and the most there ever were.
+  mutable size_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable size_t peak_live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 #endif  // LDMSERVE_CACHING_CPU_ALLOCATOR

@@ -3,6 +3,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 
 // at::scaled_dot_product_attention takes `scale` from LibTorch 2.1 on.
@@ -32,6 +33,14 @@ at::Tensor PerSample(const at::Tensor& x, Fn&& fn) {
   }
   return at::cat(outputs, 0);
 }
+
+// CPU convolutions whose (upsampled) input has at least this many bytes run
+// in bands of rows: LibTorch's oneDNN path copies its whole input and output
+// into a blocked layout, two more full-size tensors alive at once (3 x 256
+// MiB at the peak of an SD 512x512 decode).
+constexpr int64_t kBandedConvolutionBytes = int64_t{64} << 20;
+// About the input bytes of one band.
+constexpr int64_t kBandBytes = int64_t{16} << 20;
 
 // The adapters of the call this thread is in (ScopedLowRankUpdates).
 thread_local const LowRankUpdates* active_updates = nullptr;
@@ -83,8 +92,26 @@ Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
 }
 
 at::Tensor Conv2d::Forward(const at::Tensor& x) const {
+  return Convolve(x, /*scale=*/1);
+}
+
+at::Tensor Conv2d::ForwardUpsampled2x(const at::Tensor& x) const {
+  return Convolve(x, /*scale=*/2);
+}
+
+at::Tensor Conv2d::Convolve(const at::Tensor& x, int64_t scale) const {
   const std::vector<LowRankUpdate>* updates = ActiveUpdatesOf(&weight_);
-  auto conv = [&](const at::Tensor& input) {
+  auto conv = [&](const at::Tensor& small_input) {
+    if (updates == nullptr && stride_ == 1 && small_input.is_cpu() &&
+        small_input.numel() * scale * scale * small_input.element_size() >=
+            kBandedConvolutionBytes) {
+      return ConvolveInBands(small_input, scale);
+    }
+    const at::Tensor input =
+        scale == 1 ? small_input
+                   : at::upsample_nearest2d(small_input,
+                                            {small_input.size(2) * scale,
+                                             small_input.size(3) * scale});
     at::Tensor out = at::conv2d(input, weight_, bias_, {stride_, stride_},
                                 {padding_, padding_});
     if (updates == nullptr) return out;
@@ -99,6 +126,47 @@ at::Tensor Conv2d::Forward(const at::Tensor& x) const {
   // Each output element: in_channels * k * k multiply-adds.
   CountFlops(2 * out.numel() * weight_.size(1) * weight_.size(2) *
              weight_.size(3));
+  return out;
+}
+
+at::Tensor Conv2d::ConvolveInBands(const at::Tensor& x, int64_t scale) const {
+  const int64_t kernel_height = weight_.size(2);
+  const int64_t height = x.size(2) * scale, width = x.size(3) * scale;
+  const int64_t out_height = height + 2 * padding_ - kernel_height + 1;
+  const int64_t out_width = width + 2 * padding_ - weight_.size(3) + 1;
+  const int64_t row_bytes = x.size(0) * x.size(1) * width * x.element_size();
+  const int64_t band_rows = std::max<int64_t>(1, kBandBytes / row_bytes);
+  at::Tensor out = at::empty(
+      {x.size(0), weight_.size(0), out_height, out_width}, x.options());
+  for (int64_t first = 0; first < out_height; first += band_rows) {
+    const int64_t last = std::min(out_height, first + band_rows);
+    // Output row r reads input rows r - padding to r - padding + kernel - 1;
+    // rows outside the input are the zero padding.
+    const int64_t begin = first - padding_;
+    const int64_t end = last - padding_ + kernel_height - 1;
+    const int64_t read_begin = std::max<int64_t>(0, begin);
+    const int64_t read_end = std::min(height, end);
+    at::Tensor rows;
+    if (scale == 1) {
+      rows = x.slice(2, read_begin, read_end);
+    } else {
+      // Nearest upsampling copies row i / scale: upsampling the rows that
+      // cover the band gives exactly the band of the upsampled input.
+      const int64_t small_begin = read_begin / scale;
+      const int64_t small_end = (read_end + scale - 1) / scale;
+      rows = at::upsample_nearest2d(x.slice(2, small_begin, small_end),
+                                    {(small_end - small_begin) * scale, width})
+                 .slice(2, read_begin - small_begin * scale,
+                        read_end - small_begin * scale);
+    }
+    if (read_begin > begin || read_end < end) {
+      rows = at::constant_pad_nd(rows,
+                                 {0, 0, read_begin - begin, end - read_end}, 0);
+    }
+    const std::array<int64_t, 2> stride = {1, 1}, padding = {0, padding_};
+    out.slice(2, first, last)
+        .copy_(at::conv2d(rows, weight_, bias_, stride, padding));
+  }
   return out;
 }
 

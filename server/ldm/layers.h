@@ -88,8 +88,17 @@ class Conv2d {
   Conv2d(const ParamScope& scope, int64_t in_channels, int64_t out_channels,
          int64_t kernel, int64_t stride = 1, int64_t padding = 0);
   at::Tensor Forward(const at::Tensor& x) const;
+  // Forward of `x` upsampled 2x (nearest), as the autoencoder's Upsample,
+  // without making the upsampled tensor where the input is large.
+  at::Tensor ForwardUpsampled2x(const at::Tensor& x) const;
 
  private:
+  // Forward of `x` scaled up `scale` times (1 or 2, nearest).
+  at::Tensor Convolve(const at::Tensor& x, int64_t scale) const;
+  // The same convolution (stride 1, no adapters) a band of output rows at a
+  // time, each from its input rows and the kernel's halo.
+  at::Tensor ConvolveInBands(const at::Tensor& x, int64_t scale) const;
+
   at::Tensor weight_, bias_;
   int64_t stride_ = 1, padding_ = 0;
 };

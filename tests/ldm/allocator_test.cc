@@ -36,6 +36,28 @@ TEST(CachingAllocatorTest, FreedLargeBlocksAreReusedWithTheirContentsReset) {
   EXPECT_EQ(after.cached_bytes, 64 << 20);
 }
 
+// Kept blocks never hold the process above the most memory that was live:
+// a request that no kept block fits evicts them first.
+TEST(CachingAllocatorTest, KeptBlocksAreEvictedRatherThanGrowPastThePeak) {
+  if (TORCH_VERSION_MAJOR >= 2) GTEST_SKIP() << "LibTorch 1.x only";
+  KeepFreedTensorMemory(/*max_cached_bytes=*/size_t{256} << 20);
+  at::Tensor first = at::empty({8 << 20});  // 32 MiB, the peak so far.
+  first.reset();
+  ASSERT_EQ(CachedTensorMemoryStats().cached_bytes, 32 << 20);
+  // 8 MiB would waste three quarters of the kept block: a new block, and
+  // kept + live would pass the 32 MiB peak, so the kept one goes.
+  at::Tensor smaller = at::empty({2 << 20});
+  EXPECT_EQ(CachedTensorMemoryStats().cached_bytes, 0);
+  // Under the peak, freed blocks stay kept beside the live ones.
+  at::Tensor second = at::empty({2 << 20});
+  smaller.reset();
+  EXPECT_EQ(CachedTensorMemoryStats().cached_bytes, 8 << 20);
+  const int64_t hits = CachedTensorMemoryStats().hits;
+  at::Tensor again = at::ones({2 << 20});
+  EXPECT_EQ(CachedTensorMemoryStats().hits, hits + 1);
+  EXPECT_EQ(again.sum().item<float>(), float{2 << 20});
+}
+
 // What runs in reused blocks computes what it computed in fresh ones.
 TEST(CachingAllocatorTest, ResultsDoNotDependOnTheCache) {
   const at::Tensor a = at::randn({1 << 20}), b = at::randn({1 << 20});
