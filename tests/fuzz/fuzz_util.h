@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
@@ -38,12 +39,30 @@ inline void RequireClearStatus(const absl::Status& status,
   }
 }
 
-// The input as a file (parsers that take a path); one per process.
+// The input files this process wrote, removed when it exits normally (a
+// crashing input's file stays, beside libFuzzer's own copy of it).
+class ProcessInputFiles {
+ public:
+  static void Add(const std::string& path) {
+    static ProcessInputFiles files;
+    files.paths_.insert(path);
+  }
+  ~ProcessInputFiles() {
+    for (const std::string& path : paths_) std::remove(path.c_str());
+  }
+
+ private:
+  std::set<std::string> paths_;
+};
+
+// The input as a file (parsers that take a path); one per process and
+// suffix, rewritten for each input.
 inline std::string WriteInputFile(const uint8_t* data, size_t size,
                                   const char* suffix) {
   const char* directory = std::getenv("TMPDIR");
   std::string path = std::string(directory != nullptr ? directory : "/tmp") +
                      "/ldmserve-fuzz-" + std::to_string(getpid()) + suffix;
+  ProcessInputFiles::Add(path);
   std::ofstream file(path, std::ios::binary | std::ios::trunc);
   file.write(reinterpret_cast<const char*>(data),
              static_cast<std::streamsize>(size));
