@@ -39,6 +39,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/machine_peak.h"
 #include "server/ldm/allocator.h"
+#include "server/ldm/device_memory.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/lora.h"
@@ -70,12 +71,40 @@ bool ResetPeakRss() {
   return !clear_refs.fail();
 }
 
+// A phase's peak memory above where it began: the process's RSS on the CPU
+// (activations and what the allocators keep), the caching allocator's
+// tensors on CUDA. Negative where it cannot be read.
+class PhasePeak {
+ public:
+  explicit PhasePeak(const c10::Device& device) : device_(device) {
+    if (device_.is_cuda()) {
+      const absl::StatusOr<ldm::DeviceMemory> memory = ldm::CudaMemory(device_);
+      readable_ = memory.ok() && ldm::ResetCudaMemoryPeaks(device_).ok();
+      if (readable_) start_mib_ = memory->allocated_bytes / 1048576.0;
+    } else {
+      start_mib_ = CurrentRssMiB();
+      readable_ = ResetPeakRss();
+    }
+  }
+
+  double AboveStartMiB() const {
+    if (!readable_) return -1;
+    if (!device_.is_cuda()) return PeakRssMiB() - start_mib_;
+    const absl::StatusOr<ldm::DeviceMemory> memory = ldm::CudaMemory(device_);
+    return memory.ok() ? memory->peak_allocated_bytes / 1048576.0 - start_mib_
+                       : -1;
+  }
+
+ private:
+  c10::Device device_;
+  bool readable_ = false;
+  double start_mib_ = 0;
+};
+
 struct Timing {
-  double ms = 0;      // Median wall time.
-  int64_t flops = 0;  // Matrix and convolution work of one run.
-  // The phase's peak RSS above the RSS it started from (its activations,
-  // and what the allocators keep); negative where it cannot be measured.
-  double peak_above_mib = -1;
+  double ms = 0;               // Median wall time.
+  int64_t flops = 0;           // Matrix and convolution work of one run.
+  double peak_above_mib = -1;  // PhasePeak's figure.
   // GFLOP/s, and the fraction of `peak_gflops` that is.
   double Gflops() const { return flops / ms / 1e6; }
 };
@@ -84,10 +113,9 @@ struct Timing {
 // which its FLOPs are counted; `fn` must synchronise (read a value back) so
 // device work is counted.
 template <typename Fn>
-Timing Time(int repeats, Fn&& fn) {
+Timing Time(const c10::Device& device, int repeats, Fn&& fn) {
   Timing timing;
-  const double rss_before = CurrentRssMiB();
-  const bool peak_reset = ResetPeakRss();
+  const PhasePeak peak(device);
   ldm::StartCountingFlops();
   fn();
   timing.flops = ldm::StopCountingFlops();
@@ -101,13 +129,8 @@ Timing Time(int repeats, Fn&& fn) {
   }
   std::sort(times.begin(), times.end());
   timing.ms = times[times.size() / 2];
-  if (peak_reset) timing.peak_above_mib = PeakRssMiB() - rss_before;
+  timing.peak_above_mib = peak.AboveStartMiB();
   return timing;
-}
-
-template <typename Fn>
-double MedianMs(int repeats, Fn&& fn) {
-  return Time(repeats, fn).ms;
 }
 
 // The machine's FMA peak and GEMM rate, printed; returns the peak.
@@ -214,6 +237,7 @@ int Run(const Options& options) {
       : options.fused_attention       ? "on (CUDA)"
                                       : "off");
   const bool on_cpu = load.device.is_cpu() && options.peak;
+  const bool on_cuda = load.device.is_cuda();
   const double peak = on_cpu ? PrintMachinePeak("before") : 0;
   std::printf("%-14s %5s %10s %10s %12s %12s %12s %12s %10s %10s\n", "model",
               "size", "params(M)", "param MiB", "text cfg ms", "unet b1 ms",
@@ -245,9 +269,9 @@ int Run(const Options& options) {
       const std::vector<std::string> prompts = {
           "a photograph of an astronaut riding a horse on mars", ""};
       if ((*model)->EncodeText(prompts).ok()) {
-        text_cfg = MedianMs(options.repeats, [&] {
-          (*model)->EncodeText(prompts)->context.sum().item<float>();
-        });
+        text_cfg = Time(load.device, options.repeats, [&] {
+                     (*model)->EncodeText(prompts)->context.sum().item<float>();
+                   }).ms;
       }
     }
     const int64_t f = config->ae.DownsamplingFactor();
@@ -265,7 +289,7 @@ int Run(const Options& options) {
             ctx_dim > 0
                 ? at::randn({batch, config->ctx_len, ctx_dim}, tensor_options)
                 : at::Tensor();
-        return Time(options.repeats, [&] {
+        return Time(load.device, options.repeats, [&] {
           (*model)
               ->denoiser()
               .unet()
@@ -279,7 +303,7 @@ int Run(const Options& options) {
       at::Tensor z =
           at::randn({1, config->ae.embed_dim, latent, latent},
                     tensor_options.dtype((*model)->precision().first_stage));
-      const Timing decode_timing = Time(options.repeats, [&] {
+      const Timing decode_timing = Time(load.device, options.repeats, [&] {
         (*model)->first_stage().autoencoder().Decode(z).sum().item<float>();
       });
       const double unet_b1 = unet_b1_timing.ms;
@@ -308,7 +332,8 @@ int Run(const Options& options) {
                       100 * timing->Gflops() / peak);
         }
         if (timing->peak_above_mib >= 0) {
-          std::printf("  peak RSS +%.0f MiB", timing->peak_above_mib);
+          std::printf("  peak %s +%.0f MiB", on_cuda ? "allocated" : "RSS",
+                      timing->peak_above_mib);
         }
         std::printf("\n");
       }
@@ -329,12 +354,14 @@ int Run(const Options& options) {
             with_lora, without, with_lora / without);
       }
       for (int64_t images : options.batches) {
-        const double call = unet_call(2 * images).ms;
+        const Timing batched = unet_call(2 * images);
         std::printf(
             "  guided call of %2lld images: %9.1f ms, %7.2f ms per "
-            "image-step (%.2f x the 1-image cost)\n",
-            static_cast<long long>(images), call, call / images,
-            call / images / unet_cfg);
+            "image-step (%.2f x the 1-image cost), peak +%.0f MiB (%.0f "
+            "MiB per image)\n",
+            static_cast<long long>(images), batched.ms, batched.ms / images,
+            batched.ms / images / unet_cfg, batched.peak_above_mib,
+            batched.peak_above_mib / images);
       }
       std::fflush(stdout);
     }

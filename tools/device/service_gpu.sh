@@ -4,7 +4,8 @@
 #   1. ldm_test's attention and precision tests on CUDA (fused attention
 #      against the chunked path; dtype checks);
 #   2. ldmbench, SD v1 at 512 in f16: fused attention on and off, guided
-#      calls of 1 and 8 images;
+#      calls of 1 and 8 images, each phase's peak device memory (per image
+#      for the batched calls);
 #   3. ldmserve --devices=cuda:0 on a full-size random SD v1 checkpoint
 #      (ldmtool init-random, f16) and the shipped models: ldmctl models,
 #      txt2img / inpaint / upscale, a /metrics scrape (device memory series);
