@@ -131,20 +131,22 @@ class CachingCpuAllocator final : public c10::Allocator {
   // Large blocks are mapped and unmapped here rather than taken from
   // malloc: an evicted block then leaves the process's resident memory at
   // once (glibc keeps freed heap blocks of up to its 32 MiB mmap threshold
-  // resident, so evicting them would not lower the peak).
+  // resident, so evicting them would not lower the peak). 2 MiB aligned and
+  // marked for transparent huge pages: where the kernel allows them, a
+  // first touch faults in 2 MiB at once.
   static void* MapBlock(size_t size) {
     constexpr size_t kHugePage = size_t{2} << 20;
     void* mapped = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     TORCH_CHECK(mapped != MAP_FAILED, "CPU allocator: cannot map ", size,
                 " bytes: ", std::strerror(errno));
-    const uintptr_t start = reinterpret_cast<uintptr_t>(mapped);
-    const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
-    if (aligned > start) munmap(mapped, aligned - start);
-    const uintptr_t tail = aligned + size;
-    const uintptr_t end = start + size + kHugePage;
-    if (end > tail) munmap(reinterpret_cast<void*>(tail), end - tail);
-    void* data = reinterpret_cast<void*>(aligned);
+    // Unmaps the slack before the first 2 MiB boundary and after the block.
+    const size_t head =
+        (kHugePage - reinterpret_cast<uintptr_t>(mapped) % kHugePage) %
+        kHugePage;
+    char* const data = static_cast<char*>(mapped) + head;
+    if (head > 0) munmap(mapped, head);
+    if (head < kHugePage) munmap(data + size, kHugePage - head);
     madvise(data, size, MADV_HUGEPAGE);
     return data;
   }

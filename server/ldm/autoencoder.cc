@@ -116,8 +116,9 @@ struct Middle {
   Middle(const ParamScope& scope, int64_t channels, bool attend)
       : block_1(scope.Sub("block_1"), channels, channels),
         block_2(scope.Sub("block_2"), channels, channels) {
-    if (attend)
+    if (attend) {
       attn_1 = std::make_unique<AttnBlock>(scope.Sub("attn_1"), channels);
+    }
   }
   at::Tensor Forward(const at::Tensor& x) const {
     at::Tensor h = block_1.Forward(x);
