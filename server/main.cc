@@ -76,8 +76,9 @@ ABSL_FLAG(bool, batch_invariant, true,
           "docs/benchmarks.md)");
 ABSL_FLAG(int64_t, tensor_cache_mib, 2048,
           "freed tensor blocks of 1 MiB or more kept for reuse, at most this "
-          "many MiB (large models: their activations are not faulted in "
-          "again on every call); 0 = none");
+          "many MiB and never more than the most memory tensors were using "
+          "(large models: their activations are not faulted in again on "
+          "every call); 0 = none");
 // Request limits (ServiceLimits' defaults); a request over one gets
 // INVALID_ARGUMENT naming the field and the limit.
 ABSL_FLAG(int64_t, max_pixels, ldmserve::ServiceLimits().max_pixels,
