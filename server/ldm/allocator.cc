@@ -7,12 +7,16 @@
 #include <sys/mman.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>  // Defines __GLIBC__ where glibc is the C library.
 #include <cstring>
-#include <list>
+#include <iterator>
 #include <map>
+#include <set>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -37,7 +41,7 @@ namespace {
 #if LDMSERVE_CACHING_CPU_ALLOCATOR
 
 // Blocks of at least this size are cached, their sizes rounded up to a
-// multiple of it so that near sizes share blocks.
+// multiple of it (kept ranges are split and joined at this granularity).
 constexpr size_t kCachedBlock = size_t{1} << 20;
 
 class CachingCpuAllocator;
@@ -45,6 +49,14 @@ class CachingCpuAllocator;
 // static destruction); Free has no other way to reach it.
 CachingCpuAllocator* caching_allocator = nullptr;
 
+// Large blocks come from the allocator's own mappings. A freed block is kept
+// as a free range, joined with free neighbours; a request takes the smallest
+// free range that holds it, split if larger, so freed memory serves any
+// smaller size (the same sizes in the same order every UNet call find
+// their memory again). Kept ranges never take the process above the most
+// memory that was live in large blocks, nor above `max_cached_bytes`: past
+// either, the largest ranges are unmapped (their ends first, as much as
+// needed).
 class CachingCpuAllocator final : public c10::Allocator {
  public:
   explicit CachingCpuAllocator(size_t max_cached_bytes)
@@ -62,8 +74,9 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
  private:
-  struct Block {
-    void* data;
+  // A range of mapped memory: [start, start + size).
+  struct Range {
+    char* start;
     size_t size;
   };
 
@@ -74,67 +87,101 @@ class CachingCpuAllocator final : public c10::Allocator {
   void* Take(size_t bytes) const {
     if (bytes < kCachedBlock) return c10::alloc_cpu(bytes);
     const size_t size = Rounded(bytes);
+    std::vector<Range> released;
     {
       absl::MutexLock lock(&mu_);
-      // The smallest kept block that fits, if it wastes at most a quarter
-      // of itself (near sizes share; the 2x and 4x steps between a
-      // network's stages do not).
-      auto it = free_.lower_bound(size);
-      if (it != free_.end() && it->first - size <= it->first / 4) {
-        const size_t block = it->first;
-        void* data = it->second.front();
-        it->second.pop_front();
-        if (it->second.empty()) free_.erase(it);
-        stats_.cached_bytes -= static_cast<int64_t>(block);
+      auto fit = free_by_size_.lower_bound({size, nullptr});
+      if (fit != free_by_size_.end()) {
+        const Range range{fit->second, fit->first};
+        RemoveFreeLocked(range);
+        if (range.size > size) {
+          AddFreeLocked({range.start + size, range.size - size});
+        }
         ++stats_.hits;
-        live_[data] = block;
-        live_bytes_ += block;
-        return data;
+        MarkLiveLocked(range.start, size);
+        return range.start;
       }
       ++stats_.misses;
+      // New memory would take live + kept past the most ever live: unmap
+      // kept ranges first.
+      const size_t limit = std::max(peak_live_bytes_, live_bytes_ + size);
+      const size_t kept = static_cast<size_t>(stats_.cached_bytes);
+      if (live_bytes_ + kept + size > limit) {
+        released = ShrinkLocked(live_bytes_ + kept + size - limit);
+      }
     }
-    ReleaseAll(EvictBeyondPeak(size));
-    void* data = MapBlock(size);
+    Unmap(released);
+    char* data = MapBlock(size);
     absl::MutexLock lock(&mu_);
-    live_[data] = size;
-    live_bytes_ += size;
-    peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
+    MarkLiveLocked(data, size);
     return data;
   }
 
-  // Takes kept blocks out, largest first, until a new block of `size` fits
-  // within the most memory that was ever live in large blocks: the cache
-  // then never raises the process's peak above what the model needed
-  // without it (a decode after UNet steps reuses or replaces their blocks
-  // instead of adding to them; threads allocating at once may overshoot it
-  // by their blocks). Returns the blocks to free, outside the lock.
-  std::vector<Block> EvictBeyondPeak(size_t size) const {
-    std::vector<Block> evicted;
-    absl::MutexLock lock(&mu_);
-    while (!free_.empty() &&
-           live_bytes_ + static_cast<size_t>(stats_.cached_bytes) + size >
-               peak_live_bytes_) {
-      evicted.push_back(TakeLargestLocked());
+  void MarkLiveLocked(char* data, size_t size) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    live_[data] = size;
+    live_bytes_ += size;
+    peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
+  }
+
+  // Keeps `range` free, joined with the free ranges that touch it.
+  void AddFreeLocked(Range range) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto next = free_by_start_.find(range.start + range.size);
+    if (next != free_by_start_.end()) {
+      const Range after{next->first, next->second};
+      RemoveFreeLocked(after);
+      range.size += after.size;
     }
-    return evicted;
+    auto previous = free_by_start_.lower_bound(range.start);
+    if (previous != free_by_start_.begin()) {
+      --previous;
+      if (previous->first + previous->second == range.start) {
+        const Range before{previous->first, previous->second};
+        RemoveFreeLocked(before);
+        range = {before.start, before.size + range.size};
+      }
+    }
+    free_by_start_[range.start] = range.size;
+    free_by_size_.insert({range.size, range.start});
+    stats_.cached_bytes += static_cast<int64_t>(range.size);
   }
 
-  Block TakeLargestLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    auto largest = std::prev(free_.end());
-    const Block block{largest->second.front(), largest->first};
-    largest->second.pop_front();
-    stats_.cached_bytes -= static_cast<int64_t>(largest->first);
-    if (largest->second.empty()) free_.erase(largest);
-    return block;
+  void RemoveFreeLocked(const Range& range) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    free_by_start_.erase(range.start);
+    free_by_size_.erase({range.size, range.start});
+    stats_.cached_bytes -= static_cast<int64_t>(range.size);
   }
 
-  // Large blocks are mapped and unmapped here rather than taken from
-  // malloc: an evicted block then leaves the process's resident memory at
-  // once (glibc keeps freed heap blocks of up to its 32 MiB mmap threshold
-  // resident, so evicting them would not lower the peak). 2 MiB aligned and
+  // Takes at least `bytes` (whole kCachedBlocks) out of the kept ranges,
+  // from the ends of the largest ones; returns them to unmap outside the
+  // lock.
+  std::vector<Range> ShrinkLocked(size_t bytes) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<Range> released;
+    size_t remaining = Rounded(bytes);
+    while (remaining > 0 && !free_by_size_.empty()) {
+      const auto largest = std::prev(free_by_size_.end());
+      const Range range{largest->second, largest->first};
+      RemoveFreeLocked(range);
+      if (range.size > remaining) {
+        // Keeps the head, unmaps the tail.
+        AddFreeLocked({range.start, range.size - remaining});
+        released.push_back({range.start + range.size - remaining, remaining});
+        break;
+      }
+      released.push_back(range);
+      remaining -= range.size;
+    }
+    return released;
+  }
+
+  // Maps `size` bytes rather than taking them from malloc: unmapped ranges
+  // leave the process's resident memory at once (glibc keeps freed heap
+  // blocks of up to its 32 MiB mmap threshold resident). 2 MiB aligned and
   // marked for transparent huge pages: where the kernel allows them, a
   // first touch faults in 2 MiB at once.
-  static void* MapBlock(size_t size) {
+  static char* MapBlock(size_t size) {
     constexpr size_t kHugePage = size_t{2} << 20;
     void* mapped = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -151,19 +198,21 @@ class CachingCpuAllocator final : public c10::Allocator {
     return data;
   }
 
-  static void ReleaseAll(const std::vector<Block>& blocks) {
-    for (const Block& block : blocks) munmap(block.data, block.size);
+  static void Unmap(const std::vector<Range>& ranges) {
+    for (const Range& range : ranges) munmap(range.start, range.size);
   }
 
   static void Free(void* data) {
     if (data == nullptr) return;
-    if (!caching_allocator->Keep(data)) c10::free_cpu(data);
+    if (!caching_allocator->Keep(static_cast<char*>(data))) {
+      c10::free_cpu(data);
+    }
   }
 
-  // Returns false for blocks it does not cache (small ones); keeps the rest,
-  // giving back the largest kept blocks while over the limit.
-  bool Keep(void* data) {
-    std::vector<Block> released;
+  // Returns false for blocks it does not cache (small ones); keeps the rest
+  // as free ranges, unmapping the largest while over `max_cached_bytes_`.
+  bool Keep(char* data) {
+    std::vector<Range> released;
     {
       absl::MutexLock lock(&mu_);
       auto it = live_.find(data);
@@ -171,22 +220,24 @@ class CachingCpuAllocator final : public c10::Allocator {
       const size_t size = it->second;
       live_.erase(it);
       live_bytes_ -= size;
-      free_[size].push_back(data);
-      stats_.cached_bytes += static_cast<int64_t>(size);
-      while (static_cast<size_t>(stats_.cached_bytes) > max_cached_bytes_) {
-        released.push_back(TakeLargestLocked());
+      AddFreeLocked({data, size});
+      const size_t kept = static_cast<size_t>(stats_.cached_bytes);
+      if (kept > max_cached_bytes_) {
+        released = ShrinkLocked(kept - max_cached_bytes_);
       }
     }
-    ReleaseAll(released);
+    Unmap(released);
     return true;
   }
 
   const size_t max_cached_bytes_;
   mutable absl::Mutex mu_;
-  // Rounded size -> kept blocks of that size.
-  mutable std::map<size_t, std::list<void*>> free_ ABSL_GUARDED_BY(mu_);
+  // Kept ranges by start (to join neighbours) and by (size, start) (the
+  // smallest that holds a request).
+  mutable std::map<char*, size_t> free_by_start_ ABSL_GUARDED_BY(mu_);
+  mutable std::set<std::pair<size_t, char*>> free_by_size_ ABSL_GUARDED_BY(mu_);
   // Handed-out large blocks -> their rounded size.
-  mutable std::unordered_map<void*, size_t> live_ ABSL_GUARDED_BY(mu_);
+  mutable std::unordered_map<char*, size_t> live_ ABSL_GUARDED_BY(mu_);
   mutable CachedTensorMemory stats_ ABSL_GUARDED_BY(mu_);
   // Bytes of the handed-out large blocks, and the most there ever were.
   mutable size_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -16,12 +16,13 @@ namespace ldm {
 //     of freed heap (a shapes job 1.35x faster on a 2-core CPU), and
 //   - on LibTorch 1.x, installs a CPU allocator that maps blocks of 1 MiB
 //     and more itself (2 MiB aligned, transparent huge pages asked for),
-//     keeps them when freed (up to `max_cached_bytes`) and hands them out
-//     again for near sizes: they are not given back and faulted in again.
-//     Kept blocks never take the process above the most memory that was
-//     live in large blocks: a request none fits evicts them (largest
-//     first) before new memory is mapped, so a 512x512 SD v1 decode after
-//     its UNet steps peaks where it would without the cache.
+//     keeps them when freed (up to `max_cached_bytes`) as free ranges,
+//     joined with free neighbours and split for smaller requests: memory
+//     is not given back and faulted in again on every call. Kept ranges
+//     never take the process above the most memory that was live in large
+//     blocks: a request none holds unmaps them (the largest first) before
+//     new memory is mapped, so a 512x512 SD v1 decode after its UNet steps
+//     peaks where it would without the cache.
 // Call once at start-up, before other threads and before any tensor is
 // made; the malloc part does nothing without glibc.
 void KeepFreedTensorMemory(size_t max_cached_bytes = size_t{2} << 30);

@@ -36,26 +36,60 @@ TEST(CachingAllocatorTest, FreedLargeBlocksAreReusedWithTheirContentsReset) {
   EXPECT_EQ(after.cached_bytes, 64 << 20);
 }
 
-// Kept blocks never hold the process above the most memory that was live:
-// a request that no kept block fits evicts them first.
-TEST(CachingAllocatorTest, KeptBlocksAreEvictedRatherThanGrowPastThePeak) {
+// Freed memory serves smaller requests (split) and, joined with its free
+// neighbours, larger ones.
+TEST(CachingAllocatorTest, KeptRangesAreSplitAndJoined) {
+  if (TORCH_VERSION_MAJOR >= 2) GTEST_SKIP() << "LibTorch 1.x only";
+  KeepFreedTensorMemory(/*max_cached_bytes=*/size_t{256} << 20);
+  at::Tensor whole = at::empty({8 << 20});  // 32 MiB.
+  whole.reset();
+  const CachedTensorMemory before = CachedTensorMemoryStats();
+  ASSERT_EQ(before.cached_bytes, 32 << 20);
+  // Two halves from the one kept range: no new memory.
+  at::Tensor first = at::ones({4 << 20});
+  at::Tensor second = at::ones({4 << 20});
+  CachedTensorMemory after = CachedTensorMemoryStats();
+  EXPECT_EQ(after.hits - before.hits, 2);
+  EXPECT_EQ(after.misses, before.misses);
+  EXPECT_EQ(after.cached_bytes, 0);
+  EXPECT_EQ(first.sum().item<float>() + second.sum().item<float>(),
+            float{8 << 20});
+  // Freed in either order, they are one range again: the whole size fits.
+  first.reset();
+  second.reset();
+  at::Tensor again = at::zeros({8 << 20});
+  EXPECT_EQ(again.sum().item<float>(), 0.0f);
+  again.reset();
+  first = at::empty({4 << 20});
+  second = at::empty({4 << 20});
+  second.reset();
+  first.reset();
+  again = at::empty({8 << 20});
+  after = CachedTensorMemoryStats();
+  EXPECT_EQ(after.hits - before.hits, 6);
+  EXPECT_EQ(after.misses, before.misses);
+}
+
+// Kept ranges never hold the process above the most memory that was live:
+// a request that none holds unmaps them first.
+TEST(CachingAllocatorTest, KeptRangesAreUnmappedRatherThanGrowPastThePeak) {
   if (TORCH_VERSION_MAJOR >= 2) GTEST_SKIP() << "LibTorch 1.x only";
   KeepFreedTensorMemory(/*max_cached_bytes=*/size_t{256} << 20);
   at::Tensor first = at::empty({8 << 20});  // 32 MiB, the peak so far.
   first.reset();
   ASSERT_EQ(CachedTensorMemoryStats().cached_bytes, 32 << 20);
-  // 8 MiB would waste three quarters of the kept block: a new block, and
-  // kept + live would pass the 32 MiB peak, so the kept one goes.
-  at::Tensor smaller = at::empty({2 << 20});
+  // 8 MiB from the kept range leaves 24 MiB kept. 48 MiB fits in no kept
+  // range: 8 live + 24 kept + 48 new would pass the 56 MiB that will then
+  // be live, so 24 MiB are unmapped.
+  const at::Tensor smaller = at::empty({2 << 20});
+  EXPECT_EQ(CachedTensorMemoryStats().cached_bytes, 24 << 20);
+  const int64_t misses = CachedTensorMemoryStats().misses;
+  at::Tensor larger = at::empty({12 << 20});
+  EXPECT_EQ(CachedTensorMemoryStats().misses, misses + 1);
   EXPECT_EQ(CachedTensorMemoryStats().cached_bytes, 0);
-  // Under the peak, freed blocks stay kept beside the live ones.
-  at::Tensor second = at::empty({2 << 20});
-  smaller.reset();
-  EXPECT_EQ(CachedTensorMemoryStats().cached_bytes, 8 << 20);
-  const int64_t hits = CachedTensorMemoryStats().hits;
-  at::Tensor again = at::ones({2 << 20});
-  EXPECT_EQ(CachedTensorMemoryStats().hits, hits + 1);
-  EXPECT_EQ(again.sum().item<float>(), float{2 << 20});
+  // Under the peak, freed ranges stay kept beside the live ones.
+  larger.reset();
+  EXPECT_EQ(CachedTensorMemoryStats().cached_bytes, 48 << 20);
 }
 
 // What runs in reused blocks computes what it computed in fresh ones.
