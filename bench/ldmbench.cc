@@ -3,8 +3,8 @@
 //   ldmbench [--config models/configs/sd-v1.json] [--sizes 256,512]
 //            [--device cpu|cuda] [--dtype f32|f16|bf16] [--repeats 3]
 //            [--threads N] [--batches 1,4,8] [--batch-invariant 0|1]
-//            [--fused-attention 0|1] [--peak 0|1] [--cached-mib 2048]
-//            [--lora-rank R]
+//            [--fused-attention 0|1] [--cuda-graphs 0|1] [--peak 0|1]
+//            [--channels-last 0|1] [--cached-mib 2048] [--lora-rank R]
 //   ldmbench --load WEIGHTS.safetensors --config CONFIG.json [other flags]
 //       loads a checkpoint through the real loader, reports the load time
 //       and the process's peak RSS against the file's size (run it in a
@@ -20,7 +20,13 @@
 // FLOPs (matrix products and convolutions, counted per layer in the warm-up
 // run) give its GFLOP/s; on the CPU the machine's float32 FMA peak and a 2048^3
 // GEMM are measured in the same run, before and after the models (--peak 0
-// skips them), and each figure is also printed as a fraction of that peak.
+// skips them), and each figure is also printed as a fraction of that peak;
+// on CUDA the peak is an 8192^3 matrix product in the model's dtype. UNet
+// calls go through the denoiser's UNetRunner, as the server's do: on CUDA
+// padded to their row bucket and replayed from CUDA graphs (--cuda-graphs
+// 0: eager), the capture made in an untimed call before each figure.
+// --channels-last 1 stores the UNet's convolution weights channels-last
+// (NHWC), which cuDNN's convolutions then follow: to measure it.
 // Figures go to docs/benchmarks.md with the machine's name.
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -35,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/machine_peak.h"
@@ -45,6 +52,7 @@
 #include "server/ldm/lora.h"
 #include "server/ldm/precision.h"
 #include "server/ldm/torch_boundary.h"
+#include "server/ldm/unet_runner.h"
 
 namespace {
 
@@ -157,6 +165,8 @@ struct Options {
   std::vector<int64_t> batches;  // Images per guided call; empty = skip.
   bool batch_invariant = false;
   bool fused_attention = true;
+  bool cuda_graphs = true;
+  bool channels_last = false;
   bool peak = true;  // Measure the CPU's peak before and after (CPU only).
   // > 0: also time the guided UNet call with a LoRA of this rank on every
   // projection of its transformer blocks (what kohya's SD adapters cover).
@@ -228,17 +238,30 @@ int Run(const Options& options) {
   load.dtype = ldm::ParseDtypeName(options.dtype).value();
   ldm::SetBatchInvariant(options.batch_invariant);
   ldm::SetFusedAttention(options.fused_attention);
+  ldm::SetCudaGraphs(options.cuda_graphs);
+  const bool on_cpu = load.device.is_cpu() && options.peak;
+  const bool on_cuda = load.device.is_cuda();
   std::printf(
       "threads %d, device %s, dtype %s, repeats %d, batch-invariant %d, "
-      "fused attention %s\n",
+      "fused attention %s, CUDA graphs %s\n",
       at::get_num_threads(), options.device.c_str(), options.dtype.c_str(),
       options.repeats, options.batch_invariant,
       !ldm::FusedAttentionAvailable() ? "n/a (LibTorch < 2.1)"
       : options.fused_attention       ? "on (CUDA)"
-                                      : "off");
-  const bool on_cpu = load.device.is_cpu() && options.peak;
-  const bool on_cuda = load.device.is_cuda();
-  const double peak = on_cpu ? PrintMachinePeak("before") : 0;
+                                      : "off",
+      !ldm::CudaGraphsAvailable() ? "n/a (no CUDA LibTorch)"
+      : !on_cuda                  ? "n/a (CPU)"
+      : options.cuda_graphs       ? "on"
+                                  : "off");
+  double peak = on_cpu ? PrintMachinePeak("before") : 0;
+  const char* peak_name = "FMA peak";
+  if (on_cuda && options.peak) {
+    peak = ldmbench::MeasureGemmGflops(
+        8192, 5, at::TensorOptions().device(load.device).dtype(load.dtype));
+    peak_name = "matrix peak";
+    std::printf("machine: %s GEMM 8192^3 %.1f TFLOP/s (the matrix peak)\n",
+                options.dtype.c_str(), peak / 1000);
+  }
   std::printf("%-14s %5s %10s %10s %12s %12s %12s %12s %10s %10s\n", "model",
               "size", "params(M)", "param MiB", "text cfg ms", "unet b1 ms",
               "unet cfg ms", "decode ms", "RSS MiB", "peak MiB");
@@ -255,6 +278,20 @@ int Run(const Options& options) {
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       return 1;
+    }
+    if (options.channels_last) {
+      int64_t converted = 0;
+      for (auto& [name, weight] : (*model)->MutableParameters()) {
+        if (weight.dim() != 4 ||
+            !absl::StartsWith(name, "model.diffusion_model.")) {
+          continue;
+        }
+        // In place: the layers hold this tensor (not a copy of it).
+        weight.set_(weight.contiguous(at::MemoryFormat::ChannelsLast));
+        ++converted;
+      }
+      std::printf("channels-last: %lld UNet convolution weights\n",
+                  static_cast<long long>(converted));
     }
     const double param_mib = static_cast<double>((*model)->NumParameters()) *
                              c10::elementSize(load.dtype) / (1 << 20);
@@ -280,6 +317,7 @@ int Run(const Options& options) {
           at::TensorOptions().device(load.device).dtype(load.dtype);
       const int64_t latent = size / f;
       const int64_t ctx_dim = config->unet.context_dim;
+      const ldm::UNetRunner& runner = (*model)->denoiser().unet_runner();
       auto unet_call = [&](int64_t batch) {
         at::Tensor x = at::randn(
             {batch, config->unet.in_channels, latent, latent}, tensor_options);
@@ -289,14 +327,11 @@ int Run(const Options& options) {
             ctx_dim > 0
                 ? at::randn({batch, config->ctx_len, ctx_dim}, tensor_options)
                 : at::Tensor();
-        return Time(load.device, options.repeats, [&] {
-          (*model)
-              ->denoiser()
-              .unet()
-              .Forward(x, t, context)
-              .sum()
-              .item<float>();
-        });
+        auto call = [&] {
+          runner.Run({x, t, context, {}}).sum().item<float>();
+        };
+        call();  // Captures the call's graph (uncounted, untimed).
+        return Time(load.device, options.repeats, call);
       };
       const Timing unet_b1_timing = unet_call(1);
       const Timing unet_cfg_timing = unet_call(2);
@@ -328,8 +363,8 @@ int Run(const Options& options) {
         std::printf("  %-9s %8.1f GFLOP %9.1f GFLOP/s", name,
                     timing->flops / 1e9, timing->Gflops());
         if (peak > 0) {
-          std::printf("  %5.1f%% of the FMA peak",
-                      100 * timing->Gflops() / peak);
+          std::printf("  %5.1f%% of the %s", 100 * timing->Gflops() / peak,
+                      peak_name);
         }
         if (timing->peak_above_mib >= 0) {
           std::printf("  peak %s +%.0f MiB", on_cuda ? "allocated" : "RSS",
@@ -358,10 +393,25 @@ int Run(const Options& options) {
         std::printf(
             "  guided call of %2lld images: %9.1f ms, %7.2f ms per "
             "image-step (%.2f x the 1-image cost), peak +%.0f MiB (%.0f "
-            "MiB per image)\n",
+            "MiB per image)",
             static_cast<long long>(images), batched.ms, batched.ms / images,
             batched.ms / images / unet_cfg, batched.peak_above_mib,
             batched.peak_above_mib / images);
+        if (peak > 0) {
+          std::printf(", %.1f%% of the %s", 100 * batched.Gflops() / peak,
+                      peak_name);
+        }
+        std::printf("\n");
+      }
+      if (on_cuda) {
+        std::printf(
+            "  guided steps/s (1 image): %.1f; CUDA graphs captured: "
+            "%lld%s%s\n",
+            1000 / unet_cfg, static_cast<long long>(runner.captured_graphs()),
+            runner.graph_error().ok() ? "" : "; ",
+            runner.graph_error().ok()
+                ? ""
+                : std::string(runner.graph_error().message()).c_str());
       }
       std::fflush(stdout);
     }
@@ -395,6 +445,10 @@ int main(int argc, char** argv) {
       options.batch_invariant = value == "1" || value == "true";
     } else if (flag == "--fused-attention") {
       options.fused_attention = value == "1" || value == "true";
+    } else if (flag == "--channels-last") {
+      options.channels_last = value == "1" || value == "true";
+    } else if (flag == "--cuda-graphs") {
+      options.cuda_graphs = value == "1" || value == "true";
     } else if (flag == "--cached-mib") {
       cached_mib = std::stoll(value);
     } else if (flag == "--lora-rank") {

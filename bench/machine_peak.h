@@ -5,6 +5,8 @@
 #ifndef LDMSERVE_BENCH_MACHINE_PEAK_H_
 #define LDMSERVE_BENCH_MACHINE_PEAK_H_
 
+#include <ATen/ATen.h>
+
 #include <string>
 
 namespace ldmbench {
@@ -21,8 +23,11 @@ struct FmaPeak {
 FmaPeak MeasureFmaPeak(double seconds = 0.5);
 
 // float32 GEMM (at::mm of two n x n matrices) in GFLOP/s: what the BLAS
-// reaches, the practical ceiling of the model's matrix work.
-double MeasureGemmGflops(int n = 2048, int repeats = 3);
+// reaches, the practical ceiling of the model's matrix work. `options`
+// picks another device and dtype (on CUDA: the f16/bf16 tensor-core rate,
+// each repeat timing 10 products and one synchronisation).
+double MeasureGemmGflops(int n = 2048, int repeats = 3,
+                         const at::TensorOptions& options = {});
 
 }  // namespace ldmbench
 

@@ -34,6 +34,7 @@
 #include "server/ldm/allocator.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/precision.h"
+#include "server/ldm/unet_runner.h"
 #include "server/runtime/devices.h"
 #include "server/service/server.h"
 
@@ -71,9 +72,17 @@ ABSL_FLAG(double, priority_aging, 10,
 ABSL_FLAG(double, drain_timeout, 30,
           "seconds running jobs get to finish on SIGTERM");
 ABSL_FLAG(bool, batch_invariant, true,
-          "compute each image of a batch on its own so results are "
-          "bit-identical however jobs are batched (costs throughput; see "
-          "docs/benchmarks.md)");
+          "results bit-identical however jobs are batched: on the CPU each "
+          "image is computed on its own (costs throughput; see "
+          "docs/benchmarks.md); on CUDA denoising calls are padded to fixed "
+          "row buckets and cuDNN kept to deterministic algorithms, so an "
+          "image is bit-identical for a given bucket");
+ABSL_FLAG(bool, decode_stream, true,
+          "CUDA workers decode finished jobs on a stream of their own, "
+          "beside the denoising steps rather than between them");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "replay each UNet call on CUDA from a graph captured once per "
+          "shape and row bucket (where LibTorch has CUDA graphs)");
 ABSL_FLAG(int64_t, tensor_cache_mib, 2048,
           "freed tensor blocks of 1 MiB or more kept for reuse, at most this "
           "many MiB and never more than the most memory tensors were using "
@@ -268,11 +277,13 @@ int main(int argc, char** argv) {
   at::set_num_interop_threads(1);
   LOG(INFO) << "intra-op threads: " << threads << " of " << cores << " cores";
   ldm::SetBatchInvariant(absl::GetFlag(FLAGS_batch_invariant));
+  ldm::SetCudaGraphs(absl::GetFlag(FLAGS_cuda_graphs));
   ldmserve::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.scheduler.queue_size = absl::GetFlag(FLAGS_queue_size);
   options.scheduler.max_batch_images = absl::GetFlag(FLAGS_max_batch);
+  options.scheduler.decode_on_side_stream = absl::GetFlag(FLAGS_decode_stream);
   if (absl::GetFlag(FLAGS_workers) < 1) {
     std::fprintf(stderr, "ldmserve: --workers must be >= 1\n");
     return 2;

@@ -17,6 +17,7 @@ Denoiser::Denoiser(const UNetConfig& config, const ParamScope& scope,
                    Parameterization parameterization, at::Device device,
                    at::ScalarType dtype)
     : unet_(std::make_unique<UNetModel>(config, scope)),
+      unet_runner_(std::make_unique<UNetRunner>(*unet_)),
       schedule_(std::move(schedule)),
       parameterization_(parameterization),
       latent_channels_(config.out_channels),
@@ -63,8 +64,11 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
       task->sampler->ReplaceLatent(noised * blend.keep +
                                    task->sampler->latent() * (1 - blend.keep));
     }
-    std::vector<at::Tensor> inputs, contexts, labels;
-    std::vector<float> timesteps;
+    std::vector<at::Tensor> inputs, contexts, labels, timesteps;
+    // Made on the device: a copy from the host would wait for the GPU to
+    // finish the previous step before this one could be queued.
+    const auto timestep_options =
+        at::TensorOptions().dtype(at::kFloat).device(device_);
     for (ImageTask* task : tasks) {
       at::Tensor x = task->sampler->model_input();
       if (task->concat.defined()) x = at::cat({x, task->concat}, 1);
@@ -77,12 +81,12 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
         if (task->uncond_class_labels.defined()) {
           labels.push_back(task->uncond_class_labels);
         }
-        timesteps.insert(timesteps.end(), rows, t);
+        timesteps.push_back(at::full({rows}, t, timestep_options));
       }
       inputs.push_back(x);
       if (task->cond.defined()) contexts.push_back(task->cond);
       if (task->class_labels.defined()) labels.push_back(task->class_labels);
-      timesteps.insert(timesteps.end(), rows, t);
+      timesteps.push_back(at::full({rows}, t, timestep_options));
     }
     at::Tensor class_labels;
     if (!labels.empty()) {
@@ -132,7 +136,7 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
         run_contexts.push_back(at::cat(members, 0));
       }
     }
-    at::Tensor t = at::tensor(timesteps).to(device_);
+    at::Tensor t = at::cat(timesteps, 0);
     // The sampler's float32 state in, the UNet's dtype through it, float32
     // out (no-ops for a float32 model).
     at::Tensor input = at::cat(inputs, 0).to(dtype_);
@@ -146,15 +150,9 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
       const int64_t run_end = runs[r].second;
       const at::Tensor context =
           run_contexts.empty() ? at::Tensor() : run_contexts[r].to(dtype_);
-      run_outputs.push_back(ForEachRowIfInvariant(
-          run_end - run_begin, [&](int64_t begin, int64_t end) {
-            const int64_t first = run_begin + begin;
-            const int64_t last = run_begin + end;
-            return unet_->Forward(rows_of(input, first, last),
-                                  rows_of(t, first, last),
-                                  rows_of(context, begin, end),
-                                  rows_of(class_labels, first, last));
-          }));
+      run_outputs.push_back(unet_runner_->Run(
+          {rows_of(input, run_begin, run_end), rows_of(t, run_begin, run_end),
+           context, rows_of(class_labels, run_begin, run_end)}));
     }
     at::Tensor out = (run_outputs.size() == 1 ? run_outputs.front()
                                               : at::cat(run_outputs, 0))

@@ -20,6 +20,7 @@
 #include "server/ldm/sampler.h"
 #include "server/ldm/schedule.h"
 #include "server/ldm/unet.h"
+#include "server/ldm/unet_runner.h"
 
 namespace ldm {
 
@@ -83,10 +84,13 @@ class Denoiser {
                     StepTrace* trace = nullptr) const;
 
   const UNetModel& unet() const { return *unet_; }
+  // How Step() makes its UNet calls (padding and CUDA graphs).
+  const UNetRunner& unet_runner() const { return *unet_runner_; }
   const DiffusionSchedule& schedule() const { return schedule_; }
 
  private:
   std::unique_ptr<UNetModel> unet_;
+  std::unique_ptr<UNetRunner> unet_runner_;
   DiffusionSchedule schedule_;
   Parameterization parameterization_;
   int64_t latent_channels_;

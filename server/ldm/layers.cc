@@ -21,6 +21,12 @@ std::atomic<bool> batch_invariant{false};
 std::atomic<bool> fused_attention{true};
 std::atomic<bool> counting_flops{false};
 std::atomic<int64_t> counted_flops{0};
+thread_local int64_t flops_on_this_thread = 0;
+
+// Layers split a batch into samples on the CPU only (BatchInvariant()).
+bool SampleBySample(const at::Tensor& x) {
+  return BatchInvariant() && x.is_cpu();
+}
 
 // `fn` over each sample of `x` (dim 0) alone, results concatenated.
 template <typename Fn>
@@ -61,7 +67,10 @@ ScopedLowRankUpdates::ScopedLowRankUpdates(const LowRankUpdates* updates)
 
 ScopedLowRankUpdates::~ScopedLowRankUpdates() { active_updates = previous_; }
 
-void SetBatchInvariant(bool on) { batch_invariant.store(on); }
+void SetBatchInvariant(bool on) {
+  batch_invariant.store(on);
+  at::globalContext().setDeterministicCuDNN(on);
+}
 bool BatchInvariant() { return batch_invariant.load(); }
 void SetFusedAttention(bool on) { fused_attention.store(on); }
 
@@ -76,10 +85,17 @@ int64_t StopCountingFlops() {
 }
 
 void CountFlops(int64_t flops) {
+  flops_on_this_thread += flops;
   if (counting_flops.load(std::memory_order_relaxed)) {
     counted_flops.fetch_add(flops, std::memory_order_relaxed);
   }
 }
+int64_t FlopsCountedOnThisThread() { return flops_on_this_thread; }
+
+bool LowRankUpdatesActive() {
+  return active_updates != nullptr && !active_updates->empty();
+}
+
 bool FusedAttentionAvailable() { return LDMSERVE_HAS_SDPA != 0; }
 
 Conv2d::Conv2d(const ParamScope& scope, int64_t in_channels,
@@ -122,7 +138,7 @@ at::Tensor Conv2d::Convolve(const at::Tensor& x, int64_t scale) const {
     }
     return out;
   };
-  at::Tensor out = BatchInvariant() ? PerSample(x, conv) : conv(x);
+  at::Tensor out = SampleBySample(x) ? PerSample(x, conv) : conv(x);
   // Each output element: in_channels * k * k multiply-adds.
   CountFlops(2 * out.numel() * weight_.size(1) * weight_.size(2) *
              weight_.size(3));
@@ -181,7 +197,7 @@ at::Tensor Conv1x1d::Forward(const at::Tensor& x) const {
     return at::conv1d(input, weight_, bias_);
   };
   CountFlops(2 * x.size(0) * x.size(2) * weight_.size(0) * weight_.size(1));
-  return BatchInvariant() ? PerSample(x, conv) : conv(x);
+  return SampleBySample(x) ? PerSample(x, conv) : conv(x);
 }
 
 Linear::Linear(const ParamScope& scope, int64_t in_features,
@@ -204,7 +220,7 @@ at::Tensor Linear::Forward(const at::Tensor& x) const {
   // Rows of x times the weight's multiply-adds.
   CountFlops(2 * (x.numel() / x.size(-1)) * weight_.numel());
   // Dim 0 is the batch (for a 2-D input each row is a sample).
-  return BatchInvariant() ? PerSample(x, linear) : linear(x);
+  return SampleBySample(x) ? PerSample(x, linear) : linear(x);
 }
 
 GroupNorm::GroupNorm(const ParamScope& scope, int64_t groups, int64_t channels,

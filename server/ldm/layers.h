@@ -17,14 +17,17 @@
 namespace ldm {
 
 // Batch-invariant numerics: when on, every stage that batches jobs (the
-// UNet, the autoencoder, the text encoder; and within them convolutions and
-// linear layers) computes each sample of a batch on its own, so a sample's
-// result does not depend on what else shares its batch (oneDNN and BLAS
-// pick other kernels and blockings for other batch sizes, and element-wise
-// kernels split their work by the tensor's size: either moves results by
-// ~1e-6). The scheduler relies on it for bit-identical results however jobs
-// are batched. Process-wide, like LibTorch's thread counts: set it once,
-// before serving. Default off.
+// UNet, the autoencoder, the text encoder; and on the CPU, within them,
+// convolutions and linear layers) computes each sample of a batch on its
+// own, so a sample's result does not depend on what else shares its batch
+// (oneDNN and BLAS pick other kernels and blockings for other batch sizes,
+// and element-wise kernels split their work by the tensor's size: either
+// moves results by ~1e-6). The scheduler relies on it for bit-identical
+// results however jobs are batched. On CUDA, where a sample at a time
+// costs 5x in throughput, the UNet call is instead padded to a fixed row
+// bucket (UNetRunner) and cuDNN is held to deterministic algorithms: a
+// sample's result does not depend on the rest of its bucket. Process-wide,
+// like LibTorch's thread counts: set it once, before serving. Default off.
 void SetBatchInvariant(bool on);
 bool BatchInvariant();
 
@@ -51,6 +54,9 @@ int64_t StopCountingFlops();
 // Adds `flops` while counting is on (layers call it; so do model blocks that
 // multiply matrices themselves).
 void CountFlops(int64_t flops);
+// Everything CountFlops was given on this thread, counting on or off: a
+// CUDA graph notes its capture's work and adds it again on each replay.
+int64_t FlopsCountedOnThisThread();
 
 // A low-rank update of a Linear or Conv2d weight W, applied at run time
 // (LoRA): the layer computes W x + scale * up(down(x)), its weight never
@@ -65,6 +71,9 @@ struct LowRankUpdate {
 // The updates of each layer, by the address of its weight tensor.
 using LowRankUpdates =
     absl::flat_hash_map<const at::Tensor*, std::vector<LowRankUpdate>>;
+
+// Whether layers run on this thread now add updates.
+bool LowRankUpdatesActive();
 
 // While alive, the layers run on this thread add `updates` (null: none);
 // the previous set is restored after. The scheduler sets the batch's

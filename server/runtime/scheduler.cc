@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/lora.h"
+#include "server/ldm/side_stream.h"
 
 namespace ldmserve {
 namespace {
@@ -579,8 +580,12 @@ void Scheduler::DecodeAndFinish(
   }
   if (test_hooks_.before_decode) test_hooks_.before_decode();
   const absl::Time decode_start = absl::Now();
-  absl::StatusOr<std::vector<std::vector<ldm::RgbImage>>> images =
-      model.FinishJobs(prepared);
+  absl::StatusOr<std::vector<std::vector<ldm::RgbImage>>> images;
+  {
+    const ldm::ScopedSideStream side(model.device(),
+                                     options_.decode_on_side_stream);
+    images = model.FinishJobs(prepared);
+  }
   const absl::Time decode_end = absl::Now();
   if (options_.observer != nullptr) {
     options_.observer->OnStage(worker.id, "decode", decode_end - decode_start);

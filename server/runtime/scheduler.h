@@ -92,6 +92,9 @@ struct SchedulerOptions {
   // a copy on its device.
   // Devices as ParseDevices (devices.h) checked them: "cpu", "cuda:N".
   std::vector<std::string> worker_devices;
+  // CUDA workers decode on a stream of their own (ldm::ScopedSideStream),
+  // beside the denoising steps rather than between them.
+  bool decode_on_side_stream = true;
   SchedulerObserver* observer = nullptr;  // Must outlive the scheduler.
 };
 
