@@ -21,7 +21,7 @@
 # (bash tools/device/make_deps.sh, here) in the call's carry.
 #
 #   JOBS: build jobs (default 16); DURATION: seconds per batching mode
-#   (default 20); SKIP_BENCH=1: stop after step 3.
+#   (default 15); SKIP_BENCH=1: stop after step 3.
 source tools/device/deps_env.sh
 set +e
 build=/tmp/service-build
@@ -39,7 +39,7 @@ if [ ! -x "$build/server/ldmserve" ] || [ ! -x "$build/tests/ldm_test" ]; then
     grep -E "error|FAILED" | head -30
 fi
 [ -x "$build/server/ldmserve" ] || { echo "ldmserve did not build"; exit 1; }
-grep -E "CUDA (graphs|memory)" "$build/CMakeCache.txt" | head -3
+grep -E "^LDMSERVE_CUDA" "$build/CMakeCache.txt"
 echo "== built ($(date +%T))"
 
 echo "== 1. CUDA tests"
@@ -114,10 +114,10 @@ kill "$server"; wait "$server"
 echo "== 4. batching modes through the server, SD v1 25 steps ($(date +%T))"
 gpu_flags="--models=$registry --devices=cuda:0 --max-batch=16"
 MODES="step request none" SERVER_FLAGS="$gpu_flags" \
-  bash bench/batching_modes.sh "$build" 16 "${DURATION:-20}" 25
+  bash bench/batching_modes.sh "$build" 16 "${DURATION:-15}" 25
 for variant in --batch-invariant=false --cuda-graphs=false --decode-stream=false; do
   echo "-- step-level, $variant"
   MODES=step SERVER_FLAGS="$gpu_flags $variant" \
-    bash bench/batching_modes.sh "$build" 16 "${DURATION:-20}" 25
+    bash bench/batching_modes.sh "$build" 16 "${DURATION:-15}" 25
 done
 echo "== done ($(date +%T))"
