@@ -236,6 +236,7 @@ int Run(const Options& options) {
   ldm::LoadOptions load;
   load.device = at::Device(options.device);
   load.dtype = ldm::ParseDtypeName(options.dtype).value();
+  load.channels_last = options.channels_last;
   ldm::SetBatchInvariant(options.batch_invariant);
   ldm::SetFusedAttention(options.fused_attention);
   ldm::SetCudaGraphs(options.cuda_graphs);
@@ -243,7 +244,7 @@ int Run(const Options& options) {
   const bool on_cuda = load.device.is_cuda();
   std::printf(
       "threads %d, device %s, dtype %s, repeats %d, batch-invariant %d, "
-      "fused attention %s, CUDA graphs %s\n",
+      "fused attention %s, CUDA graphs %s, channels-last %d\n",
       at::get_num_threads(), options.device.c_str(), options.dtype.c_str(),
       options.repeats, options.batch_invariant,
       !ldm::FusedAttentionAvailable() ? "n/a (LibTorch < 2.1)"
@@ -252,7 +253,8 @@ int Run(const Options& options) {
       !ldm::CudaGraphsAvailable() ? "n/a (no CUDA LibTorch)"
       : !on_cuda                  ? "n/a (CPU)"
       : options.cuda_graphs       ? "on"
-                                  : "off");
+                                  : "off",
+      options.channels_last);
   double peak = on_cpu ? PrintMachinePeak("before") : 0;
   const char* peak_name = "FMA peak";
   if (on_cuda && options.peak) {
@@ -278,20 +280,6 @@ int Run(const Options& options) {
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       return 1;
-    }
-    if (options.channels_last) {
-      int64_t converted = 0;
-      for (auto& [name, weight] : (*model)->MutableParameters()) {
-        if (weight.dim() != 4 ||
-            !absl::StartsWith(name, "model.diffusion_model.")) {
-          continue;
-        }
-        // In place: the layers hold this tensor (not a copy of it).
-        weight.set_(weight.contiguous(at::MemoryFormat::ChannelsLast));
-        ++converted;
-      }
-      std::printf("channels-last: %lld UNet convolution weights\n",
-                  static_cast<long long>(converted));
     }
     const double param_mib = static_cast<double>((*model)->NumParameters()) *
                              c10::elementSize(load.dtype) / (1 << 20);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "server/common/status_macros.h"
+#include "server/ldm/device_streams.h"
 #include "server/ldm/layers.h"
 #include "server/ldm/torch_boundary.h"
 
@@ -188,6 +189,8 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
                                      : at::Tensor();
       *trace = StepTrace{input, t, context, out, at::cat(guided, 0)};
     }
+    // The one host synchronisation of a step (device_streams.h says why).
+    WaitForDevice(device_);
     return absl::OkStatus();
   });
 }

@@ -62,6 +62,11 @@ struct LoadOptions {
   // when the file has none. Either way the other copy is skipped.
   bool use_ema = false;
   TileOptions tiles;
+  // The UNet's convolution weights stored channels-last (NHWC), which
+  // cuDNN's and oneDNN's convolutions then follow through the UNet; the
+  // results are the same up to rounding. For measuring (ldmbench
+  // --channels-last): whether it is faster depends on the device.
+  bool channels_last = false;
 
   StagePrecision Precision() const;
 };
@@ -189,6 +194,8 @@ class LatentDiffusion {
   }
 
  private:
+  // LoadOptions::channels_last, once the weights are in place.
+  void StoreUNetChannelsLast();
   // PrepareJob with the job's [uncond; cond] text rows already encoded
   // (`text`, or nullptr to encode them here).
   absl::StatusOr<PreparedJob> PrepareJobWithText(

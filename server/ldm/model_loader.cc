@@ -169,9 +169,19 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::Load(
       model->config_.scale_factor = stored.to(at::kDouble).item<double>();
       model->first_stage_->set_scale_factor(model->config_.scale_factor);
     }
+    if (options.channels_last) model->StoreUNetChannelsLast();
     return absl::OkStatus();
   }));
   return model;
+}
+
+void LatentDiffusion::StoreUNetChannelsLast() {
+  const std::string unet = absl::StrCat(kUNetPrefix, ".");
+  for (auto& [name, weight] : registry_.Named("")) {
+    if (weight.dim() != 4 || !absl::StartsWith(name, unet)) continue;
+    // In place: the layers hold this tensor, not a copy of it.
+    weight.set_(weight.contiguous(at::MemoryFormat::ChannelsLast));
+  }
 }
 
 absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
@@ -188,6 +198,7 @@ absl::StatusOr<std::unique_ptr<LatentDiffusion>> LatentDiffusion::CreateRandom(
     model->registry_.To(options.device, [&model](const std::string& name) {
       return model->DtypeOfParameter(name);
     });
+    if (options.channels_last) model->StoreUNetChannelsLast();
     return absl::OkStatus();
   }));
   return model;

@@ -23,14 +23,23 @@ at::Generator MakeGenerator(uint64_t seed) {
 
 at::Tensor StandardNormal(at::IntArrayRef sizes, at::Generator& generator,
                           const at::TensorOptions& options) {
-  return at::normal(0.0, 1.0, sizes, generator,
-                    at::TensorOptions().dtype(at::kFloat))
-      .to(options);
+  return FromHost(at::normal(0.0, 1.0, sizes, generator,
+                             at::TensorOptions().dtype(at::kFloat)),
+                  options);
+}
+
+at::Tensor FromHost(const at::Tensor& host, const at::TensorOptions& options) {
+  if (!options.device().is_cuda() || !host.is_cpu()) return host.to(options);
+  // From pinned memory, asynchronously: a copy from pageable memory waits
+  // for the device's queued work (the step's UNet call) before it returns,
+  // a host synchronisation in every stochastic step. LibTorch's pinned
+  // allocator keeps the buffer until the copy is done.
+  return host.pin_memory().to(options, /*non_blocking=*/true);
 }
 
 at::Tensor Sampler::DrawNoise() {
   if (next_noise_.defined()) {
-    at::Tensor noise = next_noise_.to(x_.options());
+    at::Tensor noise = FromHost(next_noise_, x_.options());
     next_noise_ = at::Tensor();
     return noise;
   }

@@ -42,6 +42,10 @@ at::Generator MakeGenerator(uint64_t seed);
 at::Tensor StandardNormal(at::IntArrayRef sizes, at::Generator& generator,
                           const at::TensorOptions& options);
 
+// `host` with `options`; from the CPU to CUDA without the host waiting for
+// the device.
+at::Tensor FromHost(const at::Tensor& host, const at::TensorOptions& options);
+
 class Sampler {
  public:
   // `schedule` must outlive the sampler.

@@ -8,9 +8,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/ldm/device_streams.h"
 #include "server/ldm/latent_diffusion.h"
 #include "server/ldm/lora.h"
-#include "server/ldm/side_stream.h"
 
 namespace ldmserve {
 namespace {

@@ -111,6 +111,26 @@ TEST_F(UNetRunnerTest, OnTheCpuEachRowIsBitIdenticalWithBatchInvariance) {
   SetBatchInvariant(false);
 }
 
+// LoadOptions::channels_last: the UNet's convolution weights in NHWC, and
+// the same UNet results up to rounding.
+TEST_F(UNetRunnerTest, ChannelsLastWeightsGiveTheSameResults) {
+  Load({});
+  c10::InferenceMode inference;
+  const UNetInputs inputs = Inputs(2, 3);
+  const at::Tensor plain = runner().Run(inputs);
+  const char* conv = "model.diffusion_model.input_blocks.0.0.weight";
+  EXPECT_FALSE(
+      model_->Parameter(conv)->is_contiguous(at::MemoryFormat::ChannelsLast));
+  LoadOptions options;
+  options.channels_last = true;
+  Load(options);
+  EXPECT_TRUE(
+      model_->Parameter(conv)->is_contiguous(at::MemoryFormat::ChannelsLast));
+  const at::Tensor nhwc = runner().Run(inputs);
+  EXPECT_LT((nhwc - plain).abs().max().item<double>(),
+            1e-5 * plain.abs().max().item<double>());
+}
+
 // The GPU machine's checks (tools/device/service_gpu.sh runs them).
 class UNetRunnerCudaTest : public UNetRunnerTest {
  protected:

@@ -4,6 +4,7 @@
 #   1. ldm_test's CUDA tests: fused attention against the chunked path,
 #      dtypes, CUDA graphs (a replay equals its bucket's eager call; a row
 #      is bit-identical whatever shares its bucket; adapters run eagerly);
+#      runtime_test's scheduler on cuda:0 against each job alone;
 #   2. ldmbench, SD v1 at 512 in f16, guided calls of 1 and 8 images, each
 #      phase's peak device memory (per image for the batched calls), the
 #      f16 matrix peak measured in each run: CUDA graphs on and off,
@@ -27,7 +28,7 @@ set +e
 build=/tmp/service-build
 echo "== configure and build ($(date +%T))"
 configure_ldm "$build" -DLDMSERVE_BUILD_SERVICE=ON
-targets=(ldmserve ldmctl ldmtool ldmbench ldm_test)
+targets=(ldmserve ldmctl ldmtool ldmbench ldm_test runtime_test)
 cmake --build "$build" -j"${JOBS:-16}" --target "${targets[@]}" 2>&1 |
   grep -E "error|FAILED" | head -30
 if [ ! -x "$build/server/ldmserve" ] || [ ! -x "$build/tests/ldm_test" ]; then
@@ -47,6 +48,10 @@ echo "== 1. CUDA tests"
   grep -E "^\[ *(OK|FAILED|SKIPPED) \]|Failure|Expected|Which|actual"
 "$build/tests/ldm_test" --gtest_filter='UNetRunner*:RowBucket*' 2>&1 |
   grep -E "^\[ *(OK|FAILED|SKIPPED) \]|Failure|Expected|Which|actual|rows"
+# The scheduler on cuda:0 (graphs, buckets, decode on its side stream):
+# each job's image against the job alone on the GPU and on the CPU.
+"$build/tests/runtime_test" --gtest_filter='SchedulerTest.ACuda*' 2>&1 |
+  grep -E "^\[ *(OK|FAILED|SKIPPED) \]|Failure|Expected|Which|actual|^job"
 
 echo "== 2. ldmbench, SD v1 512 f16 ($(date +%T))"
 bench="$build/bench/ldmbench"

@@ -75,7 +75,8 @@ def main():
     with open(os.path.join(args.build_dir, "compile_commands.json")) as f:
         entries = json.load(f)
     units = [e for e in entries
-             if os.path.realpath(e["file"]).startswith(
+             if os.path.isfile(e["file"])  # A stale entry: file removed.
+             and os.path.realpath(e["file"]).startswith(
                  os.path.join(source_dir, "server") + os.sep)
              and CUDA_GUARD.search(open(e["file"], encoding="utf-8").read())]
     with tempfile.TemporaryDirectory() as shim:

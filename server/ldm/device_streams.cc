@@ -1,4 +1,4 @@
-#include "server/ldm/side_stream.h"
+#include "server/ldm/device_streams.h"
 
 #if defined(LDMSERVE_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
@@ -7,6 +7,16 @@
 #endif
 
 namespace ldm {
+
+void WaitForDevice(const c10::Device& device) {
+#if defined(LDMSERVE_WITH_CUDA)
+  if (!device.is_cuda()) return;
+  c10::cuda::getCurrentCUDAStream(device.has_index() ? device.index() : 0)
+      .synchronize();
+#else
+  (void)device;
+#endif
+}
 
 struct ScopedSideStream::State {
 #if defined(LDMSERVE_WITH_CUDA)
