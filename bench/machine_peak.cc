@@ -8,6 +8,8 @@
 #include <atomic>
 #include <chrono>
 
+#include "server/common/parallel.h"
+
 namespace ldmbench {
 namespace {
 
@@ -71,7 +73,9 @@ double TimeOnAllThreads(Loop loop, int width, double seconds) {
   }
   std::atomic<float> sink{0};
   const auto start = std::chrono::steady_clock::now();
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+  // Each loop on its own thread (server/common/parallel.h says why not
+  // at::parallel_for).
+  ldmserve::ParallelFor(threads, threads, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       sink.store(loop(iterations), std::memory_order_relaxed);
     }

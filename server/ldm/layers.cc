@@ -289,38 +289,52 @@ at::Tensor Attention(const at::Tensor& q, const at::Tensor& k,
         .squeeze(0);
   }
 #endif
-  // Bound each chunk's score matrix to about 32M elements (128 MiB in f32).
-  return AttentionInChunks(q, k, v, scale, mask, int64_t{1} << 25);
+  // Each piece's score matrix at most 2M elements (8 MiB in f32).
+  return AttentionInChunks(q, k, v, scale, mask, int64_t{1} << 21);
 }
 
 at::Tensor AttentionInChunks(const at::Tensor& q, const at::Tensor& k,
                              const at::Tensor& v, double scale,
                              const at::Tensor& mask, int64_t max_scores) {
   const int64_t batch = q.size(0), queries = q.size(1), keys = k.size(1);
+  // Pieces of whole heads (every query) where a head's scores fit the
+  // bound, else of one head's queries: score matrices small enough to stay
+  // in cache from the product through the softmax to the weighted sum.
+  const int64_t per_head = std::max<int64_t>(1, queries * keys);
+  const int64_t heads = std::clamp<int64_t>(max_scores / per_head, 1, batch);
   const int64_t chunk =
-      std::max<int64_t>(1, max_scores / std::max<int64_t>(1, batch * keys));
-  const at::Tensor k_t = k.transpose(1, 2);
-  auto attend = [&](int64_t start, int64_t end) {
-    const at::Tensor q_part = q.slice(1, start, end);
-    // beta = 0 makes the BLAS ignore the output's old contents, but
-    // LibTorch 1.13's own kernel for small products computes 0 * old, and
-    // the functional baddbmm hands it uninitialised memory (NaN now and
-    // then: seen in AttentionTest). So: in place, into zeros where the
-    // product is small; big ones take the BLAS and skip the memset.
-    const std::vector<int64_t> sizes = {q_part.size(0), q_part.size(1), keys};
-    const bool small = q_part.size(1) * keys * q.size(2) < 65536;
-    at::Tensor scores = small ? at::zeros(sizes, q_part.options())
-                              : at::empty(sizes, q_part.options());
-    scores.baddbmm_(q_part, k_t, /*beta=*/0, /*alpha=*/scale);
-    if (mask.defined()) scores = scores + mask.slice(0, start, end);
-    return at::bmm(at::softmax(scores, -1), v);
-  };
-  if (queries <= chunk) return attend(0, queries);
-  std::vector<at::Tensor> parts;
-  for (int64_t start = 0; start < queries; start += chunk) {
-    parts.push_back(attend(start, std::min(queries, start + chunk)));
+      heads > 1 ? queries
+                : std::clamp<int64_t>(max_scores / std::max<int64_t>(1, keys),
+                                      1, std::max<int64_t>(1, queries));
+  at::Tensor out = at::empty({batch, queries, v.size(2)}, q.options());
+  for (int64_t head = 0; head < batch; head += heads) {
+    const int64_t head_end = std::min(batch, head + heads);
+    const at::Tensor k_t = k.slice(0, head, head_end).transpose(1, 2);
+    const at::Tensor v_part = v.slice(0, head, head_end);
+    for (int64_t start = 0; start < queries; start += chunk) {
+      const int64_t end = std::min(queries, start + chunk);
+      const at::Tensor q_part = q.slice(0, head, head_end).slice(1, start, end);
+      // beta = 0 makes the BLAS ignore the output's old contents, but
+      // LibTorch 1.13's own kernel for small products computes 0 * old, and
+      // the functional baddbmm hands it uninitialised memory (NaN now and
+      // then: seen in AttentionTest). So: in place, into zeros where the
+      // product is small; big ones take the BLAS and skip the memset.
+      const std::vector<int64_t> sizes = {head_end - head, end - start, keys};
+      const bool small = (end - start) * keys * q.size(2) < 65536;
+      at::Tensor scores =
+          small ? at::zeros(sizes, q.options()) : at::empty(sizes, q.options());
+      scores.baddbmm_(q_part, k_t, /*beta=*/0, /*alpha=*/scale);
+      if (mask.defined()) scores.add_(mask.slice(0, start, end));
+      if (scores.is_cpu()) {
+        at::softmax_out(scores, scores, -1);
+      } else {
+        scores = at::softmax(scores, -1);
+      }
+      at::Tensor rows = out.slice(0, head, head_end).slice(1, start, end);
+      at::bmm_out(rows, scores, v_part);
+    }
   }
-  return at::cat(parts, 1);
+  return out;
 }
 
 }  // namespace ldm

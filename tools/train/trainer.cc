@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/common/parallel.h"
 #include "server/common/status_macros.h"
 #include "server/ldm/autoencoder.h"
 #include "server/ldm/image_tensor.h"
@@ -224,16 +225,21 @@ Batch SampleBatch(shapes::ShapesRng& rng, const TrainOptions& options) {
                                  : batch.scenes.back().caption);
   }
   // Rendering (and the outline bands) are the data loader's cost: spread
-  // them over the threads.
+  // them over LibTorch's thread count (server/common/parallel.h says why
+  // not at::parallel_for). Each scene is its own, so the batch is the same
+  // however it is split.
   std::vector<std::vector<uint8_t>> pixels(batch.scenes.size());
   const bool bands = options.outline_weight > 0;
   if (bands) batch.outline_bands.resize(batch.scenes.size());
-  at::parallel_for(0, options.batch_size, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      pixels[i] = shapes::RenderScene(batch.scenes[i]);
-      if (bands) batch.outline_bands[i] = OutlineBandMask(batch.scenes[i]);
-    }
-  });
+  ldmserve::ParallelFor(options.batch_size, at::get_num_threads(),
+                        [&](int64_t begin, int64_t end) {
+                          for (int64_t i = begin; i < end; ++i) {
+                            pixels[i] = shapes::RenderScene(batch.scenes[i]);
+                            if (bands)
+                              batch.outline_bands[i] =
+                                  OutlineBandMask(batch.scenes[i]);
+                          }
+                        });
   batch.images = ImagesToTensor(pixels).to(options.device);
   return batch;
 }
