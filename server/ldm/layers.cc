@@ -1,5 +1,6 @@
 #include "server/ldm/layers.h"
 
+#include <ATen/core/grad_mode.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -306,11 +307,20 @@ at::Tensor AttentionInChunks(const at::Tensor& q, const at::Tensor& k,
       heads > 1 ? queries
                 : std::clamp<int64_t>(max_scores / std::max<int64_t>(1, keys),
                                       1, std::max<int64_t>(1, queries));
-  at::Tensor out = at::empty({batch, queries, v.size(2)}, q.options());
+  // Training differentiates through here, and out= kernels have no
+  // gradient: then the pieces are computed functionally and joined.
+  const bool differentiable =
+      at::GradMode::is_enabled() &&
+      (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  at::Tensor out = differentiable
+                       ? at::Tensor()
+                       : at::empty({batch, queries, v.size(2)}, q.options());
+  std::vector<at::Tensor> head_outputs;
   for (int64_t head = 0; head < batch; head += heads) {
     const int64_t head_end = std::min(batch, head + heads);
     const at::Tensor k_t = k.slice(0, head, head_end).transpose(1, 2);
     const at::Tensor v_part = v.slice(0, head, head_end);
+    std::vector<at::Tensor> query_outputs;
     for (int64_t start = 0; start < queries; start += chunk) {
       const int64_t end = std::min(queries, start + chunk);
       const at::Tensor q_part = q.slice(0, head, head_end).slice(1, start, end);
@@ -325,6 +335,10 @@ at::Tensor AttentionInChunks(const at::Tensor& q, const at::Tensor& k,
           small ? at::zeros(sizes, q.options()) : at::empty(sizes, q.options());
       scores.baddbmm_(q_part, k_t, /*beta=*/0, /*alpha=*/scale);
       if (mask.defined()) scores.add_(mask.slice(0, start, end));
+      if (differentiable) {
+        query_outputs.push_back(at::bmm(at::softmax(scores, -1), v_part));
+        continue;
+      }
       if (scores.is_cpu()) {
         at::softmax_out(scores, scores, -1);
       } else {
@@ -333,8 +347,9 @@ at::Tensor AttentionInChunks(const at::Tensor& q, const at::Tensor& k,
       at::Tensor rows = out.slice(0, head, head_end).slice(1, start, end);
       at::bmm_out(rows, scores, v_part);
     }
+    if (differentiable) head_outputs.push_back(at::cat(query_outputs, 1));
   }
-  return out;
+  return differentiable ? at::cat(head_outputs, 0) : out;
 }
 
 }  // namespace ldm

@@ -24,6 +24,40 @@ at::Tensor Definition(const at::Tensor& q, const at::Tensor& k,
   return at::bmm(at::softmax(scores, -1), v.to(at::kDouble)).to(at::kFloat);
 }
 
+// Training differentiates through the pieces: gradients as the definition's
+// (whole heads at once, one head in query chunks, and in one piece).
+TEST(AttentionTest, PiecesAreDifferentiable) {
+  const at::Tensor q0 = Random({4, 19, 8}, 11);
+  const at::Tensor k0 = Random({4, 13, 8}, 12);
+  const at::Tensor v0 = Random({4, 13, 8}, 13);
+  const double scale = 1.0 / std::sqrt(8.0);
+  auto gradients = [&](auto attend) {
+    at::Tensor q = q0.clone().requires_grad_(true);
+    at::Tensor k = k0.clone().requires_grad_(true);
+    at::Tensor v = v0.clone().requires_grad_(true);
+    // A weighted sum, so that every output element's gradient differs.
+    (attend(q, k, v) * at::arange(4 * 19 * 8).reshape({4, 19, 8}).sin())
+        .sum()
+        .backward();
+    return std::vector<at::Tensor>{q.grad(), k.grad(), v.grad()};
+  };
+  const auto expected = gradients([&](auto& q, auto& k, auto& v) {
+    at::Tensor scores = at::bmm(q, k.transpose(1, 2)) * scale;
+    return at::bmm(at::softmax(scores, -1), v);
+  });
+  for (int64_t max_scores :
+       {int64_t{13} * 5, int64_t{19} * 13 * 2, int64_t{19} * 13 * 4}) {
+    const auto actual = gradients([&](auto& q, auto& k, auto& v) {
+      return AttentionInChunks(q, k, v, scale, {}, max_scores);
+    });
+    for (size_t i = 0; i < actual.size(); ++i) {
+      ASSERT_TRUE(actual[i].defined()) << max_scores;
+      EXPECT_TRUE(at::allclose(actual[i], expected[i], 1e-4, 1e-5))
+          << max_scores << " input " << i;
+    }
+  }
+}
+
 TEST(AttentionTest, ChunksAgreeWithTheWholeScoreMatrix) {
   const at::Tensor q = Random({6, 37, 8}, 1);
   const at::Tensor k = Random({6, 23, 8}, 2);

@@ -68,7 +68,8 @@ class TrainerTest : public ::testing::Test {
   }
 
   void TrainAutoencoder() {
-    ASSERT_TRUE(Train(Task::kAutoencoder, Tiny("ae")).ok());
+    const absl::Status trained = Train(Task::kAutoencoder, Tiny("ae"));
+    ASSERT_TRUE(trained.ok()) << trained;
   }
 
   // A text-to-image model on the autoencoder, two steps.
@@ -79,7 +80,8 @@ class TrainerTest : public ::testing::Test {
     options.pixel_loss_weight = pixel_loss_weight;
     // Every row gets the pixel loss.
     options.pixel_loss_max_timestep = 1000;
-    ASSERT_TRUE(Train(Task::kTextToImage, options).ok());
+    const absl::Status trained = Train(Task::kTextToImage, options);
+    ASSERT_TRUE(trained.ok()) << trained;
   }
 
   fs::path root_;
@@ -118,7 +120,8 @@ TEST_F(TrainerTest, OutlineWeightChangesOnlyTheTrainedUpdate) {
   options.autoencoder_dir = (root_ / "ae").string();
   options.prediction = "v";
   options.outline_weight = 20;
-  ASSERT_TRUE(Train(Task::kTextToImage, options).ok());
+  const absl::Status trained = Train(Task::kTextToImage, options);
+  ASSERT_TRUE(trained.ok()) << trained;
   auto plain = Open(root_ / "plain" / "weights.safetensors");
   auto outline = Open(root_ / "outline" / "weights.safetensors");
   ASSERT_NE(plain, nullptr);
