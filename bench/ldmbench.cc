@@ -392,14 +392,13 @@ int Run(const Options& options) {
         std::printf("\n");
       }
       if (on_cuda) {
+        const absl::Status graph_error = runner.graph_error();
         std::printf(
             "  guided steps/s (1 image): %.1f; CUDA graphs captured: "
             "%lld%s%s\n",
             1000 / unet_cfg, static_cast<long long>(runner.captured_graphs()),
-            runner.graph_error().ok() ? "" : "; ",
-            runner.graph_error().ok()
-                ? ""
-                : std::string(runner.graph_error().message()).c_str());
+            graph_error.ok() ? "" : "; ",
+            std::string(graph_error.message()).c_str());
       }
       std::fflush(stdout);
     }

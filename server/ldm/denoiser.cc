@@ -65,11 +65,8 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
       task->sampler->ReplaceLatent(noised * blend.keep +
                                    task->sampler->latent() * (1 - blend.keep));
     }
-    std::vector<at::Tensor> inputs, contexts, labels, timesteps;
-    // Made on the device: a copy from the host would wait for the GPU to
-    // finish the previous step before this one could be queued.
-    const auto timestep_options =
-        at::TensorOptions().dtype(at::kFloat).device(device_);
+    std::vector<at::Tensor> inputs, contexts, labels;
+    std::vector<float> timesteps;
     for (ImageTask* task : tasks) {
       at::Tensor x = task->sampler->model_input();
       if (task->concat.defined()) x = at::cat({x, task->concat}, 1);
@@ -82,12 +79,12 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
         if (task->uncond_class_labels.defined()) {
           labels.push_back(task->uncond_class_labels);
         }
-        timesteps.push_back(at::full({rows}, t, timestep_options));
+        timesteps.insert(timesteps.end(), rows, t);
       }
       inputs.push_back(x);
       if (task->cond.defined()) contexts.push_back(task->cond);
       if (task->class_labels.defined()) labels.push_back(task->class_labels);
-      timesteps.push_back(at::full({rows}, t, timestep_options));
+      timesteps.insert(timesteps.end(), rows, t);
     }
     at::Tensor class_labels;
     if (!labels.empty()) {
@@ -137,7 +134,11 @@ absl::Status Denoiser::Step(absl::Span<ImageTask* const> tasks,
         run_contexts.push_back(at::cat(members, 0));
       }
     }
-    at::Tensor t = at::cat(timesteps, 0);
+    // Asynchronously on CUDA: a plain copy from the host would wait for the
+    // GPU to finish the previous step before this one could be queued.
+    at::Tensor t =
+        FromHost(at::tensor(timesteps),
+                 at::TensorOptions().dtype(at::kFloat).device(device_));
     // The sampler's float32 state in, the UNet's dtype through it, float32
     // out (no-ops for a float32 model).
     at::Tensor input = at::cat(inputs, 0).to(dtype_);

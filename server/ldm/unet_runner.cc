@@ -121,8 +121,8 @@ at::Tensor UNetRunner::Run(const UNetInputs& inputs) const {
       return Forward(unet_, RowsOf(inputs, begin, end));
     });
   }
-  const bool graphed = CudaGraphsAvailable() && cuda_graphs.load() &&
-                       !LowRankUpdatesActive() && graph_error().ok();
+  const bool graphed =
+      CudaGraphsAvailable() && cuda_graphs.load() && !LowRankUpdatesActive();
   if (graphed) return Replay(inputs, RowBucket(rows));
   if (BatchInvariant()) return RunPadded(inputs, RowBucket(rows));
   return Forward(unet_, inputs);
@@ -160,6 +160,8 @@ at::Tensor UNetRunner::Replay(const UNetInputs& inputs, int64_t bucket) const {
   const c10::DeviceIndex device = inputs.x.device().index();
   const c10::cuda::CUDAGuard device_guard(device);
   absl::MutexLock lock(&mu_);
+  // A failed capture turned this runner's graphs off.
+  if (!graphs_->error.ok()) return RunPadded(inputs, bucket);
   auto found = graphs_->calls.find(key);
   if (found == graphs_->calls.end()) {
     auto call = std::make_unique<CapturedCall>();

@@ -22,10 +22,11 @@ import glob
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
+
+from compile_commands import unit_flags
 
 CUDA_GUARD = re.compile(r"#\s*if\s+defined\(LDMSERVE_WITH_CUDA")
 DEFINES = ["-DLDMSERVE_WITH_CUDA=1", "-DLDMSERVE_WITH_CUDA_GRAPHS=1"]
@@ -44,20 +45,7 @@ def cuda_include_dir():
 
 
 def syntax_command(entry, source, extra):
-    arguments = entry.get("arguments") or shlex.split(entry["command"])
-    command = [arguments[0]]
-    skip_next = False
-    for argument in arguments[1:]:
-        if skip_next:
-            skip_next = False
-            continue
-        if argument in ("-o", "-c"):
-            skip_next = argument == "-o"
-            continue
-        if argument == entry["file"]:
-            continue
-        command.append(argument)
-    return command + extra + ["-fsyntax-only", source]
+    return unit_flags(entry) + extra + ["-fsyntax-only", source]
 
 
 def main():

@@ -19,10 +19,11 @@ import concurrent.futures
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
+
+from compile_commands import unit_flags
 
 ANNOTATION = re.compile(
     r"ABSL_(GUARDED_BY|PT_GUARDED_BY|EXCLUSIVE_LOCKS_REQUIRED|"
@@ -56,20 +57,7 @@ def reaches_annotation(path, source_dir, memo):
 
 def clang_command(entry, clang, source):
     """The unit's compile command, as clang syntax-only with the analysis."""
-    arguments = entry.get("arguments") or shlex.split(entry["command"])
-    command = [clang]
-    skip_next = False
-    for argument in arguments[1:]:
-        if skip_next:
-            skip_next = False
-            continue
-        if argument in ("-o", "-c"):
-            skip_next = argument == "-o"
-            continue
-        if argument == entry["file"]:
-            continue
-        command.append(argument)
-    return command + FLAGS + [source]
+    return [clang] + unit_flags(entry)[1:] + FLAGS + [source]
 
 
 def check(command, directory):
